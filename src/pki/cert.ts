@@ -1,0 +1,281 @@
+import { createHash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
+import { isIP } from 'node:net';
+import * as pkijs from 'pkijs';
+import {
+  bitsBytes, bool, children, ctxConstructed, ctxPrimitive, decode, encode, namedBits, octets, oid, raw, seq,
+  smallInt, time, uintBytes, asn1,
+} from './der.js';
+import { PkiError } from './errors.js';
+import { checkKeyStrength, keysMatch, signatureSchemeFor, SignatureScheme, signWith } from './keys.js';
+import { encodeName, NameAttrs } from './name.js';
+import { pemBlockOf, pemBlocksOf, toPem } from './pem.js';
+
+export type KeyUsageName = 'digitalSignature' | 'keyEncipherment' | 'keyCertSign' | 'cRLSign';
+export type ExtKeyUsageName = 'serverAuth' | 'clientAuth';
+
+const KU_BITS: Record<KeyUsageName, number> = { digitalSignature: 0, keyEncipherment: 2, keyCertSign: 5, cRLSign: 6 };
+const EKU_OIDS: Record<ExtKeyUsageName, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' };
+
+export type SubjectAltName = { dns: string } | { ip: string };
+
+/** What the CA decided to put in a certificate. The requester never chooses any of it. */
+export interface CertificateProfile {
+  serial: Buffer;
+  subject: NameAttrs;
+  notBefore: Date;
+  notAfter: Date;
+  /** SubjectPublicKeyInfo DER of the subject's key. */
+  publicKey: Buffer;
+  /** Present for CA certificates. */
+  ca?: { pathLength?: number };
+  keyUsage: KeyUsageName[];
+  extKeyUsage?: ExtKeyUsageName[];
+  sans?: SubjectAltName[];
+}
+
+/** A signing CA, with every fixed part of the certificates it issues precomputed. */
+export interface Issuer {
+  certDer: Buffer;
+  /** DER of the CA's subject Name (the issuer of what it signs). */
+  nameDer: Buffer;
+  /** The CA's subject key identifier (goes into the AuthorityKeyIdentifier of what it signs). */
+  keyId: Buffer;
+  notAfter: Date;
+  key: KeyObject;
+  scheme: SignatureScheme;
+  /** Precomputed AuthorityKeyIdentifier extension DER. */
+  akiExtDer: Buffer;
+}
+
+/** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING contents. */
+export function keyIdentifier(spki: Uint8Array): Buffer {
+  const parts = children(decode(spki, 'public key'), 'public key', 2);
+  const bits = parts[1];
+  if (!(bits instanceof asn1.BitString)) throw new PkiError('bad_der', 'public key: missing BIT STRING');
+  return createHash('sha1').update(bits.valueBlock.valueHexView).digest();
+}
+
+function ext(id: string, critical: boolean, value: Uint8Array) {
+  return critical ? seq(oid(id), bool(true), octets(value)) : seq(oid(id), octets(value));
+}
+
+function akiExtension(keyId: Buffer): Buffer {
+  return encode(ext('2.5.29.35', false, encode(seq(ctxPrimitive(0, keyId)))));
+}
+
+/** A DNS name of LDH labels (a leading "*." wildcard label allowed), no trailing dot. */
+export function validateDnsName(name: string): string | null {
+  if (name.length === 0) return 'is empty';
+  if (name.endsWith('.')) return 'must not end with a dot';
+  if (name.length > 253) return 'is longer than 253 characters';
+  const labels = name.split('.');
+  for (const [i, l] of labels.entries()) {
+    if (i === 0 && l === '*' && labels.length > 2) continue;
+    if (l.length === 0) return 'has an empty label';
+    if (l.length > 63) return 'has a label longer than 63 characters';
+    if (!/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$/.test(l)) return `has an invalid label "${l}" (letters, digits and inner hyphens only)`;
+  }
+  return null;
+}
+
+/** Turn a host name or IP address given by a user into a SAN, or refuse it with a reason. */
+export function sanFor(host: string): SubjectAltName {
+  if (isIP(host)) return { ip: host };
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (isIP(h)) return { ip: h };
+  const why = validateDnsName(host);
+  if (why) throw new PkiError('bad_hostname', `"${host}" is not a valid DNS name or IP address: it ${why}`);
+  return { dns: host.toLowerCase() };
+}
+
+function ipBytes(ip: string): Buffer {
+  if (isIP(ip) === 4) return Buffer.from(ip.split('.').map(Number));
+  // IPv6: expand ::, handle embedded IPv4
+  let s = ip;
+  const v4 = s.match(/(\d+\.\d+\.\d+\.\d+)$/);
+  if (v4) {
+    const b = v4[1].split('.').map(Number);
+    s = s.slice(0, -v4[1].length) + ((b[0] << 8) | b[1]).toString(16) + ':' + ((b[2] << 8) | b[3]).toString(16);
+  }
+  const [head, tail] = s.includes('::') ? s.split('::') : [s, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail !== undefined && tail ? tail.split(':') : [];
+  const groups = tail !== undefined ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
+  const out = Buffer.alloc(16);
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  return out;
+}
+
+function sanExtension(sans: SubjectAltName[]): ReturnType<typeof ext> {
+  const names = sans.map((s) => ('dns' in s ? ctxPrimitive(2, Buffer.from(s.dns, 'ascii')) : ctxPrimitive(7, ipBytes(s.ip))));
+  return ext('2.5.29.17', false, encode(seq(...names)));
+}
+
+/** Build the TBSCertificate DER for a profile under an issuer (or self-signed when issuer is undefined). */
+function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: SignatureScheme, akiExtDer: Buffer | null): Buffer {
+  const subjectDer = encodeName(p.subject);
+  const exts = [];
+  exts.push(ext('2.5.29.19', true, encode(p.ca ? seq(bool(true), ...(p.ca.pathLength !== undefined ? [smallInt(p.ca.pathLength)] : [])) : seq())));
+  exts.push(ext('2.5.29.15', true, encode(namedBits(p.keyUsage.map((k) => KU_BITS[k])))));
+  if (p.extKeyUsage && p.extKeyUsage.length) exts.push(ext('2.5.29.37', false, encode(seq(...p.extKeyUsage.map((e) => oid(EKU_OIDS[e]))))));
+  exts.push(ext('2.5.29.14', false, encode(octets(keyIdentifier(p.publicKey)))));
+  if (akiExtDer) exts.push(raw(akiExtDer));
+  if (p.sans && p.sans.length) exts.push(sanExtension(p.sans));
+  return encode(
+    seq(
+      ctxConstructed(0, smallInt(2)),
+      uintBytes(p.serial),
+      raw(scheme.algorithmDer),
+      raw(issuerNameDer),
+      seq(time(p.notBefore), time(p.notAfter)),
+      raw(subjectDer),
+      raw(p.publicKey),
+      ctxConstructed(3, seq(...exts)),
+    ),
+  );
+}
+
+function assemble(tbs: Buffer, scheme: SignatureScheme, key: KeyObject): Buffer {
+  const sig = signWith(key, scheme, tbs);
+  return encode(seq(raw(tbs), raw(scheme.algorithmDer), bitsBytes(sig)));
+}
+
+function checkProfile(p: CertificateProfile): void {
+  if (p.serial.length === 0 || p.serial.length > 20) throw new PkiError('bad_serial', 'serial must be 1 to 20 bytes');
+  if (!(p.notBefore < p.notAfter)) throw new PkiError('bad_validity', 'notBefore must be before notAfter');
+}
+
+/** Issue a certificate signed by `issuer`. notAfter is clamped to the issuer's notAfter. */
+export function issueCertificate(p: CertificateProfile, issuer: Issuer): Buffer {
+  checkProfile(p);
+  const profile = p.notAfter > issuer.notAfter ? { ...p, notAfter: issuer.notAfter } : p;
+  const tbs = tbsCertificate(profile, issuer.nameDer, issuer.scheme, issuer.akiExtDer);
+  return assemble(tbs, issuer.scheme, issuer.key);
+}
+
+/** Create a self-signed certificate (a root CA) with the given key. */
+export function selfSignCertificate(p: CertificateProfile, key: KeyObject): Buffer {
+  checkProfile(p);
+  checkKeyStrength(key);
+  if (!keysMatch(key, p.publicKey)) throw new PkiError('key_mismatch', 'the signing key does not match the certificate public key');
+  const scheme = signatureSchemeFor(key);
+  const tbs = tbsCertificate(p, encodeName(p.subject), scheme, null);
+  return assemble(tbs, scheme, key);
+}
+
+/** Parse the parts of a CA certificate needed to sign with it, and check the key belongs to it. */
+export function makeIssuer(certDer: Buffer, key: KeyObject): Issuer {
+  const info = certificateInfo(certDer);
+  if (!info.isCA) throw new PkiError('not_ca', `certificate ${info.subject} is not a CA certificate`);
+  checkKeyStrength(key);
+  if (!keysMatch(key, info.publicKeyDer)) throw new PkiError('key_mismatch', 'the CA certificate and the CA key do not match');
+  const keyId = info.subjectKeyId ?? keyIdentifier(info.publicKeyDer);
+  return {
+    certDer,
+    nameDer: info.subjectDer,
+    keyId,
+    notAfter: info.notAfter,
+    key,
+    scheme: signatureSchemeFor(key),
+    akiExtDer: akiExtension(keyId),
+  };
+}
+
+export interface CertificateInfo {
+  der: Buffer;
+  serial: Buffer;
+  serialHex: string;
+  subject: string;
+  issuer: string;
+  subjectAttrs: NameAttrs;
+  subjectDer: Buffer;
+  issuerDer: Buffer;
+  notBefore: Date;
+  notAfter: Date;
+  isCA: boolean;
+  publicKeyDer: Buffer;
+  subjectKeyId: Buffer | null;
+  authorityKeyId: Buffer | null;
+  sans: SubjectAltName[];
+  extKeyUsage: string[];
+}
+
+/** Parse a certificate (DER). Throws PkiError on anything that is not a well-formed X.509 certificate. */
+export function certificateInfo(der: Buffer): CertificateInfo {
+  let c: NodeX509;
+  let cert: pkijs.Certificate;
+  try {
+    decode(der, 'certificate');
+    c = new NodeX509(der);
+    cert = pkijs.Certificate.fromBER(der);
+  } catch (e) {
+    if (e instanceof PkiError) throw e;
+    throw new PkiError('bad_certificate', 'not a valid X.509 certificate');
+  }
+  const extn = (id: string) => cert.extensions?.find((e) => e.extnID === id);
+  const ski = extn('2.5.29.14')?.parsedValue as asn1.OctetString | undefined;
+  const aki = extn('2.5.29.35')?.parsedValue as pkijs.AuthorityKeyIdentifier | undefined;
+  const bc = extn('2.5.29.19')?.parsedValue as pkijs.BasicConstraints | undefined;
+  const san = extn('2.5.29.17')?.parsedValue as pkijs.AltName | undefined;
+  const eku = extn('2.5.29.37')?.parsedValue as pkijs.ExtKeyUsage | undefined;
+  const attrs: NameAttrs = {};
+  const short: Record<string, keyof NameAttrs> = { '2.5.4.6': 'C', '2.5.4.10': 'O', '2.5.4.11': 'OU', '2.5.4.3': 'CN' };
+  for (const tv of cert.subject.typesAndValues) {
+    const k = short[tv.type];
+    if (k && attrs[k] === undefined) attrs[k] = String((tv.value as asn1.Utf8String).valueBlock.value);
+  }
+  const sans: SubjectAltName[] = [];
+  for (const n of (san as unknown as { altNames?: pkijs.GeneralName[] })?.altNames ?? []) {
+    if (n.type === 2) sans.push({ dns: String(n.value) });
+    else if (n.type === 7) sans.push({ ip: ipString(Buffer.from((n.value as asn1.OctetString).valueBlock.valueHexView)) });
+  }
+  const serial = Buffer.from(cert.serialNumber.valueBlock.valueHexView);
+  return {
+    der,
+    serial,
+    serialHex: c.serialNumber.toUpperCase(),
+    subject: c.subject.split('\n').join(', '),
+    issuer: c.issuer.split('\n').join(', '),
+    subjectAttrs: attrs,
+    issuerDer: Buffer.from(cert.issuer.toSchema().toBER()),
+    subjectDer: Buffer.from(cert.subject.toSchema().toBER()),
+    notBefore: cert.notBefore.value,
+    notAfter: cert.notAfter.value,
+    isCA: bc?.cA === true,
+    publicKeyDer: Buffer.from(cert.subjectPublicKeyInfo.toSchema().toBER()),
+    subjectKeyId: ski ? Buffer.from(ski.valueBlock.valueHexView) : null,
+    authorityKeyId: aki?.keyIdentifier ? Buffer.from(aki.keyIdentifier.valueBlock.valueHexView) : null,
+    sans,
+    extKeyUsage: eku?.keyPurposes ?? [],
+  };
+}
+
+function ipString(b: Buffer): string {
+  if (b.length === 4) return Array.from(b).join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
+  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::').replace(/:{3,}/, '::');
+}
+
+/** All certificates in a PEM text, as DER, each checked to parse. */
+export function certificatesFromPem(pem: string, what: string): Buffer[] {
+  const ders = pemBlocksOf(pem, ['CERTIFICATE'], what);
+  for (const d of ders) {
+    try {
+      new NodeX509(d);
+    } catch {
+      throw new PkiError('bad_certificate', `${what} holds a CERTIFICATE block that is not a valid X.509 certificate`);
+    }
+  }
+  return ders;
+}
+
+/** Exactly one certificate from PEM. */
+export function certificateFromPem(pem: string, what: string): Buffer {
+  const d = pemBlockOf(pem, ['CERTIFICATE'], what);
+  return certificatesFromPem(toPem('CERTIFICATE', d), what)[0];
+}
+
+export function certificateToPem(der: Uint8Array): string {
+  return toPem('CERTIFICATE', der);
+}

@@ -1,0 +1,47 @@
+import { X509Certificate } from 'node:crypto';
+import { PkiError } from './errors.js';
+
+export type Purpose = 'serverAuth' | 'clientAuth' | 'any';
+const EKU: Record<Exclude<Purpose, 'any'>, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' };
+
+export interface VerifyOptions {
+  at?: Date;
+  purpose?: Purpose;
+}
+
+/**
+ * Verify that `leaf` chains to one of `roots` through `intermediates`: signatures (native),
+ * issuer/subject linkage, validity periods, CA flags on issuers, and the leaf's EKU.
+ * Returns the path, leaf first, root last.
+ */
+export function verifyChain(leaf: Buffer, intermediates: Buffer[], roots: Buffer[], opts: VerifyOptions = {}): X509Certificate[] {
+  const at = opts.at ?? new Date();
+  const parse = (d: Buffer) => new X509Certificate(d);
+  const cert = parse(leaf);
+  const pool = intermediates.map(parse);
+  const anchors = roots.map(parse);
+  const inTime = (c: X509Certificate) => new Date(c.validFrom) <= at && at <= new Date(c.validTo);
+  if (!inTime(cert)) throw new PkiError('cert_expired', `certificate ${cert.subject.replace(/\n/g, ', ')} is not valid at ${at.toISOString()}`);
+  const purpose = opts.purpose ?? 'any';
+  if (purpose !== 'any') {
+    const eku = cert.keyUsage;
+    if (eku && !eku.includes(EKU[purpose])) throw new PkiError('wrong_usage', `certificate is not valid for ${purpose}`);
+  }
+  const path = [cert];
+  let cur = cert;
+  for (let depth = 0; depth < 8; depth++) {
+    const anchor = anchors.find((a) => cur.checkIssued(a) && cur.verify(a.publicKey));
+    if (anchor) {
+      if (!anchor.ca) throw new PkiError('untrusted', 'trust anchor is not a CA certificate');
+      if (!(anchor.raw.equals(cur.raw))) path.push(anchor);
+      return path;
+    }
+    const next = pool.find((p) => p !== cur && cur.checkIssued(p) && cur.verify(p.publicKey));
+    if (!next) break;
+    if (!next.ca) throw new PkiError('untrusted', 'an intermediate certificate is not a CA');
+    if (!inTime(next)) throw new PkiError('cert_expired', 'an intermediate certificate is not valid now');
+    path.push(next);
+    cur = next;
+  }
+  throw new PkiError('untrusted', 'certificate does not chain to a trusted root');
+}
