@@ -1,0 +1,51 @@
+import { Command, CommanderError } from 'commander';
+import { PkiError } from '../pki/index.js';
+import { CairnError } from '../util/errors.js';
+import { caCommand } from './ca.js';
+import { VERSION } from '../version.js';
+
+export function buildProgram(): Command {
+  const program = new Command('cairn')
+    .description('cairn: a highly available certificate authority for clusters')
+    .version(VERSION, '-V, --version')
+    .exitOverride()
+    .showSuggestionAfterError()
+    .configureOutput({
+      outputError: (str, write) => write(`cairn: ${str.trim()}\n`),
+    })
+    .addHelpText('after', '\nExit codes: 0 success, 1 failure, 2 usage error.\nRun "cairn <command> --help" for the flags of a command.');
+  program.addCommand(caCommand());
+  // settings set on the program are copied to commands created with .command(), not to added ones
+  const inherit = (c: Command) => {
+    c.exitOverride().showSuggestionAfterError().configureOutput(program.configureOutput());
+    c.commands.forEach(inherit);
+  };
+  program.commands.forEach(inherit);
+  return program;
+}
+
+/** Run the CLI; resolves to the process exit code. Never lets a stack trace reach the user. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return 0;
+      if (e.code === 'commander.executeSubCommandAsync') return e.exitCode;
+      return 2;
+    }
+    if (e instanceof CairnError) {
+      process.stderr.write(`cairn: error: ${e.message}\n`);
+      return e.exitCode;
+    }
+    if (e instanceof PkiError) {
+      process.stderr.write(`cairn: error: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`cairn: internal error: ${(e as Error)?.message ?? String(e)}\n`);
+    if (process.env.CAIRN_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);
+    return 70;
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * Files with the safety a CA needs: keys created 0600 from the first byte, directories 0700,
+ * atomic writes (temp file + rename or link), no silent overwrite, and refusal of key files
+ * that group or others can read.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CairnError } from './errors.js';
+
+export const KEY_MODE = 0o600;
+export const FILE_MODE = 0o644;
+export const DIR_MODE = 0o700;
+
+function describe(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  switch (err.code) {
+    case 'ENOENT': return 'no such file or directory';
+    case 'EACCES': case 'EPERM': return 'permission denied';
+    case 'EISDIR': return 'is a directory';
+    case 'ENOTDIR': return 'a path component is not a directory';
+    case 'ENOSPC': return 'no space left on device';
+    case 'EROFS': return 'read-only file system';
+    default: return err.message ?? String(e);
+  }
+}
+
+/** Create a directory (and parents) with mode 0700 if it does not exist. */
+export function ensureDir(dir: string, mode = DIR_MODE): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode });
+  } catch (e) {
+    throw new CairnError('io', `cannot create directory ${dir}: ${describe(e)}`);
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (e) {
+    throw new CairnError('io', `cannot use directory ${dir}: ${describe(e)}`);
+  }
+  if (!st.isDirectory()) throw new CairnError('io', `${dir} exists and is not a directory`);
+}
+
+export function readText(file: string, what = file): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new CairnError('io', `cannot read ${what}: ${describe(e)}`);
+  }
+}
+
+export function readBytes(file: string, what = file): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new CairnError('io', `cannot read ${what}: ${describe(e)}`);
+  }
+}
+
+/** Read a private key file, refusing one that group or others can read (like ssh). */
+export function readKeyFile(file: string): string {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch (e) {
+    throw new CairnError('io', `cannot read key file ${file}: ${describe(e)}`);
+  }
+  if (!st.isFile()) throw new CairnError('io', `key file ${file} is not a regular file`);
+  if (st.mode & 0o077) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+    throw new CairnError(
+      'key_permissions',
+      `key file ${file} has mode ${mode}: group or others can access it; fix with: chmod 600 ${file}`,
+    );
+  }
+  return readText(file, `key file ${file}`);
+}
+
+export function exists(file: string): boolean {
+  try {
+    fs.lstatSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface PlannedFile {
+  path: string;
+  data: string | Buffer;
+  mode: number;
+}
+
+/**
+ * Write several files all-or-nothing. Refuses up front if any exists (unless `overwrite`);
+ * each file is written to a temp file with its final mode from creation, fsynced, then put
+ * in place; if anything fails, the files already placed by this call are removed.
+ */
+export function writeFilesAtomic(files: PlannedFile[], opts: { overwrite?: boolean } = {}): void {
+  if (!opts.overwrite) {
+    for (const f of files) {
+      if (exists(f.path)) throw new CairnError('exists', `${f.path} already exists; use --force to overwrite it`);
+    }
+  }
+  const temps: string[] = [];
+  const placed: string[] = [];
+  try {
+    for (const f of files) {
+      const tmp = path.join(path.dirname(f.path), `.${path.basename(f.path)}.${randomBytes(6).toString('hex')}.tmp`);
+      let fd: number;
+      try {
+        fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, f.mode);
+      } catch (e) {
+        throw new CairnError('io', `cannot write ${f.path}: ${describe(e)}`);
+      }
+      temps.push(tmp);
+      try {
+        fs.writeSync(fd, typeof f.data === 'string' ? Buffer.from(f.data) : f.data);
+        fs.fsyncSync(fd);
+      } catch (e) {
+        throw new CairnError('io', `cannot write ${f.path}: ${describe(e)}`);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    files.forEach((f, i) => {
+      try {
+        if (opts.overwrite) fs.renameSync(temps[i], f.path);
+        else {
+          fs.linkSync(temps[i], f.path); // fails if the file appeared meanwhile: never clobber
+          fs.unlinkSync(temps[i]);
+        }
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (err.code === 'EEXIST') throw new CairnError('exists', `${f.path} already exists; use --force to overwrite it`);
+        throw new CairnError('io', `cannot write ${f.path}: ${describe(e)}`);
+      }
+      placed.push(f.path);
+    });
+  } catch (e) {
+    for (const t of temps) fs.rmSync(t, { force: true });
+    if (!opts.overwrite) for (const p of placed) fs.rmSync(p, { force: true });
+    throw e;
+  }
+  try {
+    const dirs = new Set(files.map((f) => path.dirname(f.path)));
+    for (const d of dirs) {
+      const fd = fs.openSync(d, 'r');
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+    }
+  } catch {
+    // directory fsync is best effort
+  }
+}
