@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { caCommand } from './ca.js';
+import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -14,6 +15,11 @@ export function buildProgram(): Command {
       outputError: (str, write) => write(`cairn: ${str.trim()}\n`),
     })
     .addHelpText('after', '\nExit codes: 0 success, 1 failure, 2 usage error.\nRun "cairn <command> --help" for the flags of a command.');
+  program.addCommand(initCommand());
+  program.addCommand(serveCommand());
+  program.addCommand(tokenCommand());
+  program.addCommand(nodeCommand());
+  program.addCommand(updateCommand());
   program.addCommand(caCommand());
   // settings set on the program are copied to commands created with .command(), not to added ones
   const inherit = (c: Command) => {

@@ -1,0 +1,395 @@
+/**
+ * The certificate authority: issuance policy, join, renewal, node administration, tokens,
+ * configuration. Routes and commands call this; it calls the store and the pki core.
+ */
+import { KeyObject } from 'node:crypto';
+import {
+  certificateInfo, certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
+  makeIssuer, makeSerial, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
+  certificateFromPem,
+} from '../pki/index.js';
+import { RangeAllocator } from '../store/ranges.js';
+import type { CaTable, NodeTable } from '../store/schema.js';
+import { Db, Store } from '../store/store.js';
+import { CairnError } from '../util/errors.js';
+import { unseal } from './seal.js';
+import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
+
+export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
+export const MIN_CERT_EXPIRY_MS = HOUR_MS;
+
+export interface ClusterConfig {
+  certExpiryMs: number;
+  serialRangeIncrement: number;
+  serialRangeLowWater: number;
+}
+
+export const DEFAULT_CONFIG: ClusterConfig = {
+  certExpiryMs: DEFAULT_CERT_EXPIRY_MS,
+  serialRangeIncrement: 1000,
+  serialRangeLowWater: 200,
+};
+
+export interface LoadedCa {
+  row: CaTable;
+  certDer: Buffer;
+  issuer: Issuer | null;
+}
+
+export interface IssuedNode {
+  nodeId: string;
+  role: Role;
+  clusterId: string;
+  /** leaf followed by any CA certificates between it and a root */
+  certificate: string;
+  trustBundle: string;
+  serial: string;
+  notAfter: Date;
+}
+
+export interface PeerIdentity {
+  kind: 'node' | 'admin' | 'server';
+  nodeId: string | null;
+  role: string | null;
+  serial: string;
+}
+
+export interface NodeView {
+  id: string;
+  role: string;
+  status: string;
+  createdAt: string;
+  updatedAt: string;
+  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
+}
+
+const denied = (code: string, message: string) => new CairnError(code, message);
+
+function pkiToCairn<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof PkiError) throw new CairnError(e.code, e.message);
+    throw e;
+  }
+}
+
+export class Authority {
+  clusterId = '';
+  clusterName = '';
+  config: ClusterConfig = { ...DEFAULT_CONFIG };
+  private cas: LoadedCa[] = [];
+  private clusterCa!: LoadedCa;
+  private clientCa!: LoadedCa;
+  private serials: RangeAllocator;
+
+  constructor(
+    readonly store: Store,
+    readonly replicaId: string,
+    private readonly unlockKey: Buffer,
+  ) {
+    this.serials = new RangeAllocator(
+      store,
+      'serial',
+      () => this.config.serialRangeIncrement,
+      () => this.config.serialRangeLowWater,
+    );
+  }
+
+  /** Load cluster identity, CA material (unsealed with the unlock key) and configuration. */
+  async load(): Promise<void> {
+    const cluster = await this.store.getCluster();
+    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
+    this.clusterId = cluster.id;
+    this.clusterName = cluster.name;
+    const rows = await this.store.listCas();
+    this.cas = rows.map((row) => {
+      const certDer = certificateFromPem(row.cert_pem, `CA ${row.id}`);
+      let issuer: Issuer | null = null;
+      if (row.key_sealed && row.status === 'active') {
+        const pem = unseal(this.unlockKey, row.key_sealed, row.id).toString();
+        const key: KeyObject = privateKeyFromPem(pem, `CA ${row.id} key`);
+        issuer = makeIssuer(certDer, key);
+      }
+      return { row, certDer, issuer };
+    });
+    const active = (name: string) => this.cas.filter((c) => c.row.name === name && c.row.status === 'active' && c.issuer).at(-1);
+    const cc = active('cluster');
+    const cl = active('client');
+    if (!cc || !cl) throw new CairnError('store_corrupt', 'the store has no active cluster or client CA');
+    this.clusterCa = cc;
+    this.clientCa = cl;
+    await this.refreshConfig();
+  }
+
+  async refreshConfig(db: Db = this.store.db): Promise<ClusterConfig> {
+    const stored = await this.store.getConfig(db);
+    this.config = { ...DEFAULT_CONFIG, ...(stored as Partial<ClusterConfig>) };
+    return this.config;
+  }
+
+  // ---- public CA information
+
+  get clusterRootDer(): Buffer {
+    return this.clusterCa.certDer;
+  }
+
+  get clusterRootKeyId(): string {
+    return this.clusterCa.row.key_id;
+  }
+
+  /** Digest carried by join tokens: of the current cluster root. */
+  get digest(): string {
+    return rootDigest(this.clusterCa.certDer);
+  }
+
+  /** Every certificate a node must trust. */
+  trustBundle(): string {
+    return this.cas.filter((c) => c.row.name === 'cluster' && c.row.status === 'active').map((c) => certificateToPem(c.certDer)).join('');
+  }
+
+  /** Certificates a TLS server accepts client certificates from (cluster and client roots). */
+  clientTrust(): Buffer[] {
+    return this.cas.filter((c) => c.row.status === 'active').map((c) => c.certDer);
+  }
+
+  caInfo() {
+    return {
+      clusterId: this.clusterId,
+      roots: { cluster: certificateToPem(this.clusterCa.certDer), client: certificateToPem(this.clientCa.certDer) },
+      trustBundle: this.trustBundle(),
+      digest: this.digest,
+      rotation: null,
+    };
+  }
+
+  // ---- issuance
+
+  private async nextSerial(): Promise<Buffer> {
+    return makeSerial(BigInt(await this.serials.take()));
+  }
+
+  /** Sign a leaf under a CA; nothing is recorded here (callers record in their transaction). */
+  private async sign(ca: LoadedCa, o: {
+    subject: NameAttrs; publicKeyDer: Buffer; publicKey: KeyObject; lifetimeMs: number; extKeyUsage: ExtKeyUsageName[]; sans?: SubjectAltName[];
+  }) {
+    const serial = await this.nextSerial();
+    const der = pkiToCairn(() =>
+      issueCertificate(leafProfile({ ...o, serial }), ca.issuer!),
+    );
+    const info = certificateInfo(der);
+    return { der, serial: serialHex(serial), notBefore: info.notBefore, notAfter: info.notAfter, issuerKeyId: ca.row.key_id };
+  }
+
+  private nodeSubject(nodeId: string, role: Role): { subject: NameAttrs; sans: SubjectAltName[] } {
+    const sans: SubjectAltName[] = [{ dns: role }, { dns: nodeId }];
+    if (role === 'manager') sans.push({ dns: 'ca' });
+    return { subject: { O: this.clusterId, OU: role, CN: nodeId }, sans };
+  }
+
+  private parseRequest(csr: unknown) {
+    if (typeof csr !== 'string' || csr.length === 0) throw new CairnError('bad_request', 'missing field "csr" (a PEM certificate request)');
+    return pkiToCairn(() => parseCsr(csrDerFrom(csr)));
+  }
+
+  private issued(nodeId: string, role: Role, c: { der: Buffer; serial: string; notAfter: Date }): IssuedNode {
+    return {
+      nodeId,
+      role,
+      clusterId: this.clusterId,
+      certificate: certificateToPem(c.der),
+      trustBundle: this.trustBundle(),
+      serial: c.serial,
+      notAfter: c.notAfter,
+    };
+  }
+
+  private certRecord(c: { der: Buffer; serial: string; notBefore: Date; notAfter: Date; issuerKeyId: string }, kind: string, subject: NameAttrs, nodeId: string | null, role: string | null) {
+    return {
+      serial: c.serial,
+      kind,
+      node_id: nodeId,
+      role,
+      subject: `CN=${subject.CN},OU=${subject.OU},O=${subject.O}`,
+      issuer_key_id: c.issuerKeyId,
+      not_before: c.notBefore.getTime(),
+      not_after: c.notAfter.getTime(),
+      status: 'good',
+      revoked_at: null,
+      revocation_reason: null,
+      cert_pem: certificateToPem(c.der),
+      created_at: Date.now(),
+      replica_id: this.replicaId,
+    };
+  }
+
+  /**
+   * Join: check the token (constant time, never saying which part was wrong), check the
+   * CSR's proof of possession, issue a node certificate, record node and certificate in
+   * one transaction, and only then return it.
+   */
+  async join(token: unknown, csr: unknown): Promise<IssuedNode> {
+    if (typeof token !== 'string' || token.length === 0) throw new CairnError('bad_request', 'missing field "token"');
+    const parsed = parseToken(token);
+    // same answer for a malformed token, another cluster's digest and a wrong secret
+    if (!parsed) throw denied('invalid_token', 'invalid token');
+    const hashes = await this.store.getTokenHashes();
+    const role = matchSecret(parsed.secret, hashes);
+    if (parsed.digest !== this.digest || !role) throw denied('invalid_token', 'invalid token');
+    const req = this.parseRequest(csr);
+    const nodeId = randomId();
+    const { subject, sans } = this.nodeSubject(nodeId, role);
+    const c = await this.sign(this.clusterCa, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
+    const now = Date.now();
+    await this.store.transaction(async (trx) => {
+      await this.store.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial }, trx);
+      await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
+    });
+    return this.issued(nodeId, role, c);
+  }
+
+  /**
+   * Identify the holder of a TLS client certificate (already chain-verified by the TLS
+   * layer): it must be from this cluster, recorded by this CA, good and unexpired.
+   */
+  async identifyPeer(certDer: Buffer | undefined): Promise<PeerIdentity> {
+    if (!certDer || certDer.length === 0) throw denied('client_certificate_required', 'a client certificate is required');
+    const info = pkiToCairn(() => certificateInfo(certDer));
+    if (info.subjectAttrs.O !== this.clusterId) throw denied('forbidden', 'the client certificate is not of this cluster');
+    const serial = info.serialHex;
+    const rec = await this.store.getCertificate(serial);
+    if (!rec) throw denied('forbidden', 'the client certificate was not issued by this cluster');
+    if (rec.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
+    if (rec.not_after <= Date.now()) throw denied('certificate_expired', 'the client certificate has expired');
+    if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw denied('forbidden', 'this certificate cannot use the API');
+    return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
+  }
+
+  /** Renewal: same node ID, the node's current role, a fresh key from the CSR. */
+  async renew(peer: PeerIdentity, csr: unknown): Promise<IssuedNode> {
+    if (peer.kind !== 'node' || !peer.nodeId) throw denied('forbidden', 'only node certificates can renew');
+    const req = this.parseRequest(csr);
+    const node = await this.store.getNode(peer.nodeId);
+    if (!node || node.status !== 'active') throw denied('node_removed', `node ${peer.nodeId} has been removed from the cluster`);
+    const role = node.role as Role;
+    const { subject, sans } = this.nodeSubject(node.id, role);
+    const c = await this.sign(this.clusterCa, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
+    await this.store.transaction(async (trx) => {
+      // re-check inside the transaction: a removal racing with this renewal wins
+      const fresh = await this.store.getNode(node.id, trx);
+      if (!fresh || fresh.status !== 'active') throw denied('node_removed', `node ${node.id} has been removed from the cluster`);
+      const cur = await this.store.getCertificate(peer.serial, trx);
+      if (!cur || cur.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
+      await this.store.insertCertificate(this.certRecord(c, 'node', subject, node.id, role), trx);
+      await this.store.updateNode(node.id, { current_serial: c.serial }, trx);
+    });
+    return this.issued(node.id, role, c);
+  }
+
+  /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
+  async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs = 365 * DAY_MS) {
+    const subject = { O: this.clusterId, OU: 'ca-replica', CN: this.replicaId };
+    const c = await this.sign(this.clusterCa, { subject, sans: [{ dns: 'ca' }, ...names], publicKey, publicKeyDer, lifetimeMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
+    await this.store.insertCertificate(this.certRecord(c, 'server', subject, null, null));
+    return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
+  }
+
+  /** An admin client certificate (issued by the cluster root, OU=admin). */
+  async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs = 365 * DAY_MS) {
+    const subject = { O: this.clusterId, OU: 'admin', CN: name };
+    const c = await this.sign(this.clusterCa, { subject, publicKey, publicKeyDer, lifetimeMs, extKeyUsage: ['clientAuth'] });
+    await this.store.insertCertificate(this.certRecord(c, 'admin', subject, null, null));
+    await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
+    return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
+  }
+
+  // ---- tokens
+
+  /** Replace the secret of a role's join token; the old one stops working at once. */
+  async rotateToken(role: string, actor = 'admin'): Promise<string> {
+    if (!isRole(role)) throw new CairnError('bad_request', `unknown role "${role}": use worker or manager`);
+    const secret = newSecret();
+    await this.store.transaction(async (trx) => {
+      await this.store.setTokenHash(role, hashSecret(secret), trx);
+      await this.store.audit(actor, 'token.rotate', { role }, trx);
+    });
+    return formatToken(this.digest, secret);
+  }
+
+  // ---- nodes
+
+  async nodeView(n: NodeTable, db: Db = this.store.db): Promise<NodeView> {
+    const cert = n.current_serial ? await this.store.getCertificate(n.current_serial, db) : undefined;
+    return {
+      id: n.id,
+      role: n.role,
+      status: n.status,
+      createdAt: new Date(n.created_at).toISOString(),
+      updatedAt: new Date(n.updated_at).toISOString(),
+      certificate: cert
+        ? { serial: cert.serial, notBefore: new Date(cert.not_before).toISOString(), notAfter: new Date(cert.not_after).toISOString(), issuerKeyId: cert.issuer_key_id }
+        : null,
+    };
+  }
+
+  async listNodes(): Promise<NodeView[]> {
+    const nodes = await this.store.listNodes();
+    return Promise.all(nodes.map((n) => this.nodeView(n)));
+  }
+
+  private async requireNode(id: string, db: Db = this.store.db): Promise<NodeTable> {
+    if (!ID_RE.test(id)) throw new CairnError('not_found', `no node "${id}"`);
+    const n = await this.store.getNode(id, db);
+    if (!n) throw new CairnError('not_found', `no node ${id}`);
+    return n;
+  }
+
+  async getNode(id: string): Promise<NodeView> {
+    return this.nodeView(await this.requireNode(id));
+  }
+
+  /** Change a node's role; it takes effect at the node's next renewal. */
+  async setRole(id: string, role: Role, actor = 'admin'): Promise<NodeView> {
+    return this.store.transaction(async (trx) => {
+      const n = await this.requireNode(id, trx);
+      if (n.status !== 'active') throw new CairnError('node_removed', `node ${id} has been removed`);
+      if (n.role !== role) {
+        await this.store.updateNode(id, { role }, trx);
+        await this.store.audit(actor, role === 'manager' ? 'node.promote' : 'node.demote', { node: id }, trx);
+      }
+      return this.nodeView({ ...n, role }, trx);
+    });
+  }
+
+  /** Remove a node: it can no longer renew, and its certificates are recorded as revoked. */
+  async removeNode(id: string, actor = 'admin'): Promise<NodeView> {
+    return this.store.transaction(async (trx) => {
+      const n = await this.requireNode(id, trx);
+      await this.store.updateNode(id, { status: 'removed' }, trx);
+      const revoked = await this.store.revokeNodeCertificates(id, 'cessationOfOperation', trx);
+      await this.store.audit(actor, 'node.remove', { node: id, revoked }, trx);
+      return this.nodeView({ ...n, status: 'removed' }, trx);
+    });
+  }
+
+  // ---- configuration
+
+  async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
+    const allowed: Partial<ClusterConfig> = {};
+    for (const [k, v] of Object.entries(patch)) {
+      if (k === 'certExpiryMs') {
+        if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', 'certExpiryMs must be an integer number of milliseconds');
+        if (v < MIN_CERT_EXPIRY_MS) throw new CairnError('bad_request', 'certificate expiry must be at least 1h');
+        if (v > 20 * 365 * DAY_MS) throw new CairnError('bad_request', 'certificate expiry must be at most 20 years');
+        allowed.certExpiryMs = v;
+      } else {
+        throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
+      }
+    }
+    await this.store.transaction(async (trx) => {
+      await this.store.setConfig(allowed, trx);
+      await this.store.audit(actor, 'config.update', allowed, trx);
+    });
+    return this.refreshConfig();
+  }
+}

@@ -1,0 +1,47 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { randomId } from '../pki/index.js';
+
+export type Role = 'worker' | 'manager';
+export const ROLES: Role[] = ['worker', 'manager'];
+export const isRole = (s: string): s is Role => (ROLES as string[]).includes(s);
+
+/** `CAIRN-1-<root digest, 50 base36>-<secret, 25 base36>` (the layout of swarm's SWMTKN-1). */
+export const TOKEN_RE = /^CAIRN-1-([0-9a-z]{50})-([0-9a-z]{25})$/;
+
+export interface ParsedToken {
+  digest: string;
+  secret: string;
+}
+
+export function parseToken(token: string): ParsedToken | null {
+  const m = TOKEN_RE.exec(token.trim());
+  return m ? { digest: m[1], secret: m[2] } : null;
+}
+
+export function formatToken(digest: string, secret: string): string {
+  return `CAIRN-1-${digest}-${secret}`;
+}
+
+export function newSecret(): string {
+  return randomId();
+}
+
+/** Secrets are 128 random bits, so one SHA-256 is an adequate hash at rest. */
+export function hashSecret(secret: string): string {
+  return createHash('sha256').update(`cairn-join-token:${secret}`).digest('hex');
+}
+
+/**
+ * Which role a secret belongs to, comparing against every stored hash in constant time
+ * (every comparison is made, whatever matches).
+ */
+export function matchSecret(secret: string, hashes: Record<string, string>): Role | null {
+  const h = Buffer.from(hashSecret(secret), 'hex');
+  let found: Role | null = null;
+  for (const role of ROLES) {
+    const stored = Buffer.from(hashes[role] ?? '00'.repeat(32), 'hex');
+    const eq = stored.length === h.length && timingSafeEqual(stored, h);
+    if (eq) found = role;
+  }
+  return found;
+}

@@ -1,0 +1,226 @@
+import https from 'node:https';
+import tls from 'node:tls';
+import { Command, Option } from 'commander';
+import { isRole } from '../authority/tokens.js';
+import { initReplica, serveReplica } from '../server/replica.js';
+import { DEFAULT_LISTEN, readReplicaConfig, statePaths } from '../server/state.js';
+import { HOUR_MS } from '../pki/index.js';
+import { formatDuration } from '../util/duration.js';
+import { CairnError } from '../util/errors.js';
+import { exists, readKeyFile, readText, writeFilesAtomic, KEY_MODE } from '../util/files.js';
+import { jsonOption, keyTypeOption, out, parseDurationArg, printJson } from './common.js';
+
+const stateDirOption = () => new Option('--state-dir <dir>', 'the replica state directory').makeOptionMandatory();
+const serverOption = () => new Option('--server <url>', 'API address (default: https://<listen address> from the state directory)');
+
+function joinCommand(token: string, url: string): string {
+  return `cairn join --token ${token} --state-dir <node-dir> ${url}`;
+}
+
+function serverUrl(stateDir: string, override?: string): string {
+  if (override) return override.replace(/\/+$/, '');
+  const cfg = readReplicaConfig(stateDir);
+  const host = cfg.listen.replace(/^(0\.0\.0\.0|\[::\]):/, '127.0.0.1:');
+  return `https://${host}`;
+}
+
+/** Call the API with the admin client bundle of a state directory. */
+export async function adminCall(stateDir: string, server: string | undefined, method: string, path: string, body?: unknown): Promise<any> {
+  const p = statePaths(stateDir);
+  if (!exists(p.adminCert)) throw new CairnError('no_admin_bundle', `no admin bundle in ${p.adminDir}: this state directory was not created by "cairn init"`);
+  const key = readKeyFile(p.adminKey);
+  const cert = readText(p.adminCert);
+  const ca = readText(p.adminCa);
+  const base = serverUrl(stateDir, server);
+  const url = new URL(path, base + '/');
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      url,
+      {
+        method,
+        key,
+        cert,
+        ca,
+        minVersion: 'TLSv1.2',
+        servername: 'ca',
+        checkServerIdentity: (_h, c) => tls.checkServerIdentity('ca', c),
+        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+        timeout: 15_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let data: any;
+          try {
+            data = JSON.parse(Buffer.concat(chunks).toString() || 'null');
+          } catch {
+            return reject(new CairnError('bad_response', `${base} answered ${res.statusCode} with a body that is not JSON`));
+          }
+          if ((res.statusCode ?? 500) >= 400) {
+            return reject(new CairnError(data?.error?.code ?? 'server_error', data?.error?.message ?? `server answered ${res.statusCode}`));
+          }
+          resolve(data);
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (e: NodeJS.ErrnoException) => {
+      const hint = e.code === 'ECONNREFUSED' ? ' (is "cairn serve" running?)' : '';
+      reject(new CairnError('unreachable', `cannot reach the cairn API at ${base}: ${e.message}${hint}`));
+    });
+    req.end(payload);
+  });
+}
+
+export function initCommand(): Command {
+  return new Command('init')
+    .description('create a cluster: root CAs, unlock key, store, join tokens, this replica\'s server certificate and an admin bundle')
+    .argument('<cluster-name>', 'human name of the cluster')
+    .addOption(stateDirOption())
+    .option('--advertise-addr <host>', 'host name or IP address nodes use to reach this replica (default: the listen host)')
+    .option('--san <name>', 'extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
+    .addOption(keyTypeOption().default('ec-p256').argParser((v) => v as any))
+    .addOption(jsonOption())
+    .addHelpText('after', `
+Writes into the state directory (created 0700):
+  cairn.db            the SQLite store (unless --store is given)
+  unlock.key          the cluster unlock key (0600): it opens the CA keys sealed in the store
+  replica.json        this replica's identity and listen address
+  server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
+  admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
+    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; keyType: any; json?: boolean }) => {
+      const { validateClusterName } = await import('../authority/offline.js');
+      validateClusterName(name);
+      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, keyType: f.keyType });
+      if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
+      const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
+      out(`Cluster "${name}" created (cluster ID ${r.clusterId}) in ${r.stateDir}.`);
+      out('');
+      out(`Start the CA:            cairn serve --state-dir ${r.stateDir}`);
+      out(`Join a worker node:      ${joinCommand(r.tokens.worker, url)}`);
+      out(`Join a manager node:     ${joinCommand(r.tokens.manager, url)}`);
+      out('');
+      out(`Keep ${statePaths(r.stateDir).unlockKey} secret: it opens the CA keys.`);
+    });
+}
+
+export function serveCommand(): Command {
+  return new Command('serve')
+    .description('run the CA\'s HTTPS API (TLS 1.2 minimum); SIGTERM drains in-flight requests and exits 0')
+    .addOption(stateDirOption())
+    .option('--listen <host:port>', 'address to listen on (default: from the state directory)')
+    .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info')
+    .action(async (f: { stateDir: string; listen?: string; unlockKeyFile?: string; logLevel: string }) => {
+      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
+      process.stdout.write(`cairn serving on ${srv.url}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.off('SIGTERM', stop);
+          process.off('SIGINT', stop);
+          srv.close().then(resolve, resolve);
+        };
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
+      });
+    });
+}
+
+export function tokenCommand(): Command {
+  return new Command('token')
+    .description('print the join command (or token) for workers or managers; --rotate replaces the secret')
+    .argument('<role>', 'worker or manager')
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .option('--rotate', 'replace the token secret: the old token stops working at once (needs a running server)')
+    .option('-q, --quiet', 'print the token only')
+    .action(async (role: string, f: { stateDir: string; server?: string; rotate?: boolean; quiet?: boolean }) => {
+      if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager`, 2);
+      const p = statePaths(f.stateDir);
+      let tokens: Record<string, string> = {};
+      if (exists(p.adminTokens)) {
+        try {
+          tokens = JSON.parse(readKeyFile(p.adminTokens));
+        } catch (e) {
+          if (e instanceof CairnError) throw e;
+          throw new CairnError('corrupt', `${p.adminTokens} is not valid JSON`);
+        }
+      }
+      if (f.rotate) {
+        const r = await adminCall(f.stateDir, f.server, 'POST', `v1/tokens/${role}/rotate`);
+        tokens[role] = r.token;
+        writeFilesAtomic([{ path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE }], { overwrite: true });
+        if (!f.quiet) out(`Rotated the ${role} join token; the old one no longer works.`);
+      }
+      const token = tokens[role];
+      if (!token) throw new CairnError('no_token', `no ${role} token is kept in ${p.adminTokens} (only hashes are stored on the server): run "cairn token ${role} --rotate --state-dir ${f.stateDir}"`);
+      if (f.quiet) return out(token);
+      out(`To add a ${role} to this cluster, run on the node:`);
+      out('');
+      out(`    ${joinCommand(token, serverUrl(f.stateDir, f.server))}`);
+    });
+}
+
+interface NodeJson {
+  id: string; role: string; status: string; createdAt: string; updatedAt: string;
+  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
+}
+
+function nodeTable(nodes: NodeJson[]): void {
+  const rows = [['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], ...nodes.map((n) => [n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-'])];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) out(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+}
+
+export function nodeCommand(): Command {
+  const node = new Command('node').description('list and manage the nodes of the cluster (through the API, with the admin bundle)');
+  const common = (c: Command) => c.addOption(stateDirOption()).addOption(serverOption()).addOption(jsonOption());
+  common(node.command('ls').description('list nodes')).action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
+    const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/nodes');
+    if (f.json) return printJson(r.nodes);
+    nodeTable(r.nodes);
+  });
+  common(node.command('inspect').description('show one node').argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
+    const n: NodeJson = await adminCall(f.stateDir, f.server, 'GET', `v1/nodes/${encodeURIComponent(id)}`);
+    if (f.json) return printJson(n);
+    out(`ID:            ${n.id}`);
+    out(`Role:          ${n.role}`);
+    out(`Status:        ${n.status}`);
+    out(`Created:       ${n.createdAt}`);
+    out(`Updated:       ${n.updatedAt}`);
+    if (n.certificate) {
+      out(`Certificate:   serial ${n.certificate.serial}`);
+      out(`  valid:       ${n.certificate.notBefore} to ${n.certificate.notAfter}`);
+      out(`  issuer key:  ${n.certificate.issuerKeyId}`);
+    }
+  });
+  const change = (verb: string, method: string, path: (id: string) => string, done: (n: NodeJson) => string, desc: string) =>
+    common(node.command(verb).description(desc).argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
+      const n: NodeJson = await adminCall(f.stateDir, f.server, method, path(encodeURIComponent(id)));
+      if (f.json) return printJson(n);
+      out(done(n));
+    });
+  change('promote', 'POST', (id) => `v1/nodes/${id}/promote`, (n) => `Node ${n.id} is now a manager (its certificate changes at its next renewal).`, 'make a node a manager (applies at its next renewal)');
+  change('demote', 'POST', (id) => `v1/nodes/${id}/demote`, (n) => `Node ${n.id} is now a worker (its certificate changes at its next renewal).`, 'make a node a worker (applies at its next renewal)');
+  change('rm', 'DELETE', (id) => `v1/nodes/${id}`, (n) => `Node ${n.id} removed: its certificates are revoked and it can no longer renew.`, 'remove a node: revoke its certificates, refuse its renewals');
+  return node;
+}
+
+export function updateCommand(): Command {
+  return new Command('update')
+    .description('change cluster-wide settings')
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .addOption(new Option('--cert-expiry <duration>', 'lifetime of node certificates, e.g. 720h, 90d (minimum 1h)').argParser(parseDurationArg))
+    .addOption(jsonOption())
+    .action(async (f: { stateDir: string; server?: string; certExpiry?: number; json?: boolean }) => {
+      if (f.certExpiry === undefined) throw new CairnError('usage', 'nothing to update: give --cert-expiry', 2);
+      if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`, 2);
+      const cfg = await adminCall(f.stateDir, f.server, 'PATCH', 'v1/config', { certExpiryMs: f.certExpiry });
+      if (f.json) return printJson(cfg);
+      out(`Node certificate expiry is now ${formatDuration(cfg.certExpiryMs)} (applies to certificates issued from now on).`);
+    });
+}

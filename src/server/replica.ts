@@ -1,0 +1,203 @@
+/**
+ * Bootstrapping a replica: `init` (create the cluster and this replica's state directory)
+ * and `serve` (load the authority from the store and run the HTTPS API).
+ */
+import fs from 'node:fs';
+import { isIP } from 'node:net';
+import path from 'node:path';
+import pino, { Logger } from 'pino';
+import { Authority } from '../authority/authority.js';
+import { initCluster } from '../authority/cluster.js';
+import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
+import {
+  certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, PkiError, privateKeyToPem, randomId, sanFor, spkiDer,
+  SubjectAltName,
+} from '../pki/index.js';
+import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
+import { CairnError } from '../util/errors.js';
+import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
+import { VERSION } from '../version.js';
+import { buildServer } from './server.js';
+import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
+
+function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
+  const names = [advertise, ...extra];
+  const out: SubjectAltName[] = [];
+  for (const n of names) {
+    try {
+      const s = sanFor(n);
+      if (!out.some((o) => JSON.stringify(o) === JSON.stringify(s))) out.push(s);
+    } catch (e) {
+      if (e instanceof PkiError) throw new CairnError('usage', e.message, 2);
+      throw e;
+    }
+  }
+  return out;
+}
+
+/** Issue this replica's server key and certificate, and the files that hold them. */
+async function serverIdentityFiles(auth: Authority, dir: string, cfg: ReplicaConfig): Promise<PlannedFile[]> {
+  const p = statePaths(dir);
+  const kp = generateKeyPair();
+  const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans));
+  return [
+    { path: p.serverKey, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
+    { path: p.serverCert, data: s.certificate, mode: FILE_MODE },
+    { path: p.caCert, data: auth.trustBundle(), mode: FILE_MODE },
+  ];
+}
+
+export interface InitOptions {
+  stateDir: string;
+  clusterName: string;
+  advertiseAddr?: string;
+  sans?: string[];
+  listen?: string;
+  store?: string;
+  keyType?: KeyType;
+}
+
+export interface InitOutcome {
+  clusterId: string;
+  replicaId: string;
+  tokens: Record<string, string>;
+  listen: string;
+  stateDir: string;
+}
+
+/**
+ * Create a cluster and this replica's state directory. Refuses an initialized directory.
+ * On failure, whatever this call created is removed again.
+ */
+export async function initReplica(o: InitOptions): Promise<InitOutcome> {
+  const p = statePaths(o.stateDir);
+  for (const f of [p.replica, p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
+    if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
+  }
+  const listen = o.listen ?? DEFAULT_LISTEN;
+  parseHostPort(listen);
+  const advertiseAddr = o.advertiseAddr ?? parseHostPort(listen).host;
+  const sans = o.sans ?? [];
+  sansFor(advertiseAddr, sans); // validate before creating anything
+  const createdDir = !exists(o.stateDir);
+  ensureDir(o.stateDir);
+  const created: string[] = [];
+  const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
+  let store: Store | undefined;
+  try {
+    const unlockKey = newUnlockKey();
+    writeFilesAtomic([{ path: p.unlockKey, data: formatUnlockKey(unlockKey) + '\n', mode: KEY_MODE }]);
+    created.push(p.unlockKey);
+    if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
+    store = await Store.open(kind, location);
+    const existing = await store.getCluster();
+    if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType);
+    const replicaId = randomId();
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: redactUrl(o.store) } : {}) };
+    await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
+    const auth = new Authority(store, replicaId, unlockKey);
+    await auth.load();
+    const files = await serverIdentityFiles(auth, o.stateDir, cfg);
+    const adminKp = generateKeyPair();
+    const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
+    ensureDir(p.adminDir);
+    created.push(p.adminDir);
+    files.push(
+      { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
+      { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
+      { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
+      { path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE },
+      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: FILE_MODE },
+    );
+    writeFilesAtomic(files);
+    return { clusterId, replicaId, tokens, listen, stateDir: o.stateDir };
+  } catch (e) {
+    await store?.close().catch(() => {});
+    store = undefined;
+    for (const f of created.reverse()) fs.rmSync(f, { force: true, recursive: true });
+    if (createdDir) fs.rmSync(o.stateDir, { force: true, recursive: true });
+    throw e;
+  } finally {
+    await store?.close();
+  }
+}
+
+export interface ServeOptions {
+  stateDir: string;
+  listen?: string;
+  store?: string;
+  unlockKeyFile?: string;
+  logLevel?: string;
+  logger?: Logger;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Start serving. Resolves once listening; `close()` drains in-flight requests. */
+export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
+  const cfg = readReplicaConfig(o.stateDir);
+  const p = statePaths(o.stateDir);
+  const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId } }, pino.destination({ fd: 2, sync: false }));
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const storeUrl = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
+  if (storeUrl && storeUrl.includes('***')) throw new CairnError('usage', 'the store URL in replica.json has its password removed: give --store or CAIRN_STORE', 2);
+  const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
+  const store = await Store.open(kind, location, { migrate: kind === 'postgres' ? true : exists(location) ? true : false });
+  try {
+    const cluster = await store.getCluster();
+    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
+    if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
+    const auth = new Authority(store, cfg.replicaId, unlockKey);
+    await auth.load();
+    await store.upsertReplica({ id: cfg.replicaId, address: cfg.advertiseAddr, version: VERSION });
+    // renew this replica's own server certificate when a third of its life is left
+    let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';
+    let needNew = !certPem;
+    if (certPem) {
+      const info = certificateInfo(certificateFromPem(certPem, p.serverCert));
+      const life = info.notAfter.getTime() - info.notBefore.getTime();
+      needNew = info.notAfter.getTime() - Date.now() < life / 3 || info.authorityKeyId?.toString('hex') !== auth.clusterRootKeyId;
+    }
+    if (needNew) {
+      writeFilesAtomic(await serverIdentityFiles(auth, o.stateDir, cfg), { overwrite: true });
+      certPem = readText(p.serverCert);
+      logger.info('issued a new server certificate for this replica');
+    }
+    const key = readKeyFile(p.serverKey);
+    const { app } = buildServer({ authority: auth, logger, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
+    const { host, port } = parseHostPort(o.listen ?? cfg.listen);
+    await app.listen({ host, port });
+    const addr = app.server.address();
+    const boundPort = typeof addr === 'object' && addr ? addr.port : port;
+    const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
+    logger.info({ url, store: kind, cluster: cfg.clusterId }, 'cairn serving');
+    const timers = [
+      setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
+      setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
+    ];
+    timers.forEach((t) => t.unref());
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      port: boundPort,
+      close() {
+        closing ??= (async () => {
+          timers.forEach(clearInterval);
+          await app.close();
+          await store.close();
+          logger.info('cairn stopped');
+          logger.flush?.();
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    await store.close().catch(() => {});
+    throw e;
+  }
+}

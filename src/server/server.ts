@@ -1,0 +1,208 @@
+/**
+ * The HTTPS API. Routes are thin: parse, authenticate, call the authority, answer.
+ */
+import type { TLSSocket } from 'node:tls';
+import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
+import type { Logger } from 'pino';
+import { Authority, PeerIdentity } from '../authority/authority.js';
+import { isRole } from '../authority/tokens.js';
+import { CairnError } from '../util/errors.js';
+import { createMetrics, Metrics } from './metrics.js';
+
+export const BODY_LIMIT = 64 * 1024;
+
+const STATUS: Record<string, number> = {
+  bad_request: 400, bad_csr: 400, bad_csr_signature: 400, bad_der: 400, bad_pem: 400, weak_key: 400, unsupported_key: 400,
+  invalid_token: 401, client_certificate_required: 401,
+  forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403,
+  not_found: 404, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
+};
+
+export interface ServerOptions {
+  authority: Authority;
+  logger: Logger;
+  tls: { key: string; cert: string; ca: string[] };
+  /** failed joins allowed per client address per minute */
+  joinFailuresPerMinute?: number;
+}
+
+/** Failed-join limiter: a fixed one-minute window per client address. */
+class FailureLimiter {
+  private readonly windows = new Map<string, { start: number; count: number }>();
+  constructor(private readonly limit: number) {}
+  blocked(addr: string): number {
+    const w = this.windows.get(addr);
+    if (!w) return 0;
+    const left = w.start + 60_000 - Date.now();
+    if (left <= 0) {
+      this.windows.delete(addr);
+      return 0;
+    }
+    return w.count >= this.limit ? Math.ceil(left / 1000) : 0;
+  }
+  fail(addr: string): void {
+    const now = Date.now();
+    const w = this.windows.get(addr);
+    if (!w || now - w.start >= 60_000) this.windows.set(addr, { start: now, count: 1 });
+    else w.count++;
+    if (this.windows.size > 100_000) this.windows.clear(); // bounded memory under address spraying
+  }
+}
+
+function peerCert(req: FastifyRequest): Buffer | undefined {
+  const sock = req.raw.socket as TLSSocket;
+  if (!sock.authorized) return undefined; // no certificate, or one that does not chain to our roots
+  const c = sock.getPeerCertificate(false);
+  return c && c.raw ? c.raw : undefined;
+}
+
+function isStoreError(e: unknown): boolean {
+  const err = e as { code?: string; message?: string };
+  return (
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P03', '08006', '08001', '08003', 'SQLITE_BUSY', 'SQLITE_IOERR'].includes(String(err?.code)) ||
+    /Connection terminated|timeout exceeded when trying to connect|database is locked/i.test(String(err?.message))
+  );
+}
+
+export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics } {
+  const { authority } = o;
+  const metrics = createMetrics(authority.store);
+  const limiter = new FailureLimiter(o.joinFailuresPerMinute ?? 20);
+  const app = Fastify({
+    loggerInstance: o.logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: BODY_LIMIT,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    https: {
+      key: o.tls.key,
+      cert: o.tls.cert,
+      ca: o.tls.ca,
+      requestCert: true,
+      rejectUnauthorized: false, // join and /v1/ca are unauthenticated; routes check peers themselves
+      minVersion: 'TLSv1.2',
+    },
+  });
+
+  app.setErrorHandler((err: unknown, req, reply) => {
+    const e = err as { code?: string; statusCode?: number; message?: string };
+    if (err instanceof CairnError) {
+      const status = STATUS[err.code] ?? 400;
+      return reply.code(status).send({ error: { code: err.code, message: err.message } });
+    }
+    if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.code(413).send({ error: { code: 'body_too_large', message: `request body is larger than ${BODY_LIMIT} bytes` } });
+    if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return reply.code(415).send({ error: { code: 'unsupported_media_type', message: 'request body must be application/json' } });
+    if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      return reply.code(e.statusCode).send({ error: { code: 'bad_request', message: e.message ?? 'bad request' } });
+    }
+    if (isStoreError(err)) {
+      req.log.warn({ err }, 'store unavailable');
+      return reply.code(503).header('retry-after', '1').send({ error: { code: 'unavailable', message: 'the store is unavailable; retry' } });
+    }
+    req.log.error({ err }, 'internal error');
+    return reply.code(500).send({ error: { code: 'internal', message: 'internal error' } });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'not_found', message: `no route ${req.method} ${req.url}` } }));
+
+  const body = (req: FastifyRequest): Record<string, unknown> => {
+    const b = req.body;
+    if (b === null || typeof b !== 'object' || Array.isArray(b)) throw new CairnError('bad_request', 'request body must be a JSON object');
+    return b as Record<string, unknown>;
+  };
+
+  const node = async (req: FastifyRequest): Promise<PeerIdentity> => {
+    const peer = await authority.identifyPeer(peerCert(req));
+    if (peer.kind !== 'node') throw new CairnError('forbidden', 'this endpoint is for node certificates');
+    return peer;
+  };
+  const admin = async (req: FastifyRequest): Promise<PeerIdentity> => {
+    const peer = await authority.identifyPeer(peerCert(req));
+    if (peer.kind !== 'admin') throw new CairnError('forbidden', 'this endpoint needs an admin client certificate');
+    return peer;
+  };
+  const actor = (p: PeerIdentity) => `admin:${p.serial}`;
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    try {
+      await authority.store.ping();
+      return { status: 'ready' };
+    } catch {
+      return reply.code(503).send({ status: 'unavailable' });
+    }
+  });
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.get('/v1/ca', async () => authority.caInfo());
+
+  app.post('/v1/join', async (req, reply) => {
+    const addr = req.ip;
+    const wait = limiter.blocked(addr);
+    if (wait) {
+      metrics.joinRejected.inc({ reason: 'rate_limited' });
+      reply.header('retry-after', String(wait));
+      throw new CairnError('rate_limited', `too many failed joins from ${addr}; retry in ${wait}s`);
+    }
+    try {
+      const b = body(req);
+      const r = await authority.join(b.token, b.csr);
+      metrics.issued.inc({ kind: 'join' });
+      req.log.info({ node: r.nodeId, role: r.role, serial: r.serial }, 'node joined');
+      return reply.code(201).send({ nodeId: r.nodeId, role: r.role, clusterId: r.clusterId, certificate: r.certificate, trustBundle: r.trustBundle });
+    } catch (e) {
+      if (e instanceof CairnError) {
+        limiter.fail(addr);
+        metrics.joinRejected.inc({ reason: e.code });
+      }
+      throw e;
+    }
+  });
+
+  app.post('/v1/renew', async (req) => {
+    const peer = await node(req);
+    const r = await authority.renew(peer, body(req).csr);
+    metrics.issued.inc({ kind: 'renew' });
+    metrics.renewed.inc();
+    req.log.debug({ node: r.nodeId, role: r.role, serial: r.serial }, 'node renewed');
+    return { nodeId: r.nodeId, role: r.role, clusterId: r.clusterId, certificate: r.certificate, trustBundle: r.trustBundle };
+  });
+
+  app.post<{ Params: { role: string } }>('/v1/tokens/:role/rotate', async (req) => {
+    const p = await admin(req);
+    if (!isRole(req.params.role)) throw new CairnError('not_found', `no token role "${req.params.role}": use worker or manager`);
+    const token = await authority.rotateToken(req.params.role, actor(p));
+    req.log.info({ role: req.params.role }, 'join token rotated');
+    return { role: req.params.role, token };
+  });
+
+  app.get('/v1/nodes', async (req) => {
+    await admin(req);
+    return { nodes: await authority.listNodes() };
+  });
+  app.get<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
+    await admin(req);
+    return authority.getNode(req.params.id);
+  });
+  app.post<{ Params: { id: string } }>('/v1/nodes/:id/promote', async (req) => authority.setRole(req.params.id, 'manager', actor(await admin(req))));
+  app.post<{ Params: { id: string } }>('/v1/nodes/:id/demote', async (req) => authority.setRole(req.params.id, 'worker', actor(await admin(req))));
+  app.delete<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
+    const p = await admin(req);
+    const n = await authority.removeNode(req.params.id, actor(p));
+    req.log.info({ node: n.id }, 'node removed');
+    return n;
+  });
+
+  app.get('/v1/config', async (req) => {
+    await admin(req);
+    return authority.config;
+  });
+  app.patch('/v1/config', async (req) => {
+    const p = await admin(req);
+    return authority.updateConfig(body(req), actor(p));
+  });
+
+  return { app, metrics };
+}

@@ -1,0 +1,107 @@
+/** Table types of the store, shared by the SQLite and PostgreSQL backends. Times are epoch milliseconds. */
+export interface ClusterTable {
+  id: string;
+  name: string;
+  created_at: number;
+}
+
+export interface ConfigTable {
+  key: string;
+  value: string;
+  updated_at: number;
+}
+
+export interface CaTable {
+  id: string;
+  /** 'cluster' or 'client' */
+  name: string;
+  generation: number;
+  cert_pem: string;
+  /** AES-256-GCM sealed PKCS#8 key, or null when the key is held elsewhere (external CA) */
+  key_sealed: string | null;
+  /** subject key identifier, hex */
+  key_id: string;
+  /** 'active' | 'retired' */
+  status: string;
+  created_at: number;
+}
+
+export interface CertificateTable {
+  /** uppercase hex */
+  serial: string;
+  /** 'node' | 'admin' | 'server' | 'client' */
+  kind: string;
+  node_id: string | null;
+  role: string | null;
+  subject: string;
+  /** SKI of the signing CA, hex */
+  issuer_key_id: string;
+  not_before: number;
+  not_after: number;
+  /** 'good' | 'revoked' */
+  status: string;
+  revoked_at: number | null;
+  revocation_reason: string | null;
+  cert_pem: string;
+  created_at: number;
+  replica_id: string | null;
+}
+
+export interface NodeTable {
+  id: string;
+  /** 'worker' | 'manager' */
+  role: string;
+  /** 'active' | 'removed' */
+  status: string;
+  created_at: number;
+  updated_at: number;
+  current_serial: string | null;
+}
+
+export interface TokenTable {
+  role: string;
+  /** SHA-256 of the secret, hex: the secret itself is never stored */
+  secret_hash: string;
+  created_at: number;
+}
+
+export interface SequenceTable {
+  name: string;
+  next: number;
+}
+
+export interface ReplicaTable {
+  id: string;
+  address: string;
+  version: string;
+  started_at: number;
+  heartbeat_at: number;
+}
+
+export interface LeaseTable {
+  name: string;
+  holder: string;
+  term: number;
+  expires_at: number;
+}
+
+export interface AuditTable {
+  id: string;
+  at: number;
+  actor: string;
+  action: string;
+  detail: string;
+}
+
+export interface Database {
+  cluster: ClusterTable;
+  config: ConfigTable;
+  cas: CaTable;
+  certificates: CertificateTable;
+  nodes: NodeTable;
+  tokens: TokenTable;
+  sequences: SequenceTable;
+  replicas: ReplicaTable;
+  leases: LeaseTable;
+  audit: AuditTable;
+}

@@ -1,0 +1,246 @@
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, Transaction } from 'kysely';
+import pg from 'pg';
+import { CairnError } from '../util/errors.js';
+import { migrationProvider } from './migrations.js';
+import type { CaTable, CertificateTable, Database, NodeTable } from './schema.js';
+
+export type Db = Kysely<Database> | Transaction<Database>;
+export type StoreKind = 'sqlite' | 'postgres';
+
+// PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
+pg.types.setTypeParser(20, (v: string) => Number(v));
+
+export const SQLITE_FILE = 'cairn.db';
+
+/** Where the store lives: `postgres://…` URLs, or a SQLite file (default: <state dir>/cairn.db). */
+export function resolveStoreUrl(url: string | undefined, stateDir: string): { kind: StoreKind; location: string } {
+  if (!url) return { kind: 'sqlite', location: path.join(stateDir, SQLITE_FILE) };
+  if (/^postgres(ql)?:\/\//.test(url)) return { kind: 'postgres', location: url };
+  if (url.startsWith('sqlite:')) return { kind: 'sqlite', location: url.slice('sqlite:'.length) };
+  throw new CairnError('bad_store', `unsupported store "${redactUrl(url)}": use postgres://… or sqlite:<file>`, 2);
+}
+
+/** A URL with any password replaced, safe to log. */
+export function redactUrl(url: string): string {
+  return url.replace(/(\/\/[^:/@]+:)[^@]*@/, '$1***@');
+}
+
+export class Store {
+  readonly db: Kysely<Database>;
+  readonly kind: StoreKind;
+
+  private constructor(db: Kysely<Database>, kind: StoreKind) {
+    this.db = db;
+    this.kind = kind;
+  }
+
+  /** Open (and migrate) the store. Migration is safe to run from several replicas at once. */
+  static async open(kind: StoreKind, location: string, opts: { migrate?: boolean; poolSize?: number } = {}): Promise<Store> {
+    let db: Kysely<Database>;
+    if (kind === 'sqlite') {
+      let sqlite: SqliteDatabase.Database;
+      try {
+        sqlite = new SqliteDatabase(location, { fileMustExist: opts.migrate === false });
+        sqlite.pragma('journal_mode = WAL');
+        // WAL + NORMAL: a committed transaction survives a crash of the process (not of the OS)
+        sqlite.pragma('synchronous = NORMAL');
+        sqlite.pragma('busy_timeout = 5000');
+        sqlite.pragma('foreign_keys = ON');
+      } catch (e) {
+        throw new CairnError('store_unavailable', `cannot open SQLite store ${location}: ${(e as Error).message}`);
+      }
+      db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+    } else {
+      const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
+      pool.on('error', () => {
+        /* idle client errors (server restart) are surfaced on the next query */
+      });
+      db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    }
+    const store = new Store(db, kind);
+    if (opts.migrate !== false) await store.migrate(location);
+    return store;
+  }
+
+  async migrate(location = ''): Promise<void> {
+    const migrator = new Migrator({ db: this.db, provider: migrationProvider });
+    let res;
+    try {
+      res = await migrator.migrateToLatest();
+    } catch (e) {
+      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`);
+    }
+    if (res.error) {
+      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+  }
+
+  /** Run `fn` in one transaction: all of it is recorded, or none. */
+  transaction<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute(fn);
+  }
+
+  async ping(): Promise<void> {
+    await this.db.selectFrom('sequences').select('name').limit(1).execute();
+  }
+
+  // ---- cluster and configuration
+
+  async getCluster(db: Db = this.db) {
+    return db.selectFrom('cluster').selectAll().executeTakeFirst();
+  }
+
+  async getConfig(db: Db = this.db): Promise<Record<string, unknown>> {
+    const rows = await db.selectFrom('config').selectAll().execute();
+    return Object.fromEntries(rows.map((r) => [r.key, JSON.parse(r.value)]));
+  }
+
+  async setConfig(values: Record<string, unknown>, db: Db = this.db): Promise<void> {
+    const now = Date.now();
+    for (const [key, v] of Object.entries(values)) {
+      await db
+        .insertInto('config')
+        .values({ key, value: JSON.stringify(v), updated_at: now })
+        .onConflict((oc) => oc.column('key').doUpdateSet({ value: JSON.stringify(v), updated_at: now }))
+        .execute();
+    }
+  }
+
+  // ---- certificate authorities
+
+  async listCas(db: Db = this.db): Promise<CaTable[]> {
+    return db.selectFrom('cas').selectAll().orderBy('generation').execute();
+  }
+
+  async insertCa(ca: CaTable, db: Db = this.db): Promise<void> {
+    await db.insertInto('cas').values(ca).execute();
+  }
+
+  // ---- certificates
+
+  async insertCertificate(c: CertificateTable, db: Db = this.db): Promise<void> {
+    await db.insertInto('certificates').values(c).execute();
+  }
+
+  async getCertificate(serial: string, db: Db = this.db): Promise<CertificateTable | undefined> {
+    return db.selectFrom('certificates').selectAll().where('serial', '=', serial).executeTakeFirst();
+  }
+
+  async revokeNodeCertificates(nodeId: string, reason: string, db: Db = this.db): Promise<number> {
+    const r = await db
+      .updateTable('certificates')
+      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
+      .where('node_id', '=', nodeId)
+      .where('status', '=', 'good')
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+
+  /** Unexpired good certificates, counted by days to expiry (for metrics). */
+  async countGoodByExpiry(now: number, bounds: number[], db: Db = this.db): Promise<number[]> {
+    const counts: number[] = [];
+    let lo = now;
+    for (const b of [...bounds, Number.MAX_SAFE_INTEGER]) {
+      const hi = b === Number.MAX_SAFE_INTEGER ? b : now + b;
+      const r = await db
+        .selectFrom('certificates')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('status', '=', 'good')
+        .where('not_after', '>', lo)
+        .where('not_after', '<=', hi)
+        .executeTakeFirstOrThrow();
+      counts.push(Number(r.n));
+      lo = hi;
+    }
+    return counts;
+  }
+
+  // ---- nodes
+
+  async insertNode(n: NodeTable, db: Db = this.db): Promise<void> {
+    await db.insertInto('nodes').values(n).execute();
+  }
+
+  async getNode(id: string, db: Db = this.db): Promise<NodeTable | undefined> {
+    return db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async listNodes(db: Db = this.db): Promise<NodeTable[]> {
+    return db.selectFrom('nodes').selectAll().orderBy('created_at').orderBy('id').execute();
+  }
+
+  async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>, db: Db = this.db): Promise<void> {
+    await db.updateTable('nodes').set({ ...set, updated_at: Date.now() }).where('id', '=', id).execute();
+  }
+
+  // ---- join tokens
+
+  async getTokenHashes(db: Db = this.db): Promise<Record<string, string>> {
+    const rows = await db.selectFrom('tokens').select(['role', 'secret_hash']).execute();
+    return Object.fromEntries(rows.map((r) => [r.role, r.secret_hash]));
+  }
+
+  async setTokenHash(role: string, secretHash: string, db: Db = this.db): Promise<void> {
+    const now = Date.now();
+    await db
+      .insertInto('tokens')
+      .values({ role, secret_hash: secretHash, created_at: now })
+      .onConflict((oc) => oc.column('role').doUpdateSet({ secret_hash: secretHash, created_at: now }))
+      .execute();
+  }
+
+  // ---- sequences (serial number and request ID ranges)
+
+  async ensureSequence(name: string, start: number, db: Db = this.db): Promise<void> {
+    await db.insertInto('sequences').values({ name, next: start }).onConflict((oc) => oc.column('name').doNothing()).execute();
+  }
+
+  /** Claim `[start, start+increment)` with one atomic statement. */
+  async claimRange(name: string, increment: number, db: Db = this.db): Promise<{ start: number; end: number }> {
+    const row = await db
+      .updateTable('sequences')
+      .set((eb) => ({ next: eb('next', '+', increment) }))
+      .where('name', '=', name)
+      .returning('next')
+      .executeTakeFirst();
+    if (!row) throw new CairnError('store_corrupt', `sequence ${name} is missing from the store`);
+    const end = Number(row.next);
+    if (!Number.isSafeInteger(end)) throw new CairnError('store_corrupt', `sequence ${name} is out of range`);
+    return { start: end - increment, end };
+  }
+
+  // ---- replicas
+
+  async upsertReplica(r: { id: string; address: string; version: string }, db: Db = this.db): Promise<void> {
+    const now = Date.now();
+    await db
+      .insertInto('replicas')
+      .values({ ...r, started_at: now, heartbeat_at: now })
+      .onConflict((oc) => oc.column('id').doUpdateSet({ address: r.address, version: r.version, started_at: now, heartbeat_at: now }))
+      .execute();
+  }
+
+  async heartbeat(id: string, db: Db = this.db): Promise<void> {
+    await db.updateTable('replicas').set({ heartbeat_at: Date.now() }).where('id', '=', id).execute();
+  }
+
+  async listReplicas(db: Db = this.db) {
+    return db.selectFrom('replicas').selectAll().orderBy('started_at').execute();
+  }
+
+  // ---- audit log
+
+  async audit(actor: string, action: string, detail: Record<string, unknown>, db: Db = this.db): Promise<void> {
+    await db
+      .insertInto('audit')
+      .values({ id: `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) })
+      .execute();
+  }
+}
