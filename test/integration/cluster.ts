@@ -1,0 +1,179 @@
+/**
+ * Test fixtures for the CA server: a real `cairn init` + `cairn serve` in child processes on
+ * a loopback port chosen at run time, and a raw HTTPS client for the API.
+ */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import https from 'node:https';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const CAIRN = path.join(REPO, 'bin', 'cairn.js');
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+export function mkTemp(prefix = 'cairn-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function cli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+  const r = spawnSync(process.execPath, [CAIRN, ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export async function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CAIRN, ...args], { env: { ...process.env, ...opts.env } });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+export interface Cluster {
+  dir: string;
+  port: number;
+  url: string;
+  tokens: { worker: string; manager: string };
+  clusterId: string;
+  proc: ChildProcess | null;
+  logs: string[];
+  start(): Promise<void>;
+  kill(signal?: NodeJS.Signals): Promise<number | null>;
+  cleanup(): Promise<void>;
+}
+
+/** `cairn init` in a fresh temp dir, then `cairn serve` on a free loopback port. */
+export async function startCluster(name = 'test'): Promise<Cluster> {
+  const root = mkTemp();
+  const dir = path.join(root, 'state');
+  const port = await freePort();
+  const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json']);
+  if (init.code !== 0) throw new Error(`cairn init failed: ${init.stderr}`);
+  const j = JSON.parse(init.stdout);
+  const c: Cluster = {
+    dir,
+    port,
+    url: `https://127.0.0.1:${port}`,
+    tokens: j.tokens,
+    clusterId: j.clusterId,
+    proc: null,
+    logs: [],
+    async start() {
+      const p = spawn(process.execPath, [CAIRN, 'serve', '--state-dir', dir, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      c.proc = p;
+      p.stderr!.on('data', (d) => c.logs.push(String(d)));
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        const t = setTimeout(() => reject(new Error(`cairn serve did not start: ${c.logs.join('')}`)), 20_000);
+        p.stdout!.on('data', (d) => {
+          out += d;
+          if (out.includes('cairn serving on')) {
+            clearTimeout(t);
+            resolve();
+          }
+        });
+        p.on('exit', (code) => {
+          clearTimeout(t);
+          reject(new Error(`cairn serve exited with ${code}: ${c.logs.join('')}`));
+        });
+      });
+      p.removeAllListeners('exit');
+    },
+    async kill(signal = 'SIGKILL') {
+      const p = c.proc;
+      if (!p || p.exitCode !== null || p.signalCode !== null) return p?.exitCode ?? null;
+      const done = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+      p.kill(signal);
+      const code = await done;
+      c.proc = null;
+      return code;
+    },
+    async cleanup() {
+      await c.kill('SIGKILL');
+      fs.rmSync(root, { recursive: true, force: true });
+    },
+  };
+  await c.start();
+  return c;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: any;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+export interface TlsIdentity {
+  key?: string;
+  cert?: string;
+  ca?: string;
+}
+
+/** One HTTPS request. Without `ca`, the server is not verified (like a node's first contact). */
+export function api(url: string, method: string, p: string, body?: unknown, id: TlsIdentity = {}, rawBody?: Buffer): Promise<ApiResponse> {
+  const payload = rawBody ?? (body === undefined ? undefined : Buffer.from(JSON.stringify(body)));
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      new URL(p, url),
+      {
+        method,
+        key: id.key,
+        cert: id.cert,
+        ca: id.ca,
+        rejectUnauthorized: !!id.ca,
+        servername: 'ca',
+        checkServerIdentity: () => undefined,
+        agent: false,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (d: Buffer) => chunks.push(d));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            /* not JSON */
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed, headers: res.headers });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/** Open the SQLite store read-only and run a query. */
+export async function query<T = any>(dir: string, sql: string, ...params: unknown[]): Promise<T[]> {
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(path.join(dir, 'cairn.db'), { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare(sql).all(...params) as T[];
+  } finally {
+    db.close();
+  }
+}
