@@ -6,7 +6,7 @@ import { KeyObject } from 'node:crypto';
 import {
   certificateInfo, certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
   makeIssuer, makeSerial, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
-  certificateFromPem,
+  certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import type { CaTable, NodeTable } from '../store/schema.js';
@@ -19,15 +19,37 @@ export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
 export const MIN_CERT_EXPIRY_MS = HOUR_MS;
 
 export interface ClusterConfig {
+  /** lifetime of node certificates */
   certExpiryMs: number;
+  /** serial numbers a replica claims from the store at a time */
   serialRangeIncrement: number;
+  /** claim the next range when fewer than this many are left */
   serialRangeLowWater: number;
+  /** CRL validity (nextUpdate - thisUpdate) */
+  crlValidityMs: number;
+  /** CRL leader lease duration */
+  crlLeaseMs: number;
+  /** CRL leader cycle: revocations within one cycle are coalesced into one CRL */
+  crlCycleMs: number;
 }
 
 export const DEFAULT_CONFIG: ClusterConfig = {
   certExpiryMs: DEFAULT_CERT_EXPIRY_MS,
   serialRangeIncrement: 1000,
   serialRangeLowWater: 200,
+  crlValidityMs: 24 * HOUR_MS,
+  crlLeaseMs: 15_000,
+  crlCycleMs: 1_000,
+};
+
+/** Bounds of every setting a user may change: [min, max, what]. */
+const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
+  certExpiryMs: [HOUR_MS, 20 * 365 * DAY_MS, 'certificate expiry must be between 1h and 20 years'],
+  serialRangeIncrement: [1, 1_000_000, 'serialRangeIncrement must be between 1 and 1000000'],
+  serialRangeLowWater: [0, 1_000_000, 'serialRangeLowWater must be between 0 and 1000000'],
+  crlValidityMs: [10 * 60_000, 365 * DAY_MS, 'crlValidityMs must be between 10 minutes and 365 days'],
+  crlLeaseMs: [1_000, HOUR_MS, 'crlLeaseMs must be between 1s and 1h'],
+  crlCycleMs: [100, 10 * 60_000, 'crlCycleMs must be between 100ms and 10 minutes'],
 };
 
 export interface LoadedCa {
@@ -161,6 +183,16 @@ export class Authority {
       digest: this.digest,
       rotation: null,
     };
+  }
+
+  /** The issuer that signs a CA's CRLs (its current active key). */
+  crlIssuer(ca: 'cluster' | 'client'): Issuer {
+    return (ca === 'cluster' ? this.clusterCa : this.clientCa).issuer!;
+  }
+
+  /** Key IDs of every generation of a CA whose certificates a CRL covers. */
+  caKeyIds(ca: 'cluster' | 'client'): string[] {
+    return this.cas.filter((c) => c.row.name === ca).map((c) => c.row.key_id);
   }
 
   // ---- issuance
@@ -372,20 +404,87 @@ export class Authority {
     });
   }
 
+  // ---- certificates and revocation
+
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string }) {
+    if (f.status && !['good', 'revoked'].includes(f.status)) throw new CairnError('bad_request', 'status must be good or revoked');
+    const rows = await this.store.findCertificates(f);
+    return rows.map((r) => this.certificateView(r));
+  }
+
+  certificateView(r: import('../store/schema.js').CertificateTable) {
+    return {
+      serial: r.serial,
+      kind: r.kind,
+      nodeId: r.node_id,
+      role: r.role,
+      subject: r.subject,
+      issuerKeyId: r.issuer_key_id,
+      notBefore: new Date(r.not_before).toISOString(),
+      notAfter: new Date(r.not_after).toISOString(),
+      status: r.status,
+      revokedAt: r.revoked_at ? new Date(Number(r.revoked_at)).toISOString() : null,
+      revocationReason: r.revocation_reason,
+    };
+  }
+
+  async getCertificate(serial: string) {
+    const s = serial.replace(/:/g, '').toUpperCase();
+    const r = /^[0-9A-F]{2,40}$/.test(s) ? await this.store.getCertificate(s) : undefined;
+    if (!r) throw new CairnError('not_found', `no certificate with serial ${serial}`);
+    return { ...this.certificateView(r), pem: r.cert_pem };
+  }
+
+  /** Revoke one certificate (by serial) or every good certificate of a node. Takes effect for renewal at once. */
+  async revoke(target: { serial?: string; nodeId?: string }, reason: unknown, actor = 'admin') {
+    const why = reason === undefined ? 'unspecified' : reason;
+    if (typeof why !== 'string' || !isRevocationReason(why)) {
+      throw new CairnError('bad_request', `unknown revocation reason "${String(why)}": use one of ${Object.keys(REVOCATION_REASONS).join(', ')}`);
+    }
+    return this.store.transaction(async (trx) => {
+      let serials: string[];
+      if (target.serial) {
+        const c = await this.getCertificateIn(target.serial, trx);
+        if (c.status === 'revoked') throw new CairnError('already_revoked', `certificate ${c.serial} is already revoked`);
+        serials = [c.serial];
+      } else if (target.nodeId) {
+        await this.requireNode(target.nodeId, trx);
+        serials = (await this.store.findCertificates({ nodeId: target.nodeId, status: 'good' }, trx)).map((c) => c.serial);
+      } else {
+        throw new CairnError('bad_request', 'give a serial or a node');
+      }
+      const revoked = await this.store.revokeCertificates(serials, why, trx);
+      await this.store.audit(actor, 'certificate.revoke', { serials: revoked, reason: why, node: target.nodeId ?? null }, trx);
+      return { revoked, reason: why };
+    });
+  }
+
+  private async getCertificateIn(serial: string, db: Db) {
+    const s = serial.replace(/:/g, '').toUpperCase();
+    const r = /^[0-9A-F]{2,40}$/.test(s) ? await this.store.getCertificate(s, db) : undefined;
+    if (!r) throw new CairnError('not_found', `no certificate with serial ${serial}`);
+    return r;
+  }
+
+  /** The newest CRL of a CA, as stored by the CRL leader. */
+  async latestCrl(ca: string): Promise<Buffer | null> {
+    if (ca !== 'cluster' && ca !== 'client') throw new CairnError('not_found', `no CA "${ca}": use cluster or client`);
+    const r = await this.store.latestCrl(ca);
+    return r ? Buffer.from(r.der, 'base64') : null;
+  }
+
   // ---- configuration
 
   async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
     const allowed: Partial<ClusterConfig> = {};
     for (const [k, v] of Object.entries(patch)) {
-      if (k === 'certExpiryMs') {
-        if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', 'certExpiryMs must be an integer number of milliseconds');
-        if (v < MIN_CERT_EXPIRY_MS) throw new CairnError('bad_request', 'certificate expiry must be at least 1h');
-        if (v > 20 * 365 * DAY_MS) throw new CairnError('bad_request', 'certificate expiry must be at most 20 years');
-        allowed.certExpiryMs = v;
-      } else {
-        throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
-      }
+      const bounds = CONFIG_BOUNDS[k as keyof ClusterConfig];
+      if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
+      if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
+      if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);
+      allowed[k as keyof ClusterConfig] = v;
     }
+    if (Object.keys(allowed).length === 0) throw new CairnError('bad_request', 'no setting to change');
     await this.store.transaction(async (trx) => {
       await this.store.setConfig(allowed, trx);
       await this.store.audit(actor, 'config.update', allowed, trx);

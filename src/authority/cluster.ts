@@ -57,6 +57,7 @@ export async function initCluster(store: Store, name: string, unlockKey: Buffer,
     await store.insertCa(client.row, trx);
     await store.ensureSequence('serial', 16, trx);
     await store.ensureSequence('request', 1, trx);
+    await store.ensureSequence('revocation', 0, trx);
     await store.setConfig({ ...DEFAULT_CONFIG }, trx);
     const digest = rootDigest(cluster.der);
     for (const role of ROLES) {

@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { caCommand } from './ca.js';
+import { certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { VERSION } from '../version.js';
 
@@ -20,6 +21,10 @@ export function buildProgram(): Command {
   program.addCommand(tokenCommand());
   program.addCommand(nodeCommand());
   program.addCommand(updateCommand());
+  program.addCommand(certCommand());
+  program.addCommand(revokeCommand());
+  program.addCommand(crlCommand());
+  program.addCommand(replicaCommand());
   program.addCommand(caCommand());
   // settings set on the program are copied to commands created with .command(), not to added ones
   const inherit = (c: Command) => {

@@ -1,5 +1,3 @@
-import https from 'node:https';
-import tls from 'node:tls';
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
 import { initReplica, serveReplica } from '../server/replica.js';
@@ -7,7 +5,8 @@ import { DEFAULT_LISTEN, readReplicaConfig, statePaths } from '../server/state.j
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
-import { exists, readKeyFile, readText, writeFilesAtomic, KEY_MODE } from '../util/files.js';
+import { exists, readKeyFile, writeFilesAtomic, KEY_MODE } from '../util/files.js';
+import { adminCall, serverUrl } from './admin-client.js';
 import { jsonOption, keyTypeOption, out, parseDurationArg, printJson } from './common.js';
 
 const stateDirOption = () => new Option('--state-dir <dir>', 'the replica state directory').makeOptionMandatory();
@@ -15,63 +14,6 @@ const serverOption = () => new Option('--server <url>', 'API address (default: h
 
 function joinCommand(token: string, url: string): string {
   return `cairn join --token ${token} --state-dir <node-dir> ${url}`;
-}
-
-function serverUrl(stateDir: string, override?: string): string {
-  if (override) return override.replace(/\/+$/, '');
-  const cfg = readReplicaConfig(stateDir);
-  const host = cfg.listen.replace(/^(0\.0\.0\.0|\[::\]):/, '127.0.0.1:');
-  return `https://${host}`;
-}
-
-/** Call the API with the admin client bundle of a state directory. */
-export async function adminCall(stateDir: string, server: string | undefined, method: string, path: string, body?: unknown): Promise<any> {
-  const p = statePaths(stateDir);
-  if (!exists(p.adminCert)) throw new CairnError('no_admin_bundle', `no admin bundle in ${p.adminDir}: this state directory was not created by "cairn init"`);
-  const key = readKeyFile(p.adminKey);
-  const cert = readText(p.adminCert);
-  const ca = readText(p.adminCa);
-  const base = serverUrl(stateDir, server);
-  const url = new URL(path, base + '/');
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      url,
-      {
-        method,
-        key,
-        cert,
-        ca,
-        minVersion: 'TLSv1.2',
-        servername: 'ca',
-        checkServerIdentity: (_h, c) => tls.checkServerIdentity('ca', c),
-        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
-        timeout: 15_000,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let data: any;
-          try {
-            data = JSON.parse(Buffer.concat(chunks).toString() || 'null');
-          } catch {
-            return reject(new CairnError('bad_response', `${base} answered ${res.statusCode} with a body that is not JSON`));
-          }
-          if ((res.statusCode ?? 500) >= 400) {
-            return reject(new CairnError(data?.error?.code ?? 'server_error', data?.error?.message ?? `server answered ${res.statusCode}`));
-          }
-          resolve(data);
-        });
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('timed out')));
-    req.on('error', (e: NodeJS.ErrnoException) => {
-      const hint = e.code === 'ECONNREFUSED' ? ' (is "cairn serve" running?)' : '';
-      reject(new CairnError('unreachable', `cannot reach the cairn API at ${base}: ${e.message}${hint}`));
-    });
-    req.end(payload);
-  });
 }
 
 export function initCommand(): Command {
@@ -82,6 +24,7 @@ export function initCommand(): Command {
     .option('--advertise-addr <host>', 'host name or IP address nodes use to reach this replica (default: the listen host)')
     .option('--san <name>', 'extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
+    .option('--store <url>', 'shared store for several replicas: postgres://user:pass@host/db (default: SQLite in the state directory)')
     .addOption(keyTypeOption().default('ec-p256').argParser((v) => v as any))
     .addOption(jsonOption())
     .addHelpText('after', `
@@ -91,10 +34,10 @@ Writes into the state directory (created 0700):
   replica.json        this replica's identity and listen address
   server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
   admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
-    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; keyType: any; json?: boolean }) => {
+    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean }) => {
       const { validateClusterName } = await import('../authority/offline.js');
       validateClusterName(name);
-      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, keyType: f.keyType });
+      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType });
       if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
       const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
       out(`Cluster "${name}" created (cluster ID ${r.clusterId}) in ${r.stateDir}.`);
@@ -112,10 +55,11 @@ export function serveCommand(): Command {
     .description('run the CA\'s HTTPS API (TLS 1.2 minimum); SIGTERM drains in-flight requests and exits 0')
     .addOption(stateDirOption())
     .option('--listen <host:port>', 'address to listen on (default: from the state directory)')
+    .option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)')
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info')
-    .action(async (f: { stateDir: string; listen?: string; unlockKeyFile?: string; logLevel: string }) => {
-      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
+    .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string }) => {
+      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {

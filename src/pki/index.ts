@@ -9,3 +9,4 @@ export * from './cert.js';
 export * from './csr.js';
 export * from './verify.js';
 export * from './profiles.js';
+export * from './crl.js';

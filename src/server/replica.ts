@@ -8,6 +8,7 @@ import path from 'node:path';
 import pino, { Logger } from 'pino';
 import { Authority } from '../authority/authority.js';
 import { initCluster } from '../authority/cluster.js';
+import { CrlPublisher } from '../authority/crl.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
   certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, PkiError, privateKeyToPem, randomId, sanFor, spkiDer,
@@ -94,7 +95,7 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
     if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
     const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType);
     const replicaId = randomId();
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: redactUrl(o.store) } : {}) };
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
     const auth = new Authority(store, replicaId, unlockKey);
     await auth.load();
@@ -108,7 +109,7 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
       { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
       { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
       { path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE },
-      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: FILE_MODE },
+      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
     );
     writeFilesAtomic(files);
     return { clusterId, replicaId, tokens, listen, stateDir: o.stateDir };
@@ -120,6 +121,63 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
     throw e;
   } finally {
     await store?.close();
+  }
+}
+
+export interface AddReplicaOptions {
+  stateDir: string;
+  store: string;
+  unlockKeyFile?: string;
+  advertiseAddr: string;
+  sans?: string[];
+  listen?: string;
+}
+
+/**
+ * Prepare another replica of an existing cluster: it needs only the store URL, the unlock
+ * key and its own addresses. Writes its state directory (server identity, admin bundle).
+ */
+export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: string; clusterId: string; listen: string }> {
+  const p = statePaths(o.stateDir);
+  for (const f of [p.replica, p.serverKey, p.adminDir]) {
+    if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
+  }
+  const listen = o.listen ?? DEFAULT_LISTEN;
+  parseHostPort(listen);
+  const sans = o.sans ?? [];
+  sansFor(o.advertiseAddr, sans);
+  if (!o.unlockKeyFile && !process.env.CAIRN_UNLOCK_KEY) throw new CairnError('usage', 'give the cluster unlock key with --unlock-key-file or CAIRN_UNLOCK_KEY', 2);
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
+  if (kind === 'sqlite') throw new CairnError('usage', 'replicas share a PostgreSQL store: give --store postgres://…', 2);
+  const store = await Store.open(kind, location);
+  const createdDir = !exists(o.stateDir);
+  try {
+    const cluster = await store.getCluster();
+    if (!cluster) throw new CairnError('not_initialized', `the store ${redactUrl(location)} holds no cluster: run "cairn init --store …" first`);
+    const replicaId = randomId();
+    const auth = new Authority(store, replicaId, unlockKey);
+    await auth.load(); // proves the unlock key opens the CA keys
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store };
+    await store.upsertReplica({ id: replicaId, address: o.advertiseAddr, version: VERSION });
+    ensureDir(o.stateDir);
+    const files = await serverIdentityFiles(auth, o.stateDir, cfg);
+    const adminKp = generateKeyPair();
+    const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
+    ensureDir(p.adminDir);
+    files.push(
+      { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
+      { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
+      { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
+      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
+    );
+    writeFilesAtomic(files);
+    return { replicaId, clusterId: cluster.id, listen };
+  } catch (e) {
+    if (createdDir) fs.rmSync(o.stateDir, { force: true, recursive: true });
+    throw e;
+  } finally {
+    await store.close();
   }
 }
 
@@ -145,7 +203,6 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId } }, pino.destination({ fd: 2, sync: false }));
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const storeUrl = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
-  if (storeUrl && storeUrl.includes('***')) throw new CairnError('usage', 'the store URL in replica.json has its password removed: give --store or CAIRN_STORE', 2);
   const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
   const store = await Store.open(kind, location, { migrate: kind === 'postgres' ? true : exists(location) ? true : false });
   try {
@@ -176,6 +233,8 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
     const boundPort = typeof addr === 'object' && addr ? addr.port : port;
     const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
     logger.info({ url, store: kind, cluster: cfg.clusterId }, 'cairn serving');
+    const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
+    crl.start();
     const timers = [
       setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
       setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
@@ -189,6 +248,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
         closing ??= (async () => {
           timers.forEach(clearInterval);
           await app.close();
+          await crl.stop();
           await store.close();
           logger.info('cairn stopped');
           logger.flush?.();

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { Authority, PeerIdentity } from '../authority/authority.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError } from '../util/errors.js';
+import { toPem } from '../pki/index.js';
 import { createMetrics, Metrics } from './metrics.js';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -193,6 +194,53 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const n = await authority.removeNode(req.params.id, actor(p));
     req.log.info({ node: n.id }, 'node removed');
     return n;
+  });
+
+  // CRLs: every replica serves the newest stored CRL (cached for a second)
+  const crlCache = new Map<string, { at: number; der: Buffer | null }>();
+  app.get<{ Params: { ca: string }; Querystring: { format?: string } }>('/v1/crl/:ca', async (req, reply) => {
+    let hit = crlCache.get(req.params.ca);
+    if (!hit || Date.now() - hit.at > 1000) {
+      hit = { at: Date.now(), der: await authority.latestCrl(req.params.ca) };
+      crlCache.set(req.params.ca, hit);
+    }
+    if (!hit.der) throw new CairnError('not_found', `no CRL has been published for ${req.params.ca} yet`);
+    reply.header('cache-control', 'max-age=5');
+    if (req.query.format === 'pem') {
+      reply.header('content-type', 'application/x-pem-file');
+      return toPem('X509 CRL', hit.der);
+    }
+    reply.header('content-type', 'application/pkix-crl');
+    return hit.der;
+  });
+
+  app.get<{ Querystring: { node?: string; status?: string; kind?: string } }>('/v1/certificates', async (req) => {
+    await admin(req);
+    return { certificates: await authority.findCertificates({ nodeId: req.query.node, status: req.query.status, kind: req.query.kind }) };
+  });
+  app.get<{ Params: { serial: string } }>('/v1/certificates/:serial', async (req) => {
+    await admin(req);
+    return authority.getCertificate(req.params.serial);
+  });
+  app.post<{ Params: { serial: string } }>('/v1/certificates/:serial/revoke', async (req) => {
+    const p = await admin(req);
+    const r = await authority.revoke({ serial: req.params.serial }, (req.body as { reason?: unknown } | null)?.reason, actor(p));
+    req.log.info(r, 'certificate revoked');
+    return r;
+  });
+  app.post<{ Params: { id: string } }>('/v1/nodes/:id/revoke', async (req) => {
+    const p = await admin(req);
+    const r = await authority.revoke({ nodeId: req.params.id }, (req.body as { reason?: unknown } | null)?.reason, actor(p));
+    req.log.info({ ...r, node: req.params.id }, 'node certificates revoked');
+    return r;
+  });
+
+  app.get('/v1/replicas', async (req) => {
+    await admin(req);
+    const rows = await authority.store.listReplicas();
+    return {
+      replicas: rows.map((r) => ({ id: r.id, address: r.address, version: r.version, startedAt: new Date(Number(r.started_at)).toISOString(), heartbeatAt: new Date(Number(r.heartbeat_at)).toISOString() })),
+    };
   });
 
   app.get('/v1/config', async (req) => {

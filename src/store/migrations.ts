@@ -87,6 +87,22 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('audit_at').on('audit').column('at').execute();
     },
   },
+  '0002_crls': {
+    async up(db: Kysely<any>) {
+      await db.schema.createTable('crls')
+        .addColumn('ca_name', 'text', (c) => c.notNull())
+        .addColumn('number', 'bigint', (c) => c.notNull())
+        .addColumn('der', 'text', (c) => c.notNull())
+        .addColumn('this_update', 'bigint', (c) => c.notNull())
+        .addColumn('next_update', 'bigint', (c) => c.notNull())
+        .addColumn('revocation_mark', 'bigint', (c) => c.notNull())
+        .addColumn('entries', 'integer', (c) => c.notNull())
+        .addColumn('replica_id', 'text', (c) => c.notNull())
+        .addColumn('term', 'bigint', (c) => c.notNull())
+        .addPrimaryKeyConstraint('crls_pk', ['ca_name', 'number'])
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

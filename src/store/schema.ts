@@ -93,7 +93,24 @@ export interface AuditTable {
   detail: string;
 }
 
+export interface CrlTable {
+  /** 'cluster' | 'client' */
+  ca_name: string;
+  number: number;
+  /** base64 DER */
+  der: string;
+  this_update: number;
+  next_update: number;
+  /** value of the 'revocation' sequence this CRL covers */
+  revocation_mark: number;
+  entries: number;
+  replica_id: string;
+  /** lease term of the leader that published it */
+  term: number;
+}
+
 export interface Database {
+  crls: CrlTable;
   cluster: ClusterTable;
   config: ConfigTable;
   cas: CaTable;

@@ -5,7 +5,7 @@ import { Kysely, Migrator, PostgresDialect, SqliteDialect, Transaction } from 'k
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { CaTable, CertificateTable, Database, NodeTable } from './schema.js';
+import type { CaTable, CertificateTable, CrlTable, Database, NodeTable } from './schema.js';
 
 export type Db = Kysely<Database> | Transaction<Database>;
 export type StoreKind = 'sqlite' | 'postgres';
@@ -140,7 +140,15 @@ export class Store {
       .where('node_id', '=', nodeId)
       .where('status', '=', 'good')
       .executeTakeFirst();
-    return Number(r.numUpdatedRows);
+    const n = Number(r.numUpdatedRows);
+    if (n) await this.bumpRevocationMark(db);
+    return n;
+  }
+
+  /** Advance the revocation mark: the CRL leader regenerates when it moved past its last CRL. */
+  async bumpRevocationMark(db: Db = this.db): Promise<void> {
+    await this.ensureSequence('revocation', 0, db);
+    await this.claimRange('revocation', 1, db);
   }
 
   /** Unexpired good certificates, counted by days to expiry (for metrics). */
@@ -233,6 +241,112 @@ export class Store {
 
   async listReplicas(db: Db = this.db) {
     return db.selectFrom('replicas').selectAll().orderBy('started_at').execute();
+  }
+
+  // ---- revocation and CRLs
+
+  /** Current value of a sequence (without claiming). */
+  async peekSequence(name: string, db: Db = this.db): Promise<number> {
+    const r = await db.selectFrom('sequences').select('next').where('name', '=', name).executeTakeFirst();
+    return r ? Number(r.next) : 0;
+  }
+
+  /** Mark certificates revoked (only those still good); bumps the revocation mark when any changed. */
+  async revokeCertificates(serials: string[], reason: string, db: Db = this.db): Promise<string[]> {
+    if (serials.length === 0) return [];
+    const rows = await db
+      .updateTable('certificates')
+      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
+      .where('serial', 'in', serials)
+      .where('status', '=', 'good')
+      .returning('serial')
+      .execute();
+    if (rows.length) await this.bumpRevocationMark(db);
+    return rows.map((r) => r.serial);
+  }
+
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string; limit?: number }, db: Db = this.db): Promise<CertificateTable[]> {
+    let q = db.selectFrom('certificates').selectAll();
+    if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
+    if (f.status) q = q.where('status', '=', f.status);
+    if (f.kind) q = q.where('kind', '=', f.kind);
+    return q.orderBy('created_at').orderBy('serial').limit(f.limit ?? 10_000).execute();
+  }
+
+  /** Revoked, unexpired certificates issued by a CA key: the entries of its CRL. */
+  async revokedFor(issuerKeyIds: string[], now: number, db: Db = this.db) {
+    if (issuerKeyIds.length === 0) return [];
+    return db
+      .selectFrom('certificates')
+      .select(['serial', 'revoked_at', 'revocation_reason'])
+      .where('status', '=', 'revoked')
+      .where('issuer_key_id', 'in', issuerKeyIds)
+      .where('not_after', '>', now)
+      .orderBy('serial')
+      .execute();
+  }
+
+  async latestCrl(caName: string, db: Db = this.db): Promise<CrlTable | undefined> {
+    return db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
+  }
+
+  async insertCrl(c: CrlTable, db: Db = this.db): Promise<void> {
+    await db.insertInto('crls').values(c).execute();
+  }
+
+  /** Keep the newest `keep` CRLs of a CA. */
+  async pruneCrls(caName: string, keep: number, db: Db = this.db): Promise<void> {
+    const cutoff = await db.selectFrom('crls').select('number').where('ca_name', '=', caName).orderBy('number', 'desc').offset(keep).limit(1).executeTakeFirst();
+    if (cutoff) await db.deleteFrom('crls').where('ca_name', '=', caName).where('number', '<=', cutoff.number).execute();
+  }
+
+  // ---- leases: one holder at a time, with a fencing term
+
+  /**
+   * Take or keep a lease. The holder extends it while its term is unchanged; anyone takes
+   * it (with term + 1) once it has expired. Returns the term held, or null.
+   */
+  async acquireLease(name: string, holder: string, ttlMs: number, db: Db = this.db): Promise<number | null> {
+    const now = Date.now();
+    await db.insertInto('leases').values({ name, holder: '', term: 0, expires_at: 0 }).onConflict((oc) => oc.column('name').doNothing()).execute();
+    const kept = await db
+      .updateTable('leases')
+      .set({ expires_at: now + ttlMs })
+      .where('name', '=', name)
+      .where('holder', '=', holder)
+      .where('expires_at', '>', now)
+      .returning('term')
+      .executeTakeFirst();
+    if (kept) return Number(kept.term);
+    const taken = await db
+      .updateTable('leases')
+      .set((eb) => ({ holder, term: eb('term', '+', 1), expires_at: now + ttlMs }))
+      .where('name', '=', name)
+      .where('expires_at', '<=', now)
+      .returning('term')
+      .executeTakeFirst();
+    return taken ? Number(taken.term) : null;
+  }
+
+  /** Whether `holder` still holds the lease at `term` (the fencing check before a leader's write). */
+  async holdsLease(name: string, holder: string, term: number, db: Db = this.db): Promise<boolean> {
+    const r = await db
+      .selectFrom('leases')
+      .select('term')
+      .where('name', '=', name)
+      .where('holder', '=', holder)
+      .where('term', '=', term)
+      .where('expires_at', '>', Date.now())
+      .executeTakeFirst();
+    return !!r;
+  }
+
+  async releaseLease(name: string, holder: string, db: Db = this.db): Promise<void> {
+    await db.updateTable('leases').set({ expires_at: 0 }).where('name', '=', name).where('holder', '=', holder).execute();
+  }
+
+  async getLease(name: string, db: Db = this.db) {
+    return db.selectFrom('leases').selectAll().where('name', '=', name).executeTakeFirst();
   }
 
   // ---- audit log

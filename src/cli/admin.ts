@@ -1,0 +1,130 @@
+import { Command, Option } from 'commander';
+import { REVOCATION_REASONS } from '../pki/index.js';
+import { addReplica } from '../server/replica.js';
+import { DEFAULT_LISTEN } from '../server/state.js';
+import { CairnError } from '../util/errors.js';
+import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
+import { adminCall } from './admin-client.js';
+import { jsonOption, out, printJson } from './common.js';
+
+const stateDirOption = () => new Option('--state-dir <dir>', 'a replica state directory (its admin bundle is used)').makeOptionMandatory();
+const serverOption = () => new Option('--server <url>', 'API address (default: from the state directory)');
+
+function table(rows: string[][]): void {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of rows) out(r.map((c, i) => (c ?? '').padEnd(widths[i])).join('  ').trimEnd());
+}
+
+export function replicaCommand(): Command {
+  const replica = new Command('replica').description('CA replicas sharing one PostgreSQL store');
+  replica
+    .command('add')
+    .description('prepare a new replica of an existing cluster: server certificate and admin bundle in --state-dir')
+    .addOption(stateDirOption())
+    .requiredOption('--store <url>', 'the cluster\'s PostgreSQL store: postgres://user:pass@host/db')
+    .option('--unlock-key-file <file>', 'the cluster unlock key (default: CAIRN_UNLOCK_KEY)')
+    .requiredOption('--advertise-addr <host>', 'host name or IP address nodes use to reach this replica')
+    .option('--san <name>', 'extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
+    .addOption(jsonOption())
+    .action(async (f: { stateDir: string; store: string; unlockKeyFile?: string; advertiseAddr: string; san: string[]; listen: string; json?: boolean }) => {
+      const r = await addReplica({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen });
+      if (f.json) return printJson(r);
+      out(`Replica ${r.replicaId} of cluster ${r.clusterId} prepared in ${f.stateDir}.`);
+      out(`Start it with: cairn serve --state-dir ${f.stateDir} --unlock-key-file <file>   (or CAIRN_UNLOCK_KEY)`);
+    });
+  replica
+    .command('ls')
+    .description('list replicas with ID, address, version and last heartbeat')
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .addOption(jsonOption())
+    .action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
+      const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/replicas');
+      if (f.json) return printJson(r.replicas);
+      table([['ID', 'ADDRESS', 'VERSION', 'LAST HEARTBEAT'], ...r.replicas.map((x: any) => [x.id, x.address, x.version, x.heartbeatAt])]);
+    });
+  return replica;
+}
+
+const reasons = Object.keys(REVOCATION_REASONS);
+
+export function revokeCommand(): Command {
+  return new Command('revoke')
+    .description('revoke a certificate by serial, or every certificate of a node; renewal is refused at once, the next CRL lists it')
+    .argument('[serial]', 'certificate serial number (hex, as "cairn cert ls" prints it)')
+    .option('--node <id>', 'revoke every good certificate of this node')
+    .addOption(new Option('--reason <reason>', 'revocation reason').choices(reasons).default('unspecified'))
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .addOption(jsonOption())
+    .action(async (serial: string | undefined, f: { node?: string; reason: string; stateDir: string; server?: string; json?: boolean }) => {
+      if (!!serial === !!f.node) throw new CairnError('usage', 'give either a serial or --node <id>', 2);
+      const r = serial
+        ? await adminCall(f.stateDir, f.server, 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason })
+        : await adminCall(f.stateDir, f.server, 'POST', `v1/nodes/${encodeURIComponent(f.node!)}/revoke`, { reason: f.reason });
+      if (f.json) return printJson(r);
+      if (r.revoked.length === 0) return out('Nothing to revoke: no good certificate matched.');
+      for (const s of r.revoked) out(`Revoked ${s} (${r.reason}).`);
+    });
+}
+
+export function certCommand(): Command {
+  const cert = new Command('cert').description('find and inspect issued certificates');
+  cert
+    .command('ls')
+    .description('list certificates recorded in the store')
+    .option('--node <id>', 'only this node\'s certificates')
+    .addOption(new Option('--status <status>', 'only good or revoked certificates').choices(['good', 'revoked']))
+    .addOption(new Option('--kind <kind>', 'only this kind').choices(['node', 'admin', 'server', 'client']))
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .addOption(jsonOption())
+    .action(async (f: { node?: string; status?: string; kind?: string; stateDir: string; server?: string; json?: boolean }) => {
+      const q = new URLSearchParams();
+      if (f.node) q.set('node', f.node);
+      if (f.status) q.set('status', f.status);
+      if (f.kind) q.set('kind', f.kind);
+      const r = await adminCall(f.stateDir, f.server, 'GET', `v1/certificates?${q}`);
+      if (f.json) return printJson(r.certificates);
+      table([['SERIAL', 'KIND', 'NODE', 'ROLE', 'STATUS', 'NOT AFTER'], ...r.certificates.map((c: any) => [c.serial, c.kind, c.nodeId ?? '-', c.role ?? '-', c.status, c.notAfter])]);
+    });
+  cert
+    .command('inspect')
+    .description('show one certificate (with --pem, print it as PEM)')
+    .argument('<serial>', 'serial number (hex)')
+    .option('--pem', 'print the certificate in PEM')
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .addOption(jsonOption())
+    .action(async (serial: string, f: { pem?: boolean; stateDir: string; server?: string; json?: boolean }) => {
+      const c = await adminCall(f.stateDir, f.server, 'GET', `v1/certificates/${encodeURIComponent(serial)}`);
+      if (f.pem) {
+        process.stdout.write(c.pem);
+        return;
+      }
+      if (f.json) return printJson(c);
+      for (const [k, v] of Object.entries(c)) if (k !== 'pem') out(`${(k + ':').padEnd(18)}${v ?? '-'}`);
+    });
+  return cert;
+}
+
+export function crlCommand(): Command {
+  return new Command('crl')
+    .description('fetch the newest CRL of the cluster or client CA')
+    .argument('[ca]', 'cluster or client', 'cluster')
+    .addOption(new Option('--format <format>', 'output format').choices(['pem', 'der']).default('pem'))
+    .option('-o, --out <file>', 'write to this file instead of standard output')
+    .addOption(stateDirOption())
+    .addOption(serverOption())
+    .action(async (ca: string, f: { format: string; out?: string; stateDir: string; server?: string }) => {
+      if (ca !== 'cluster' && ca !== 'client') throw new CairnError('usage', `unknown CA "${ca}": use cluster or client`, 2);
+      const body: Buffer = await adminCall(f.stateDir, f.server, 'GET', `v1/crl/${ca}${f.format === 'pem' ? '?format=pem' : ''}`, undefined, { raw: true });
+      if (f.out) writeFilesAtomic([{ path: f.out, data: body, mode: FILE_MODE }], { overwrite: true });
+      else if (f.format === 'der' && process.stdout.isTTY) throw new CairnError('usage', 'refusing to write DER to a terminal: use -o FILE', 2);
+      else {
+        process.stdout.write(body);
+      }
+    });
+}
+
