@@ -1,10 +1,7 @@
 import { createHash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as pkijs from 'pkijs';
-import {
-  bitsBytes, bool, children, ctxConstructed, ctxPrimitive, decode, encode, namedBits, octets, oid, raw, seq,
-  smallInt, time, uintBytes, asn1,
-} from './der.js';
+import { asn1, decode, derChildren, derOf, derTop, namedBitsDer, oid, smallIntDer, timeDer, tlv, uintContents } from './der.js';
 import { PkiError } from './errors.js';
 import { checkKeyStrength, keysMatch, signatureSchemeFor, SignatureScheme, signWith } from './keys.js';
 import { encodeName, NameAttrs } from './name.js';
@@ -49,18 +46,39 @@ export interface Issuer {
 
 /** RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING contents. */
 export function keyIdentifier(spki: Uint8Array): Buffer {
-  const parts = children(decode(spki, 'public key'), 'public key', 2);
+  const parts = derChildren(spki, derTop(spki, 'public key'), 'public key', 2);
   const bits = parts[1];
-  if (!(bits instanceof asn1.BitString)) throw new PkiError('bad_der', 'public key: missing BIT STRING');
-  return createHash('sha1').update(bits.valueBlock.valueHexView).digest();
+  if (bits.tag !== 0x03 || bits.end === bits.contents) throw new PkiError('bad_der', 'public key: missing BIT STRING');
+  // The contents after the unused-bits byte.
+  return createHash('sha1').update(spki.subarray(bits.contents + 1, bits.end)).digest();
 }
 
-function ext(id: string, critical: boolean, value: Uint8Array) {
-  return critical ? seq(oid(id), bool(true), octets(value)) : seq(oid(id), octets(value));
+const OCTET_STRING = 0x04;
+const SEQUENCE = 0x30;
+const BOOL_TRUE = Buffer.from([0x01, 0x01, 0xff]);
+const EMPTY = Buffer.alloc(0);
+
+/** Extension IDs, DER-encoded once. */
+const EXT_OID = {
+  basicConstraints: derOf(oid('2.5.29.19')),
+  keyUsage: derOf(oid('2.5.29.15')),
+  extKeyUsage: derOf(oid('2.5.29.37')),
+  subjectKeyId: derOf(oid('2.5.29.14')),
+  authorityKeyId: derOf(oid('2.5.29.35')),
+  subjectAltName: derOf(oid('2.5.29.17')),
+};
+const EKU_DER: Record<ExtKeyUsageName, Buffer> = { serverAuth: derOf(oid(EKU_OIDS.serverAuth)), clientAuth: derOf(oid(EKU_OIDS.clientAuth)) };
+/** version [0] EXPLICIT INTEGER 2 (v3). */
+const VERSION_V3 = Buffer.from('a003020102', 'hex');
+/** BasicConstraints CA:false (an empty SEQUENCE), critical: every leaf carries this exact extension. */
+const BC_LEAF = ext(EXT_OID.basicConstraints, true, tlv(SEQUENCE));
+
+function ext(id: Buffer, critical: boolean, value: Uint8Array): Buffer {
+  return tlv(SEQUENCE, id, critical ? BOOL_TRUE : EMPTY, tlv(OCTET_STRING, value));
 }
 
 function akiExtension(keyId: Buffer): Buffer {
-  return encode(ext('2.5.29.35', false, encode(seq(ctxPrimitive(0, keyId)))));
+  return ext(EXT_OID.authorityKeyId, false, tlv(SEQUENCE, tlv(0x80, keyId)));
 }
 
 /** A DNS name of LDH labels (a leading "*." wildcard label allowed), no trailing dot. */
@@ -106,39 +124,49 @@ function ipBytes(ip: string): Buffer {
   return out;
 }
 
-function sanExtension(sans: SubjectAltName[]): ReturnType<typeof ext> {
-  const names = sans.map((s) => ('dns' in s ? ctxPrimitive(2, Buffer.from(s.dns, 'ascii')) : ctxPrimitive(7, ipBytes(s.ip))));
-  return ext('2.5.29.17', false, encode(seq(...names)));
+function sanExtension(sans: SubjectAltName[]): Buffer {
+  // dNSName [2] IA5String, iPAddress [7] OCTET STRING, both IMPLICIT
+  const names = sans.map((s) => ('dns' in s ? tlv(0x82, Buffer.from(s.dns, 'ascii')) : tlv(0x87, ipBytes(s.ip))));
+  return ext(EXT_OID.subjectAltName, false, tlv(SEQUENCE, ...names));
 }
 
-/** Build the TBSCertificate DER for a profile under an issuer (or self-signed when issuer is undefined). */
+function basicConstraintsExtension(ca: CertificateProfile['ca']): Buffer {
+  if (!ca) return BC_LEAF;
+  return ext(EXT_OID.basicConstraints, true, tlv(SEQUENCE, BOOL_TRUE, ca.pathLength !== undefined ? smallIntDer(ca.pathLength) : EMPTY));
+}
+
+/**
+ * Build the TBSCertificate DER for a profile under an issuer (or self-signed when akiExtDer is null).
+ * Everything fixed is precomputed; what varies per certificate is written straight into DER.
+ */
 function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: SignatureScheme, akiExtDer: Buffer | null): Buffer {
-  const subjectDer = encodeName(p.subject);
-  const exts = [];
-  exts.push(ext('2.5.29.19', true, encode(p.ca ? seq(bool(true), ...(p.ca.pathLength !== undefined ? [smallInt(p.ca.pathLength)] : [])) : seq())));
-  exts.push(ext('2.5.29.15', true, encode(namedBits(p.keyUsage.map((k) => KU_BITS[k])))));
-  if (p.extKeyUsage && p.extKeyUsage.length) exts.push(ext('2.5.29.37', false, encode(seq(...p.extKeyUsage.map((e) => oid(EKU_OIDS[e]))))));
-  exts.push(ext('2.5.29.14', false, encode(octets(keyIdentifier(p.publicKey)))));
-  if (akiExtDer) exts.push(raw(akiExtDer));
+  const exts: Buffer[] = [
+    basicConstraintsExtension(p.ca),
+    ext(EXT_OID.keyUsage, true, namedBitsDer(p.keyUsage.map((k) => KU_BITS[k]))),
+  ];
+  if (p.extKeyUsage && p.extKeyUsage.length) exts.push(ext(EXT_OID.extKeyUsage, false, tlv(SEQUENCE, ...p.extKeyUsage.map((e) => EKU_DER[e]))));
+  exts.push(ext(EXT_OID.subjectKeyId, false, tlv(OCTET_STRING, keyIdentifier(p.publicKey))));
+  if (akiExtDer) exts.push(akiExtDer);
   if (p.sans && p.sans.length) exts.push(sanExtension(p.sans));
-  return encode(
-    seq(
-      ctxConstructed(0, smallInt(2)),
-      uintBytes(p.serial),
-      raw(scheme.algorithmDer),
-      raw(issuerNameDer),
-      seq(time(p.notBefore), time(p.notAfter)),
-      raw(subjectDer),
-      raw(p.publicKey),
-      ctxConstructed(3, seq(...exts)),
-    ),
+  return tlv(
+    SEQUENCE,
+    VERSION_V3,
+    tlv(0x02, uintContents(p.serial)),
+    scheme.algorithmDer,
+    issuerNameDer,
+    tlv(SEQUENCE, timeDer(p.notBefore), timeDer(p.notAfter)),
+    encodeName(p.subject),
+    p.publicKey,
+    tlv(0xa3, tlv(SEQUENCE, ...exts)),
   );
 }
 
+/** Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING (0 unused bits) }. */
 function assemble(tbs: Buffer, scheme: SignatureScheme, key: KeyObject): Buffer {
   const sig = signWith(key, scheme, tbs);
-  return encode(seq(raw(tbs), raw(scheme.algorithmDer), bitsBytes(sig)));
+  return tlv(SEQUENCE, tbs, scheme.algorithmDer, tlv(0x03, NO_UNUSED_BITS, sig));
 }
+const NO_UNUSED_BITS = Buffer.from([0]);
 
 function checkProfile(p: CertificateProfile): void {
   if (p.serial.length === 0 || p.serial.length > 20) throw new PkiError('bad_serial', 'serial must be 1 to 20 bytes');

@@ -132,3 +132,168 @@ export function timeDer(d: Date): Buffer {
   if (y >= 1950 && y < 2050) return tlv(0x17, Buffer.from(pad2(y % 100) + body, 'ascii'));
   return tlv(0x18, Buffer.from(String(y).padStart(4, '0') + body, 'ascii'));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fast path. asn1js builds an object per element and copies buffers at every level, which
+// costs more than the signature itself on the issuance hot path (join/renew). There cairn
+// writes DER directly: definite-length TLVs around precomputed fragments (fixed OIDs and
+// extension headers are encoded once, by asn1js, at load), and reads the few structures it
+// needs (CSR, SubjectPublicKeyInfo) with a strict DER walker. The output is byte-for-byte what
+// the asn1js helpers above produce.
+// ---------------------------------------------------------------------------------------------
+
+/** DER of one element, encoded once (for constants: OIDs, fixed extensions). */
+export const derOf = (node: Node): Buffer => encode(node);
+
+/** A DER length header (tag byte + definite length) for `length` bytes of contents. */
+function header(tag: number, length: number): Buffer {
+  if (length < 0x80) return Buffer.from([tag, length]);
+  if (length < 0x100) return Buffer.from([tag, 0x81, length]);
+  if (length < 0x10000) return Buffer.from([tag, 0x82, length >> 8, length & 0xff]);
+  if (length < 0x1000000) return Buffer.from([tag, 0x83, length >> 16, (length >> 8) & 0xff, length & 0xff]);
+  throw new PkiError('bad_der', 'element too large to encode');
+}
+
+/** One TLV: `tag` (a single identifier byte, e.g. 0x30 SEQUENCE, 0x82 [2] IMPLICIT) around the concatenated contents. */
+export function tlv(tag: number, ...contents: Uint8Array[]): Buffer {
+  let length = 0;
+  for (const c of contents) length += c.length;
+  const h = header(tag, length);
+  const out = Buffer.allocUnsafe(h.length + length);
+  h.copy(out, 0);
+  let o = h.length;
+  for (const c of contents) {
+    out.set(c, o);
+    o += c.length;
+  }
+  return out;
+}
+
+/** INTEGER contents from big-endian unsigned bytes: minimal, with a leading 0 when the high bit is set (as uintBytes). */
+export function uintContents(bytes: Uint8Array): Uint8Array {
+  let i = 0;
+  while (i < bytes.length - 1 && bytes[i] === 0) i++;
+  const b = bytes.subarray(i);
+  if (b.length > 0 && b[0] & 0x80) {
+    const out = Buffer.allocUnsafe(b.length + 1);
+    out[0] = 0;
+    out.set(b, 1);
+    return out;
+  }
+  return b;
+}
+
+/** INTEGER from a small non-negative number (as smallInt). */
+export function smallIntDer(value: number): Buffer {
+  if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) throw new PkiError('bad_der', `integer ${value} out of range`);
+  const bytes: number[] = [];
+  let v = value;
+  do {
+    bytes.unshift(v & 0xff);
+    v = Math.floor(v / 256);
+  } while (v > 0);
+  if (bytes[0] & 0x80) bytes.unshift(0);
+  return tlv(0x02, Uint8Array.from(bytes));
+}
+
+/** BIT STRING of named bits (as namedBits). */
+export function namedBitsDer(bits: number[]): Buffer {
+  if (bits.length === 0) return Buffer.from([0x03, 0x01, 0x00]);
+  const max = Math.max(...bits);
+  const bytes = new Uint8Array(Math.floor(max / 8) + 1);
+  for (const b of bits) bytes[b >> 3] |= 0x80 >> (b & 7);
+  return tlv(0x03, Uint8Array.of(7 - (max & 7)), bytes);
+}
+
+const two = (n: number) => (n < 10 ? '0' + n : String(n));
+
+/** X.509 Time as in time(): UTCTime through 2049, GeneralizedTime from 2050, whole seconds, Z. */
+export function timeDer(d: Date): Buffer {
+  const s = new Date(Math.floor(d.getTime() / 1000) * 1000);
+  const y = s.getUTCFullYear();
+  const rest = two(s.getUTCMonth() + 1) + two(s.getUTCDate()) + two(s.getUTCHours()) + two(s.getUTCMinutes()) + two(s.getUTCSeconds()) + 'Z';
+  if (y < 2050 && y >= 1950) return tlv(0x17, Buffer.from(two(y % 100) + rest, 'latin1'));
+  return tlv(0x18, Buffer.from(String(y).padStart(4, '0') + rest, 'latin1'));
+}
+
+/** One element found by the DER reader: its tag byte and where its header and contents lie. */
+export interface Tlv {
+  /** The first identifier byte (class, constructed bit, low tag number or 0x1f). */
+  tag: number;
+  start: number;
+  /** Start of the contents. */
+  contents: number;
+  end: number;
+}
+
+const MAX_DEPTH = 100;
+
+/** Read one element at `offset`, not beyond `limit`; null if it is not valid DER (truncated, indefinite or non-minimal length). */
+function readTlv(der: Uint8Array, offset: number, limit: number): Tlv | null {
+  let p = offset;
+  if (p >= limit) return null;
+  const tag = der[p++];
+  if ((tag & 0x1f) === 0x1f) {
+    // high tag number form: base-128, at most 4 bytes, minimal
+    let n = 0;
+    if (p >= limit || der[p] === 0x80) return null;
+    for (;;) {
+      if (p >= limit || ++n > 4) return null;
+      if (!(der[p++] & 0x80)) break;
+    }
+  }
+  if (p >= limit) return null;
+  let len = der[p++];
+  if (len & 0x80) {
+    const n = len & 0x7f;
+    if (n === 0 || n > 3 || p + n > limit || der[p] === 0) return null; // indefinite, oversized or non-minimal
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + der[p++];
+    if (len < 0x80) return null; // long form for a short length: not DER
+  }
+  if (p + len > limit) return null;
+  return { tag, start: offset, contents: p, end: p + len };
+}
+
+/** Whether der[start, end) is a well-formed sequence of DER elements, recursively through constructed ones. */
+function wellFormed(der: Uint8Array, start: number, end: number, depth: number): boolean {
+  if (depth > MAX_DEPTH) return false;
+  let p = start;
+  while (p < end) {
+    const t = readTlv(der, p, end);
+    if (!t) return false;
+    if (t.tag & 0x20 && !wellFormed(der, t.contents, t.end, depth + 1)) return false;
+    p = t.end;
+  }
+  return true;
+}
+
+/**
+ * The single top element of `der`, checked to be well-formed DER throughout, with no trailing
+ * bytes. Same errors as decode().
+ */
+export function derTop(der: Uint8Array, what: string): Tlv {
+  const t = readTlv(der, 0, der.length);
+  if (!t || (t.tag & 0x20 && !wellFormed(der, t.contents, t.end, 1))) throw new PkiError('bad_der', `${what} is not valid DER`);
+  if (t.end !== der.length) throw new PkiError('bad_der', `${what} has ${der.length - t.end} trailing bytes after the DER structure`);
+  return t;
+}
+
+/** The children of a constructed element (already checked by derTop). Same errors as children(). */
+export function derChildren(der: Uint8Array, t: Tlv, what: string, min = 0): Tlv[] {
+  if (!(t.tag & 0x20)) throw new PkiError('bad_der', `${what}: unexpected ASN.1 structure`);
+  const out: Tlv[] = [];
+  for (let p = t.contents; p < t.end; ) {
+    const c = readTlv(der, p, t.end);
+    if (!c) throw new PkiError('bad_der', `${what} is not valid DER`);
+    out.push(c);
+    p = c.end;
+  }
+  if (out.length < min) throw new PkiError('bad_der', `${what}: structure is too short`);
+  return out;
+}
+
+/** The bytes of an element (header included), as a view on `der`. */
+export const derBytes = (der: Buffer, t: Tlv): Buffer => der.subarray(t.start, t.end);
+/** The contents of an element, as a view on `der`. */
+export const derContents = (der: Buffer, t: Tlv): Buffer => der.subarray(t.contents, t.end);

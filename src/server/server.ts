@@ -8,6 +8,7 @@ import { Authority, PeerIdentity } from '../authority/authority.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
+import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -69,12 +70,19 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   const { authority } = o;
   const metrics = createMetrics(authority.store);
   const limiter = new FailureLimiter(o.joinFailuresPerMinute ?? 20);
+  // request IDs come from store-claimed ranges, like serials: unique across replicas
+  const requestIds = new RangeAllocator(authority.store, 'request', () => 1000, () => 200);
+  let fallbackId = 0;
   const app = Fastify({
     loggerInstance: o.logger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    genReqId: () => {
+      const n = requestIds.takeSync();
+      return n === null ? `${authority.replicaId}-${++fallbackId}` : String(n);
+    },
     https: {
       key: o.tls.key,
       cert: o.tls.cert,

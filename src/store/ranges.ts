@@ -37,6 +37,22 @@ export class RangeAllocator {
     }
   }
 
+  /** A number without waiting, or null when the store must be asked first (a claim is then started). */
+  takeSync(): number | null {
+    if (this.next >= this.end && this.pending) {
+      this.next = this.pending.start;
+      this.end = this.pending.end;
+      this.pending = null;
+    }
+    if (this.next < this.end) {
+      const n = this.next++;
+      if (this.remaining() < this.lowWater()) this.prefetch();
+      return n;
+    }
+    this.prefetch();
+    return null;
+  }
+
   private prefetch(): void {
     if (this.claiming || this.pending) return;
     this.claiming = this.store

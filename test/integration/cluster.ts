@@ -50,13 +50,64 @@ export async function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv }
   });
 }
 
+/** One `cairn serve` child process, restartable. */
+export class ServeProcess {
+  proc: ChildProcess | null = null;
+  logs: string[] = [];
+  constructor(
+    readonly dir: string,
+    readonly env: NodeJS.ProcessEnv = {},
+    readonly extraArgs: string[] = [],
+  ) {}
+
+  get running(): boolean {
+    return !!this.proc && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  async start(): Promise<void> {
+    const p = spawn(process.execPath, [CAIRN, 'serve', '--state-dir', this.dir, '--log-level', 'info', ...this.extraArgs], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...this.env },
+    });
+    this.proc = p;
+    p.stderr!.on('data', (d) => this.logs.push(String(d)));
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const t = setTimeout(() => reject(new Error(`cairn serve did not start: ${this.logs.join('')}`)), 20_000);
+      const onExit = (code: number | null) => {
+        clearTimeout(t);
+        reject(new Error(`cairn serve exited with ${code}: ${this.logs.join('')}`));
+      };
+      p.once('exit', onExit);
+      p.stdout!.on('data', (d) => {
+        out += d;
+        if (out.includes('cairn serving on')) {
+          clearTimeout(t);
+          p.off('exit', onExit);
+          resolve();
+        }
+      });
+    });
+  }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return p?.exitCode ?? null;
+    const done = new Promise<number | null>((resolve) => p.once('exit', (code) => resolve(code)));
+    p.kill(signal);
+    const code = await done;
+    this.proc = null;
+    return code;
+  }
+}
+
 export interface Cluster {
   dir: string;
   port: number;
   url: string;
   tokens: { worker: string; manager: string };
   clusterId: string;
-  proc: ChildProcess | null;
+  server: ServeProcess;
   logs: string[];
   start(): Promise<void>;
   kill(signal?: NodeJS.Signals): Promise<number | null>;
@@ -64,58 +115,52 @@ export interface Cluster {
 }
 
 /** `cairn init` in a fresh temp dir, then `cairn serve` on a free loopback port. */
-export async function startCluster(name = 'test'): Promise<Cluster> {
+export async function startCluster(name = 'test', opts: { store?: string } = {}): Promise<Cluster> {
   const root = mkTemp();
   const dir = path.join(root, 'state');
   const port = await freePort();
-  const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json']);
+  const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json', ...(opts.store ? ['--store', opts.store] : [])]);
   if (init.code !== 0) throw new Error(`cairn init failed: ${init.stderr}`);
   const j = JSON.parse(init.stdout);
+  const server = new ServeProcess(dir);
   const c: Cluster = {
     dir,
     port,
     url: `https://127.0.0.1:${port}`,
     tokens: j.tokens,
     clusterId: j.clusterId,
-    proc: null,
-    logs: [],
-    async start() {
-      const p = spawn(process.execPath, [CAIRN, 'serve', '--state-dir', dir, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      c.proc = p;
-      p.stderr!.on('data', (d) => c.logs.push(String(d)));
-      await new Promise<void>((resolve, reject) => {
-        let out = '';
-        const t = setTimeout(() => reject(new Error(`cairn serve did not start: ${c.logs.join('')}`)), 20_000);
-        p.stdout!.on('data', (d) => {
-          out += d;
-          if (out.includes('cairn serving on')) {
-            clearTimeout(t);
-            resolve();
-          }
-        });
-        p.on('exit', (code) => {
-          clearTimeout(t);
-          reject(new Error(`cairn serve exited with ${code}: ${c.logs.join('')}`));
-        });
-      });
-      p.removeAllListeners('exit');
-    },
-    async kill(signal = 'SIGKILL') {
-      const p = c.proc;
-      if (!p || p.exitCode !== null || p.signalCode !== null) return p?.exitCode ?? null;
-      const done = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
-      p.kill(signal);
-      const code = await done;
-      c.proc = null;
-      return code;
-    },
+    server,
+    logs: server.logs,
+    start: () => server.start(),
+    kill: (signal = 'SIGKILL') => server.kill(signal),
     async cleanup() {
-      await c.kill('SIGKILL');
+      await server.kill('SIGKILL');
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
   await c.start();
   return c;
+}
+
+/** Another replica of a cluster on a shared store: `cairn replica add`, then serve. */
+export async function addReplica(store: string, unlockKeyFile: string): Promise<{ dir: string; url: string; port: number; server: ServeProcess; cleanup(): Promise<void> }> {
+  const root = mkTemp();
+  const dir = path.join(root, 'state');
+  const port = await freePort();
+  const r = cli(['replica', 'add', '--state-dir', dir, '--store', store, '--unlock-key-file', unlockKeyFile, '--advertise-addr', '127.0.0.1', '--listen', `127.0.0.1:${port}`, '--json']);
+  if (r.code !== 0) throw new Error(`cairn replica add failed: ${r.stderr}`);
+  const server = new ServeProcess(dir, {}, ['--unlock-key-file', unlockKeyFile]);
+  await server.start();
+  return {
+    dir,
+    url: `https://127.0.0.1:${port}`,
+    port,
+    server,
+    async cleanup() {
+      await server.kill('SIGKILL');
+      fs.rmSync(root, { recursive: true, force: true });
+    },
+  };
 }
 
 export interface ApiResponse {
