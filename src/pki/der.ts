@@ -100,39 +100,6 @@ export function children(node: asn1.AsnType | undefined, what: string, min = 0):
 
 export { asn1 };
 
-/**
- * A DER tag-length-value with a definite, minimal length. Used only where asn1js's per-object
- * cost dominates (100k-entry CRLs); unit tests check it against asn1js's encoding.
- */
-export function tlv(tag: number, content: Uint8Array): Buffer {
-  const n = content.length;
-  let head: Buffer;
-  if (n < 0x80) head = Buffer.from([tag, n]);
-  else if (n < 0x100) head = Buffer.from([tag, 0x81, n]);
-  else if (n < 0x10000) head = Buffer.from([tag, 0x82, n >> 8, n & 0xff]);
-  else if (n < 0x1000000) head = Buffer.from([tag, 0x83, n >> 16, (n >> 8) & 0xff, n & 0xff]);
-  else head = Buffer.from([tag, 0x84, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
-  return Buffer.concat([head, content]);
-}
-
-/** Minimal unsigned INTEGER contents (adds 0x00 when the high bit is set). */
-export function uintContents(bytes: Uint8Array): Buffer {
-  let i = 0;
-  while (i < bytes.length - 1 && bytes[i] === 0) i++;
-  const b = Buffer.from(bytes.subarray(i));
-  return b[0] & 0x80 ? Buffer.concat([Buffer.from([0]), b]) : b;
-}
-
-const pad2 = (n: number) => (n < 10 ? '0' : '') + n;
-
-/** X.509 Time as DER bytes, same rules as `time()`. */
-export function timeDer(d: Date): Buffer {
-  const y = d.getUTCFullYear();
-  const body = `${pad2(d.getUTCMonth() + 1)}${pad2(d.getUTCDate())}${pad2(d.getUTCHours())}${pad2(d.getUTCMinutes())}${pad2(d.getUTCSeconds())}Z`;
-  if (y >= 1950 && y < 2050) return tlv(0x17, Buffer.from(pad2(y % 100) + body, 'ascii'));
-  return tlv(0x18, Buffer.from(String(y).padStart(4, '0') + body, 'ascii'));
-}
-
 // ---------------------------------------------------------------------------------------------
 // The fast path. asn1js builds an object per element and copies buffers at every level, which
 // costs more than the signature itself on the issuance hot path (join/renew). There cairn
