@@ -25,7 +25,7 @@ export function initCommand(): Command {
     .option('--san <name>', 'extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
     .option('--store <url>', 'shared store for several replicas: postgres://user:pass@host/db (default: SQLite in the state directory)')
-    .addOption(keyTypeOption().default('ec-p256').argParser((v) => v as any))
+    .addOption(keyTypeOption())
     .addOption(jsonOption())
     .addHelpText('after', `
 Writes into the state directory (created 0700):
@@ -57,7 +57,7 @@ export function serveCommand(): Command {
     .option('--listen <host:port>', 'address to listen on (default: from the state directory)')
     .option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)')
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
-    .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info')
+    .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
     .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string }) => {
       const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
