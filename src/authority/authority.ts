@@ -69,6 +69,13 @@ export interface IssuedNode {
   notAfter: Date;
 }
 
+/** What the TLS layer tells about a verified client certificate. */
+export interface PeerCertificate {
+  serialHex: string;
+  /** the subject's O */
+  clusterId: string | undefined;
+}
+
 export interface PeerIdentity {
   kind: 'node' | 'admin' | 'server';
   nodeId: string | null;
@@ -206,11 +213,12 @@ export class Authority {
     subject: NameAttrs; publicKeyDer: Buffer; publicKey: KeyObject; lifetimeMs: number; extKeyUsage: ExtKeyUsageName[]; sans?: SubjectAltName[];
   }) {
     const serial = await this.nextSerial();
-    const der = pkiToCairn(() =>
-      issueCertificate(leafProfile({ ...o, serial }), ca.issuer!),
-    );
-    const info = certificateInfo(der);
-    return { der, serial: serialHex(serial), notBefore: info.notBefore, notAfter: info.notAfter, issuerKeyId: ca.row.key_id };
+    const profile = leafProfile({ ...o, serial });
+    const der = pkiToCairn(() => issueCertificate(profile, ca.issuer!));
+    // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
+    const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
+    const notBefore = new Date(Math.floor(profile.notBefore.getTime() / 1000) * 1000);
+    return { der, serial: serialHex(serial), notBefore, notAfter: new Date(Math.floor(notAfter.getTime() / 1000) * 1000), issuerKeyId: ca.row.key_id };
   }
 
   private nodeSubject(nodeId: string, role: Role): { subject: NameAttrs; sans: SubjectAltName[] } {
@@ -284,11 +292,10 @@ export class Authority {
    * Identify the holder of a TLS client certificate (already chain-verified by the TLS
    * layer): it must be from this cluster, recorded by this CA, good and unexpired.
    */
-  async identifyPeer(certDer: Buffer | undefined): Promise<PeerIdentity> {
-    if (!certDer || certDer.length === 0) throw denied('client_certificate_required', 'a client certificate is required');
-    const info = pkiToCairn(() => certificateInfo(certDer));
-    if (info.subjectAttrs.O !== this.clusterId) throw denied('forbidden', 'the client certificate is not of this cluster');
-    const serial = info.serialHex;
+  async identifyPeer(peer: PeerCertificate | undefined): Promise<PeerIdentity> {
+    if (!peer) throw denied('client_certificate_required', 'a client certificate is required');
+    if (peer.clusterId !== this.clusterId) throw denied('forbidden', 'the client certificate is not of this cluster');
+    const serial = peer.serialHex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '');
     const rec = await this.store.getCertificate(serial);
     if (!rec) throw denied('forbidden', 'the client certificate was not issued by this cluster');
     if (rec.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');

@@ -4,7 +4,7 @@
 import type { TLSSocket } from 'node:tls';
 import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
-import { Authority, PeerIdentity } from '../authority/authority.js';
+import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
@@ -51,11 +51,14 @@ class FailureLimiter {
   }
 }
 
-function peerCert(req: FastifyRequest): Buffer | undefined {
+/** The verified client certificate of a request, as the TLS layer parsed it (natively). */
+function peerCert(req: FastifyRequest): PeerCertificate | undefined {
   const sock = req.raw.socket as TLSSocket;
   if (!sock.authorized) return undefined; // no certificate, or one that does not chain to our roots
   const c = sock.getPeerCertificate(false);
-  return c && c.raw ? c.raw : undefined;
+  if (!c || !c.serialNumber) return undefined;
+  const o = c.subject?.O;
+  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o };
 }
 
 function isStoreError(e: unknown): boolean {

@@ -52,7 +52,24 @@ export class Store {
       } catch (e) {
         throw new CairnError('store_unavailable', `cannot open SQLite store ${location}: ${(e as Error).message}`);
       }
-      db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) });
+      // kysely prepares every query anew; cache prepared statements by SQL text (bounded)
+      const statements = new Map<string, SqliteDatabase.Statement>();
+      const cached = {
+        prepare(sql: string) {
+          let st = statements.get(sql);
+          if (!st) {
+            st = sqlite.prepare(sql);
+            if (statements.size > 500) statements.clear();
+            statements.set(sql, st);
+          }
+          return st;
+        },
+        close() {
+          statements.clear();
+          sqlite.close();
+        },
+      };
+      db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }) });
     } else {
       const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
       pool.on('error', () => {
