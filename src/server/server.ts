@@ -17,7 +17,7 @@ const STATUS: Record<string, number> = {
   bad_request: 400, bad_csr: 400, bad_csr_signature: 400, bad_der: 400, bad_pem: 400, weak_key: 400, unsupported_key: 400,
   invalid_token: 401, client_certificate_required: 401,
   forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403,
-  not_found: 404, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
+  not_found: 404, already_revoked: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
 };
 
 export interface ServerOptions {
