@@ -12,6 +12,7 @@ import { RangeAllocator } from '../store/ranges.js';
 import type { CaTable, NodeTable } from '../store/schema.js';
 import { Db, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
+import { adoptNodeCertificate } from './clone.js';
 import { unseal } from './seal.js';
 import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
 
@@ -74,6 +75,8 @@ export interface PeerCertificate {
   serialHex: string;
   /** the subject's O */
   clusterId: string | undefined;
+  /** the certificate (DER): lets a controller sharing our CA keys adopt a node it does not know */
+  raw?: Buffer;
 }
 
 export interface PeerIdentity {
@@ -297,7 +300,12 @@ export class Authority {
     if (peer.clusterId !== this.clusterId) throw denied('forbidden', 'the client certificate is not of this cluster');
     const serial = peer.serialHex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '');
     const rec = await this.store.getCertificate(serial);
-    if (!rec) throw denied('forbidden', 'the client certificate was not issued by this cluster');
+    if (!rec) {
+      // a node that joined through another controller holding the same CA (see clone.ts)
+      const adopted = peer.raw ? await adoptNodeCertificate(this, peer.raw, serial) : null;
+      if (adopted) return adopted;
+      throw denied('forbidden', 'the client certificate was not issued by this cluster');
+    }
     if (rec.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
     if (rec.not_after <= Date.now()) throw denied('certificate_expired', 'the client certificate has expired');
     if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw denied('forbidden', 'this certificate cannot use the API');

@@ -4,6 +4,8 @@ import {
 } from '../pki/index.js';
 import type { Store } from '../store/store.js';
 import { DEFAULT_CONFIG } from './authority.js';
+import { cloneSerialStart } from './backup.js';
+import { caRowFor, ProvidedCas } from './clone.js';
 import { seal } from './seal.js';
 import { formatToken, hashSecret, newSecret, ROLES } from './tokens.js';
 import { rootDigest } from '../pki/index.js';
@@ -42,8 +44,9 @@ export function newRootCa(clusterId: string, name: 'cluster' | 'client', unlockK
  * (keys sealed under the unlock key), default configuration, serial sequence, and the
  * worker and manager join tokens (only their hashes are stored).
  */
-export async function initCluster(store: Store, name: string, unlockKey: Buffer, keyType?: KeyType): Promise<InitResult> {
-  const clusterId = randomId();
+export async function initCluster(store: Store, name: string, unlockKey: Buffer, keyType?: KeyType, provided?: ProvidedCas): Promise<InitResult> {
+  // with provided CA material (init --from-pkcs12), the cluster ID is the one its roots carry
+  const clusterId = provided?.clusterId ?? randomId();
   const tokens: Record<string, string> = {};
   await store.transaction(async (trx) => {
     const existing = await store.getCluster(trx);
@@ -51,11 +54,12 @@ export async function initCluster(store: Store, name: string, unlockKey: Buffer,
     const now = Date.now();
     await trx.insertInto('cluster').values({ id: clusterId, name, created_at: now }).execute();
     // the roots take sequence numbers 1 and 2; leaves start after them
-    const cluster = newRootCa(clusterId, 'cluster', unlockKey, 1, 1n, keyType);
-    const client = newRootCa(clusterId, 'client', unlockKey, 1, 2n, keyType);
+    const cluster = provided ? { der: provided.cluster.certDer, row: caRowFor('cluster', provided.cluster, unlockKey) } : newRootCa(clusterId, 'cluster', unlockKey, 1, 1n, keyType);
+    const client = provided ? { der: provided.client.certDer, row: caRowFor('client', provided.client, unlockKey) } : newRootCa(clusterId, 'client', unlockKey, 1, 2n, keyType);
     await store.insertCa(cluster.row, trx);
     await store.insertCa(client.row, trx);
-    await store.ensureSequence('serial', 16, trx);
+    // a controller sharing CA keys with another draws serials from a block far from the other's
+    await store.ensureSequence('serial', provided ? cloneSerialStart(16) : 16, trx);
     await store.ensureSequence('request', 1, trx);
     await store.ensureSequence('revocation', 0, trx);
     await store.setConfig({ ...DEFAULT_CONFIG }, trx);

@@ -1,6 +1,5 @@
 import { Command, Option } from 'commander';
 import { REVOCATION_REASONS } from '../pki/index.js';
-import { addReplica } from '../server/replica.js';
 import { DEFAULT_LISTEN } from '../server/state.js';
 import { CairnError } from '../util/errors.js';
 import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
@@ -28,6 +27,7 @@ export function replicaCommand(): Command {
     .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
     .addOption(jsonOption())
     .action(async (f: { stateDir: string; store: string; unlockKeyFile?: string; advertiseAddr: string; san: string[]; listen: string; json?: boolean }) => {
+      const { addReplica } = await import('../server/replica.js');
       const r = await addReplica({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen });
       if (f.json) return printJson(r);
       out(`Replica ${r.replicaId} of cluster ${r.clusterId} prepared in ${f.stateDir}.`);

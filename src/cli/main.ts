@@ -2,8 +2,10 @@ import { Command, CommanderError } from 'commander';
 import { PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { caCommand } from './ca.js';
+import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreCommand } from './backup.js';
 import { certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
+import { agentCommand, joinCommand } from './node-side.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -13,7 +15,8 @@ export function buildProgram(): Command {
     .exitOverride()
     .showSuggestionAfterError()
     .configureOutput({
-      outputError: (str, write) => write(`cairn: ${str.trim()}\n`),
+      // one line: commander puts its "(Did you mean ...?)" suggestion on a line of its own
+      outputError: (str, write) => write(`cairn: ${str.trim().replace(/\s*\n\s*/g, ' ')}\n`),
     })
     .addHelpText('after', '\nExit codes: 0 success, 1 failure, 2 usage error.\nRun "cairn <command> --help" for the flags of a command.');
   program.addCommand(initCommand());
@@ -26,6 +29,12 @@ export function buildProgram(): Command {
   program.addCommand(crlCommand());
   program.addCommand(replicaCommand());
   program.addCommand(caCommand());
+  program.addCommand(backupCommand());
+  program.addCommand(restoreCommand());
+  program.addCommand(clonePrepareCommand());
+  program.addCommand(pkcs12CertFindCommand());
+  program.addCommand(joinCommand());
+  program.addCommand(agentCommand());
   // settings set on the program are copied to commands created with .command(), not to added ones
   const inherit = (c: Command) => {
     c.exitOverride().showSuggestionAfterError().configureOutput(program.configureOutput());
@@ -43,7 +52,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help' || e.code === 'commander.version') return 0;
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return 0;
+      // help shown because a subcommand is missing (`cairn ca`) is a usage error; `cairn help` is not
+      if (e.code === 'commander.help') return e.exitCode === 0 ? 0 : 2;
       if (e.code === 'commander.executeSubCommandAsync') return e.exitCode;
       return 2;
     }

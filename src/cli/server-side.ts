@@ -1,12 +1,12 @@
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
-import { initReplica, serveReplica } from '../server/replica.js';
 import { DEFAULT_LISTEN, readReplicaConfig, statePaths } from '../server/state.js';
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { exists, readKeyFile, writeFilesAtomic, KEY_MODE } from '../util/files.js';
 import { adminCall, serverUrl } from './admin-client.js';
+import { addPkcs12InitOptions, casFromInitFlags } from './backup.js';
 import { jsonOption, keyTypeOption, out, parseDurationArg, printJson } from './common.js';
 
 const stateDirOption = () => new Option('--state-dir <dir>', 'the replica state directory').makeOptionMandatory();
@@ -17,7 +17,7 @@ function joinCommand(token: string, url: string): string {
 }
 
 export function initCommand(): Command {
-  return new Command('init')
+  return addPkcs12InitOptions(new Command('init'))
     .description('create a cluster: root CAs, unlock key, store, join tokens, this replica\'s server certificate and an admin bundle')
     .argument('<cluster-name>', 'human name of the cluster')
     .addOption(stateDirOption())
@@ -34,10 +34,12 @@ Writes into the state directory (created 0700):
   replica.json        this replica's identity and listen address
   server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
   admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
-    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean }) => {
+    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; fromPkcs12?: string; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
       const { validateClusterName } = await import('../authority/offline.js');
       validateClusterName(name);
-      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType });
+      const ca = await casFromInitFlags(f);
+      const { initReplica } = await import('../server/replica.js'); // heavy (store, server): loaded only when used
+      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca });
       if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
       const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
       out(`Cluster "${name}" created (cluster ID ${r.clusterId}) in ${r.stateDir}.`);
@@ -59,6 +61,7 @@ export function serveCommand(): Command {
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
     .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
     .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string }) => {
+      const { serveReplica } = await import('../server/replica.js');
       const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
       await new Promise<void>((resolve) => {

@@ -1,4 +1,4 @@
-import { createHash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
+import { hash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as pkijs from 'pkijs';
 import { asn1, decode, derChildren, derOf, derTop, namedBitsDer, oid, smallIntDer, timeDer, tlv, uintContents } from './der.js';
@@ -48,9 +48,10 @@ export interface Issuer {
 export function keyIdentifier(spki: Uint8Array): Buffer {
   const parts = derChildren(spki, derTop(spki, 'public key'), 'public key', 2);
   const bits = parts[1];
-  if (bits.tag !== 0x03 || bits.end === bits.contents) throw new PkiError('bad_der', 'public key: missing BIT STRING');
+  if (bits.tag !== 0x03) throw new PkiError('bad_der', 'public key: missing BIT STRING');
+  if (bits.end === bits.contents || spki[bits.contents] > 7) throw new PkiError('bad_der', 'public key is not valid DER');
   // The contents after the unused-bits byte.
-  return createHash('sha1').update(spki.subarray(bits.contents + 1, bits.end)).digest();
+  return hash('sha1', spki.subarray(bits.contents + 1, bits.end), 'buffer');
 }
 
 const OCTET_STRING = 0x04;
@@ -124,6 +125,28 @@ function ipBytes(ip: string): Buffer {
   return out;
 }
 
+/**
+ * KeyUsage and ExtendedKeyUsage extensions depend only on the list of names: each distinct list
+ * is encoded once (there are a handful: the names come from small fixed sets).
+ */
+const usageExtCache = new Map<string, Buffer>();
+function cachedUsageExt(key: string, build: () => Buffer): Buffer {
+  let d = usageExtCache.get(key);
+  if (!d) {
+    d = build();
+    if (usageExtCache.size < 256) usageExtCache.set(key, d);
+  }
+  return d;
+}
+
+function keyUsageExtension(names: KeyUsageName[]): Buffer {
+  return cachedUsageExt('ku:' + names.join(','), () => ext(EXT_OID.keyUsage, true, namedBitsDer(names.map((k) => KU_BITS[k]))));
+}
+
+function extKeyUsageExtension(names: ExtKeyUsageName[]): Buffer {
+  return cachedUsageExt('eku:' + names.join(','), () => ext(EXT_OID.extKeyUsage, false, tlv(SEQUENCE, ...names.map((e) => EKU_DER[e]))));
+}
+
 function sanExtension(sans: SubjectAltName[]): Buffer {
   // dNSName [2] IA5String, iPAddress [7] OCTET STRING, both IMPLICIT
   const names = sans.map((s) => ('dns' in s ? tlv(0x82, Buffer.from(s.dns, 'ascii')) : tlv(0x87, ipBytes(s.ip))));
@@ -140,11 +163,8 @@ function basicConstraintsExtension(ca: CertificateProfile['ca']): Buffer {
  * Everything fixed is precomputed; what varies per certificate is written straight into DER.
  */
 function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: SignatureScheme, akiExtDer: Buffer | null): Buffer {
-  const exts: Buffer[] = [
-    basicConstraintsExtension(p.ca),
-    ext(EXT_OID.keyUsage, true, namedBitsDer(p.keyUsage.map((k) => KU_BITS[k]))),
-  ];
-  if (p.extKeyUsage && p.extKeyUsage.length) exts.push(ext(EXT_OID.extKeyUsage, false, tlv(SEQUENCE, ...p.extKeyUsage.map((e) => EKU_DER[e]))));
+  const exts: Buffer[] = [basicConstraintsExtension(p.ca), keyUsageExtension(p.keyUsage)];
+  if (p.extKeyUsage && p.extKeyUsage.length) exts.push(extKeyUsageExtension(p.extKeyUsage));
   exts.push(ext(EXT_OID.subjectKeyId, false, tlv(OCTET_STRING, keyIdentifier(p.publicKey))));
   if (akiExtDer) exts.push(akiExtDer);
   if (p.sans && p.sans.length) exts.push(sanExtension(p.sans));

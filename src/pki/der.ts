@@ -112,23 +112,20 @@ export { asn1 };
 /** DER of one element, encoded once (for constants: OIDs, fixed extensions). */
 export const derOf = (node: Node): Buffer => encode(node);
 
-/** A DER length header (tag byte + definite length) for `length` bytes of contents. */
-function header(tag: number, length: number): Buffer {
-  if (length < 0x80) return Buffer.from([tag, length]);
-  if (length < 0x100) return Buffer.from([tag, 0x81, length]);
-  if (length < 0x10000) return Buffer.from([tag, 0x82, length >> 8, length & 0xff]);
-  if (length < 0x1000000) return Buffer.from([tag, 0x83, length >> 16, (length >> 8) & 0xff, length & 0xff]);
-  throw new PkiError('bad_der', 'element too large to encode');
-}
-
 /** One TLV: `tag` (a single identifier byte, e.g. 0x30 SEQUENCE, 0x82 [2] IMPLICIT) around the concatenated contents. */
 export function tlv(tag: number, ...contents: Uint8Array[]): Buffer {
-  let length = 0;
-  for (const c of contents) length += c.length;
-  const h = header(tag, length);
-  const out = Buffer.allocUnsafe(h.length + length);
-  h.copy(out, 0);
-  let o = h.length;
+  let n = 0;
+  for (const c of contents) n += c.length;
+  // header and contents in one allocation
+  const lenBytes = n < 0x80 ? 0 : n < 0x100 ? 1 : n < 0x10000 ? 2 : n < 0x1000000 ? 3 : 4;
+  const out = Buffer.allocUnsafe(2 + lenBytes + n);
+  out[0] = tag;
+  if (lenBytes === 0) out[1] = n;
+  else {
+    out[1] = 0x80 | lenBytes;
+    for (let i = lenBytes, v = n; i >= 1; i--, v = Math.floor(v / 256)) out[1 + i] = v & 0xff;
+  }
+  let o = 2 + lenBytes;
   for (const c of contents) {
     out.set(c, o);
     o += c.length;
@@ -137,10 +134,10 @@ export function tlv(tag: number, ...contents: Uint8Array[]): Buffer {
 }
 
 /** INTEGER contents from big-endian unsigned bytes: minimal, with a leading 0 when the high bit is set (as uintBytes). */
-export function uintContents(bytes: Uint8Array): Uint8Array {
+export function uintContents(bytes: Uint8Array): Buffer {
   let i = 0;
   while (i < bytes.length - 1 && bytes[i] === 0) i++;
-  const b = bytes.subarray(i);
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset + i, bytes.length - i);
   if (b.length > 0 && b[0] & 0x80) {
     const out = Buffer.allocUnsafe(b.length + 1);
     out[0] = 0;
@@ -248,7 +245,9 @@ export function derTop(der: Uint8Array, what: string): Tlv {
 
 /** The children of a constructed element (already checked by derTop). Same errors as children(). */
 export function derChildren(der: Uint8Array, t: Tlv, what: string, min = 0): Tlv[] {
-  if (!(t.tag & 0x20)) throw new PkiError('bad_der', `${what}: unexpected ASN.1 structure`);
+  // SEQUENCE, SET, or a constructed tagged element (as children() accepts)
+  const constructed = t.tag === 0x30 || t.tag === 0x31 || (t.tag & 0x20 && t.tag & 0xc0);
+  if (!constructed) throw new PkiError('bad_der', `${what}: unexpected ASN.1 structure`);
   const out: Tlv[] = [];
   for (let p = t.contents; p < t.end; ) {
     const c = readTlv(der, p, t.end);
@@ -259,8 +258,3 @@ export function derChildren(der: Uint8Array, t: Tlv, what: string, min = 0): Tlv
   if (out.length < min) throw new PkiError('bad_der', `${what}: structure is too short`);
   return out;
 }
-
-/** The bytes of an element (header included), as a view on `der`. */
-export const derBytes = (der: Buffer, t: Tlv): Buffer => der.subarray(t.start, t.end);
-/** The contents of an element, as a view on `der`. */
-export const derContents = (der: Buffer, t: Tlv): Buffer => der.subarray(t.contents, t.end);

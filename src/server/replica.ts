@@ -8,6 +8,7 @@ import path from 'node:path';
 import pino, { Logger } from 'pino';
 import { Authority } from '../authority/authority.js';
 import { initCluster } from '../authority/cluster.js';
+import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
@@ -21,7 +22,7 @@ import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
 
-function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
+export function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
   const names = [advertise, ...extra];
   const out: SubjectAltName[] = [];
   for (const n of names) {
@@ -37,7 +38,7 @@ function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
 }
 
 /** Issue this replica's server key and certificate, and the files that hold them. */
-async function serverIdentityFiles(auth: Authority, dir: string, cfg: ReplicaConfig): Promise<PlannedFile[]> {
+export async function serverIdentityFiles(auth: Authority, dir: string, cfg: ReplicaConfig): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
   const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans));
@@ -56,6 +57,8 @@ export interface InitOptions {
   listen?: string;
   store?: string;
   keyType?: KeyType;
+  /** CA material to create the cluster with (init --from-pkcs12) instead of new roots */
+  ca?: ProvidedCas;
 }
 
 export interface InitOutcome {
@@ -93,7 +96,7 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
     store = await Store.open(kind, location);
     const existing = await store.getCluster();
     if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
-    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType);
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, o.ca);
     const replicaId = randomId();
     const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });

@@ -58,7 +58,7 @@ function peerCert(req: FastifyRequest): PeerCertificate | undefined {
   const c = sock.getPeerCertificate(false);
   if (!c || !c.serialNumber) return undefined;
   const o = c.subject?.O;
-  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o };
+  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o, raw: c.raw };
 }
 
 function isStoreError(e: unknown): boolean {

@@ -30,6 +30,7 @@ export function ensureDir(dir: string, mode = DIR_MODE): void {
   try {
     fs.mkdirSync(dir, { recursive: true, mode });
   } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CairnError('io', `${dir} exists and is not a directory`);
     throw new CairnError('io', `cannot create directory ${dir}: ${describe(e)}`);
   }
   let st: fs.Stats;

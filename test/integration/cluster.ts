@@ -8,6 +8,7 @@ import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -209,6 +210,37 @@ export function api(url: string, method: string, p: string, body?: unknown, id: 
     );
     req.on('error', reject);
     req.end(payload);
+  });
+}
+
+/**
+ * Send a request with a large body over a raw TLS socket and return the status line's code.
+ * The server answers (413) and closes before the body is sent, so write errors (EPIPE,
+ * ECONNRESET) are expected and ignored; only the response counts.
+ */
+export function rawPost(url: string, p: string, body: Buffer): Promise<{ status: number; text: string }> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({ host: u.hostname, port: Number(u.port), rejectUnauthorized: false, servername: 'ca' }, () => {
+      sock.write(`POST ${p} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+      // like a client waiting for 100-continue: a server that refuses on the declared length
+      // answers before any byte of the body; otherwise the body follows
+      setTimeout(() => {
+        if (!text) sock.write(body, () => {});
+      }, 500);
+    });
+    let text = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d) => (text += d));
+    sock.on('error', () => {
+      /* EPIPE / ECONNRESET once the server has answered and closed */
+    });
+    sock.on('close', () => {
+      const m = text.match(/^HTTP\/1\.1 (\d{3})/);
+      if (m) resolve({ status: Number(m[1]), text });
+      else reject(new Error(`no HTTP response: ${JSON.stringify(text.slice(0, 200))}`));
+    });
+    setTimeout(() => sock.destroy(), 15_000).unref();
   });
 }
 

@@ -1,0 +1,11 @@
+/**
+ * Every benchmark group, in the order they run. To add benchmarks, write a module that
+ * default-exports a BenchGroup (see harness.ts; issue.ts is an example) and list it here.
+ */
+import { BenchGroup } from './harness.js';
+import floor from './floor.js';
+import issue from './issue.js';
+import httpsGroup from './https.js';
+import ha from './ha.js';
+
+export const groups: BenchGroup[] = [floor, issue, httpsGroup, ha];

@@ -1,0 +1,190 @@
+/**
+ * The node agent: keeps the node's identity fresh. It renews at a random point in the 50–80%
+ * window of the current certificate's lifetime (at once if already past it), retries with
+ * exponential backoff and jitter across the endpoints, picks up trust-bundle changes by
+ * polling GET /v1/ca over verified TLS, and stops with a clear error when the CA refuses the
+ * node for good (removed, revoked, expired).
+ */
+import pino, { Logger } from 'pino';
+import { certificatesFromPem, PkiError, verifyChain } from '../pki/index.js';
+import { CairnError } from '../util/errors.js';
+import { closeAgents, request, RetryableError } from './client.js';
+import { pemOf } from './issued.js';
+import { backoffDelay, clientTlsOf, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
+import { NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+
+/** Renewal happens between these fractions of a certificate's lifetime (notBefore → notAfter). */
+export const RENEW_WINDOW = { from: 0.5, to: 0.8 } as const;
+/** How often the agent asks the CA for its trust bundle. */
+export const DEFAULT_CA_REFRESH_MS = 10 * 60_000;
+/** Retry pauses double from 1 s up to this cap. */
+export const MAX_BACKOFF_MS = 5 * 60_000;
+/** Never renew twice within this interval (a very short lifetime must not become a busy loop). */
+export const MIN_RENEW_INTERVAL_MS = 60_000;
+
+const ms = (d: Date | number) => (typeof d === 'number' ? d : d.getTime());
+
+/** The renewal window of a certificate: 50% to 80% of the way from notBefore to notAfter. */
+export function renewalWindow(notBefore: Date | number, notAfter: Date | number): { start: Date; end: Date } {
+  const nb = ms(notBefore);
+  const life = ms(notAfter) - nb;
+  return { start: new Date(nb + life * RENEW_WINDOW.from), end: new Date(nb + life * RENEW_WINDOW.to) };
+}
+
+/** A random point in the renewal window; `random` in [0, 1) picks it (0 = the window's start). */
+export function renewalTime(notBefore: Date | number, notAfter: Date | number, random: number = Math.random()): Date {
+  const { start, end } = renewalWindow(notBefore, notAfter);
+  const r = Math.min(Math.max(random, 0), 1);
+  return new Date(Math.round(start.getTime() + (end.getTime() - start.getTime()) * r));
+}
+
+export interface AgentOptions {
+  signal?: AbortSignal;
+  /** default: pino at info level on stderr */
+  logger?: Logger;
+  /** renew at once at start, whatever the window says */
+  renewNow?: boolean;
+  /** trust-bundle poll interval, default 10 minutes */
+  caRefreshMs?: number;
+  /** first retry pause, default 1 s (doubling up to 5 minutes) */
+  baseBackoffMs?: number;
+  /** per-request deadline, default 10 s */
+  timeoutMs?: number;
+  random?: () => number;
+  /** called after each successful renewal */
+  onRenew?: (r: RenewResult) => void;
+  /** called after ca.crt was rewritten with a changed trust bundle */
+  onTrustUpdate?: () => void;
+}
+
+/**
+ * Fetch the CA's trust bundle over TLS verified with the current one; if it changed, rewrite
+ * ca.crt. If our own certificate would no longer verify against the new bundle (the root was
+ * rotated away), ca.crt is left alone and 'renew' is returned: a renewal brings both.
+ */
+export async function refreshTrustBundle(id: NodeIdentity, o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger } = {}): Promise<'unchanged' | 'updated' | 'renew'> {
+  const ep = id.config.endpoints;
+  let last: unknown;
+  for (const e of ep) {
+    let ca: { clusterId?: unknown; trustBundle?: unknown };
+    try {
+      ca = await request(e, 'GET', '/v1/ca', undefined, clientTlsOf(id), { timeoutMs: o.timeoutMs, signal: o.signal });
+    } catch (err) {
+      if (err instanceof CairnError && err.code === 'aborted') throw err;
+      last = err;
+      continue;
+    }
+    if (ca?.clusterId !== id.config.clusterId) throw new CairnError('bad_response', `the CA at ${e} is of cluster ${String(ca?.clusterId)}, not ${id.config.clusterId}`);
+    if (typeof ca.trustBundle !== 'string') throw new CairnError('bad_response', `the CA at ${e} answered GET /v1/ca without a trust bundle`);
+    let trust: Buffer[];
+    try {
+      trust = certificatesFromPem(ca.trustBundle, 'the trust bundle');
+    } catch (err) {
+      if (err instanceof PkiError) throw new CairnError('bad_response', `the CA at ${e} answered with an unusable trust bundle: ${err.message}`);
+      throw err;
+    }
+    const pem = pemOf(trust);
+    if (pem === pemOf(id.trust)) return 'unchanged';
+    try {
+      verifyChain(id.chain[0], id.chain.slice(1), trust);
+    } catch (err) {
+      if (err instanceof PkiError) {
+        o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
+        return 'renew';
+      }
+      throw err;
+    }
+    replaceIdentity(id.dir, { caPem: pem });
+    o.logger?.info({ endpoint: e, roots: trust.length }, 'trust bundle updated');
+    return 'updated';
+  }
+  throw last;
+}
+
+/** Read the identity again; a read caught between the renames of someone else's update is retried. */
+async function rereadIdentity(dir: string): Promise<NodeIdentity> {
+  for (let i = 0; ; i++) {
+    try {
+      return readNodeIdentity(dir);
+    } catch (e) {
+      if (!(e instanceof CairnError) || e.code !== 'key_mismatch' || i >= 20) throw e;
+      if (i === 10 && recoverPendingCommit(dir)) return readNodeIdentity(dir);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/**
+ * Run the renewal loop until `signal` aborts (resolves) or the CA refuses the node for good
+ * (rejects with a CairnError saying why).
+ */
+export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promise<void> {
+  const log = opts.logger ?? pino({ level: 'info' }, pino.destination({ fd: 2, sync: true }));
+  const signal = opts.signal;
+  const random = opts.random ?? Math.random;
+  const caRefreshMs = opts.caRefreshMs ?? DEFAULT_CA_REFRESH_MS;
+  let renewNow = !!opts.renewNow;
+  let plan = null as { serial: string; at: number } | null;
+  let failures = 0;
+  let lastRenewal = -Infinity;
+  let nextCaCheck = 0;
+
+  if (recoverPendingCommit(stateDir)) log.warn('finished an identity update that was interrupted');
+  let id = readNodeIdentity(stateDir);
+  log.info({ nodeId: id.config.nodeId, role: id.config.role, clusterId: id.config.clusterId, notAfter: id.leaf.notAfter.toISOString() }, 'agent started');
+
+  try {
+    while (!signal?.aborted) {
+      id = await rereadIdentity(stateDir); // someone may have replaced it (join --force, cairn agent --renew-now)
+      const now = Date.now();
+      if (!plan || plan.serial !== id.leaf.serialHex) {
+        const at = Math.max(renewalTime(id.leaf.notBefore, id.leaf.notAfter, random()).getTime(), lastRenewal + MIN_RENEW_INTERVAL_MS);
+        plan = { serial: id.leaf.serialHex, at };
+        log.info({ serial: id.leaf.serialHex, notAfter: id.leaf.notAfter.toISOString(), renewAt: new Date(at).toISOString() }, 'renewal scheduled');
+      }
+
+      if (renewNow || now >= plan.at) {
+        try {
+          const r = await renewOnce(stateDir, { rounds: 1, signal, logger: log, timeoutMs: opts.timeoutMs });
+          failures = 0;
+          renewNow = false;
+          lastRenewal = Date.now();
+          nextCaCheck = lastRenewal + caRefreshMs; // the renewal brought the current trust bundle
+          log.info({ serial: r.serial, role: r.role, endpoint: r.endpoint, notAfter: r.notAfter.toISOString(), trustChanged: r.trustChanged }, 'certificate renewed');
+          if (r.role !== r.previousRole) log.info({ from: r.previousRole, to: r.role }, 'role changed');
+          opts.onRenew?.(r);
+        } catch (e) {
+          if (signal?.aborted) break;
+          if (isFatalRenewalError(e)) {
+            log.error({ code: (e as CairnError).code, err: (e as Error).message }, 'renewal refused: stopping');
+            throw e;
+          }
+          // the server's Retry-After (429, 503) is honoured, within the backoff cap
+          const asked = e instanceof RetryableError && e.retryAfterMs ? Math.min(e.retryAfterMs, MAX_BACKOFF_MS) : 0;
+          const wait = Math.max(asked, backoffDelay(failures++, { baseMs: opts.baseBackoffMs ?? 1000, capMs: MAX_BACKOFF_MS, random }));
+          log.warn({ code: (e as CairnError).code, err: (e as Error).message, retryInMs: wait, failures }, 'renewal failed; will retry');
+          await sleep(wait, signal);
+        }
+        continue;
+      }
+
+      if (now >= nextCaCheck) {
+        nextCaCheck = now + caRefreshMs;
+        try {
+          const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log });
+          if (r === 'renew') renewNow = true;
+          if (r === 'updated') opts.onTrustUpdate?.();
+        } catch (e) {
+          if (signal?.aborted) break;
+          log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the trust bundle; will try again');
+        }
+        continue;
+      }
+
+      await sleep(Math.min(plan.at, nextCaCheck) - now, signal);
+    }
+  } finally {
+    closeAgents(clientTlsOf(id));
+  }
+  log.info('agent stopped');
+}

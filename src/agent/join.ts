@@ -1,0 +1,152 @@
+/**
+ * Join a cluster with a token: fetch the CA certificate, check it against the token's digest
+ * (so a man in the middle cannot substitute a CA), generate the key here (it never leaves the
+ * node), send a CSR with the token over TLS verified against that root, check what comes back,
+ * and write the identity into the node's state directory.
+ */
+import fs from 'node:fs';
+import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
+import { CairnError } from '../util/errors.js';
+import { ensureDir, exists } from '../util/files.js';
+import { isRetryable, normalizeEndpoint, request } from './client.js';
+import { checkIssued } from './issued.js';
+import { nodePaths, NodeRole, replaceIdentity, writeNewIdentity } from './state.js';
+import { JoinToken, parseJoinToken } from './token.js';
+
+export interface JoinOptions {
+  /** replace an identity already in the state directory */
+  force?: boolean;
+  /** per-request deadline, default 10 s */
+  timeoutMs?: number;
+}
+
+export interface JoinResult {
+  nodeId: string;
+  role: NodeRole;
+  clusterId: string;
+  stateDir: string;
+  /** the endpoint that issued the certificate */
+  endpoint: string;
+  serial: string;
+  notAfter: Date;
+}
+
+/** The part of `GET /v1/ca` a joining node uses. */
+interface CaAnswer {
+  clusterId?: unknown;
+  roots?: { cluster?: unknown };
+}
+
+/** Validate and de-duplicate a list of CA endpoints, keeping their order. */
+export function normalizeEndpoints(endpoints: string[]): string[] {
+  const out: string[] = [];
+  for (const e of endpoints) {
+    const n = normalizeEndpoint(e);
+    if (!out.includes(n)) out.push(n);
+  }
+  if (out.length === 0) throw new CairnError('usage', 'give at least one CA address (https://host:port)', 2);
+  return out;
+}
+
+export async function join(token: string, endpoints: string[], stateDir: string, opts: JoinOptions = {}): Promise<JoinResult> {
+  // Everything that can be refused locally is refused before any network I/O.
+  const t = parseJoinToken(token);
+  const eps = normalizeEndpoints(endpoints);
+  const p = nodePaths(stateDir);
+  if (exists(p.key) && !opts.force) {
+    throw new CairnError('exists', `${stateDir} already holds a node identity (${p.key}); use --force to join again and replace it`);
+  }
+  const created = !exists(stateDir);
+  ensureDir(stateDir);
+  try {
+    return await joinThrough(t, token.trim(), eps, stateDir, opts);
+  } catch (e) {
+    if (created) {
+      try {
+        fs.rmdirSync(stateDir); // leave nothing behind a failed join (only if still empty)
+      } catch {
+        /* not empty: keep it */
+      }
+    }
+    throw e;
+  }
+}
+
+async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir: string, opts: JoinOptions): Promise<JoinResult> {
+  const kp = generateKeyPair('ec-p256');
+  const csr = csrToPem(createCsr(kp.privateKey));
+  const failures: { endpoint: string; error: CairnError }[] = [];
+  const req = { timeoutMs: opts.timeoutMs, keepAlive: false };
+
+  for (const ep of eps) {
+    // 1. first contact, unverified: the answer is trusted only if its root matches the digest
+    let ca: CaAnswer;
+    try {
+      ca = await request<CaAnswer>(ep, 'GET', '/v1/ca', undefined, { insecure: true }, req);
+    } catch (e) {
+      if (!(e instanceof CairnError)) throw e;
+      failures.push({ endpoint: ep, error: e });
+      continue;
+    }
+    let rootDer: Buffer;
+    try {
+      if (typeof ca?.roots?.cluster !== 'string') throw new PkiError('bad_response', 'no cluster root');
+      rootDer = certificateFromPem(ca.roots.cluster, 'the cluster root');
+    } catch (e) {
+      if (!(e instanceof PkiError)) throw e;
+      failures.push({ endpoint: ep, error: new CairnError('bad_response', `the CA at ${ep} answered GET /v1/ca without a usable cluster root certificate (${e.message})`) });
+      continue;
+    }
+    const digest = rootDigest(rootDer);
+    if (digest !== t.digest) {
+      failures.push({
+        endpoint: ep,
+        error: new CairnError(
+          'ca_mismatch',
+          `the CA at ${ep} does not match the token's digest (its root certificate has digest ${digest}, the token says ${t.digest}): ` +
+            'this may be a man in the middle, or a token of another cluster; nothing was sent to it',
+        ),
+      });
+      continue;
+    }
+    const rootPem = certificateToPem(rootDer);
+
+    // 2. the join itself, over TLS verified against that root (server name "ca")
+    let answer: unknown;
+    try {
+      answer = await request(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem }, req);
+    } catch (e) {
+      if (!(e instanceof CairnError)) throw e;
+      if (!isRetryable(e)) {
+        if (e.code === 'invalid_token') {
+          throw new CairnError('invalid_token', `${e.message}: the token may have been rotated or be of another cluster; get the current one with "cairn token worker|manager"`);
+        }
+        throw e;
+      }
+      failures.push({ endpoint: ep, error: e });
+      continue;
+    }
+
+    // 3. check what came back, then write it
+    const expectCluster = typeof ca.clusterId === 'string' ? ca.clusterId : undefined;
+    const got = checkIssued(answer, kp.privateKey, ep, { clusterId: expectCluster, anchors: [rootDer] });
+    const files = {
+      keyPem: privateKeyToPem(kp.privateKey),
+      certPem: got.certPem,
+      caPem: got.caPem,
+      config: { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, endpoints: eps },
+    };
+    if (opts.force) replaceIdentity(stateDir, files);
+    else writeNewIdentity(stateDir, files);
+    return { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, stateDir, endpoint: ep, serial: got.leaf.serialHex, notAfter: got.leaf.notAfter };
+  }
+
+  // Nobody issued. A digest mismatch is the failure that matters most: say it first.
+  const mismatch = failures.find((f) => f.error.code === 'ca_mismatch');
+  if (failures.length === 1) throw failures[0].error;
+  const others = failures.filter((f) => f !== mismatch).map((f) => f.error.message);
+  if (mismatch) {
+    throw new CairnError('ca_mismatch', `${mismatch.error.message}${others.length ? `; the other endpoints failed too: ${others.join('; ')}` : ''}`);
+  }
+  throw new CairnError(failures[0].error.code, `could not join through any of ${eps.length} CA endpoints: ${failures.map((f) => f.error.message).join('; ')}`);
+}

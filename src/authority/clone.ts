@@ -1,0 +1,142 @@
+/**
+ * Controllers that share CA keys ("clones"): the CA material a PKCS#12 export carries, the
+ * CA material a new controller is created from, and adoption of nodes that joined through
+ * another controller holding the same CA.
+ */
+import { KeyObject } from 'node:crypto';
+import {
+  certificateFromPem, certificateInfo, certificatesFromPem, certificateToPem, ID_RE, keysMatch, PkiError, privateKeyToPem, verifyChain,
+} from '../pki/index.js';
+import type { Pkcs12Entry, Pkcs12Input } from '../pki/pkcs12.js';
+import type { CaTable } from '../store/schema.js';
+import { CairnError } from '../util/errors.js';
+import type { Authority, PeerIdentity } from './authority.js';
+import { unsealCaKey } from './backup.js';
+import { seal } from './seal.js';
+import { isRole } from './tokens.js';
+
+export type CaName = 'cluster' | 'client';
+
+/** One root CA given to `init` (from a PKCS#12 file). */
+export interface CaMaterial {
+  certDer: Buffer;
+  key: KeyObject;
+}
+
+/** The CA material a controller can be created from: both roots, and the cluster ID they carry. */
+export interface ProvidedCas {
+  clusterId: string;
+  cluster: CaMaterial;
+  client: CaMaterial;
+}
+
+export const NICKNAMES: Record<CaName, string> = { cluster: 'cluster-root-ca', client: 'client-root-ca' };
+
+/** A CA row for given material (the same shape `newRootCa` makes). */
+export function caRowFor(name: CaName, m: CaMaterial, unlockKey: Buffer, generation = 1): CaTable {
+  const info = certificateInfo(m.certDer);
+  const id = `${name}-root-ca-${generation}`;
+  return {
+    id,
+    name,
+    generation,
+    cert_pem: certificateToPem(m.certDer),
+    key_sealed: seal(unlockKey, privateKeyToPem(m.key), id),
+    key_id: info.subjectKeyId!.toString('hex'),
+    status: 'active',
+    created_at: Date.now(),
+  };
+}
+
+/**
+ * What clone-prepare exports: every CA certificate cairn holds, with its key where the store
+ * has it. The CAs that sign now are named `cluster-root-ca` and `client-root-ca`; any other
+ * (a rotation's new or old root) is named by its row ID.
+ */
+export function pkcs12EntriesFor(rows: CaTable[], unlockKey: Buffer): Pkcs12Input[] {
+  const signing = new Set<string>();
+  for (const name of ['cluster', 'client'] as CaName[]) {
+    const active = rows.filter((r) => r.name === name && r.status === 'active' && r.key_sealed).at(-1);
+    if (active) signing.add(active.id);
+  }
+  return rows.map((r) => ({
+    certDer: certificateFromPem(r.cert_pem, `CA ${r.id}`),
+    friendlyName: signing.has(r.id) ? NICKNAMES[r.name as CaName] : r.id,
+    key: unsealCaKey(r, unlockKey),
+  }));
+}
+
+/**
+ * Pick the cluster and client root CAs out of a PKCS#12 file's entries: by friendly name
+ * (`cluster-root-ca`, `client-root-ca`), else by subject CN. Both must be CA certificates
+ * with their keys, and carry the same cluster ID as subject O.
+ */
+export function casFromPkcs12(entries: Pkcs12Entry[]): ProvidedCas {
+  const pick = (name: CaName): CaMaterial => {
+    const nick = NICKNAMES[name];
+    const found = entries.filter((e) => e.friendlyName === nick);
+    const byCn = found.length ? found : entries.filter((e) => certificateInfo(e.certDer).subjectAttrs.CN === nick);
+    if (byCn.length === 0) throw new CairnError('bad_pkcs12', `the PKCS#12 file holds no "${nick}" certificate (by friendly name or subject CN)`);
+    if (byCn.length > 1) throw new CairnError('bad_pkcs12', `the PKCS#12 file holds ${byCn.length} "${nick}" certificates; expected one`);
+    const e = byCn[0];
+    const info = certificateInfo(e.certDer);
+    if (!info.isCA) throw new CairnError('bad_pkcs12', `"${nick}" in the PKCS#12 file is not a CA certificate`);
+    if (!e.key) throw new CairnError('bad_pkcs12', `"${nick}" in the PKCS#12 file has no private key`);
+    if (!keysMatch(e.key, info.publicKeyDer)) throw new CairnError('bad_pkcs12', `the key of "${nick}" does not belong to its certificate`);
+    if (!info.subjectKeyId) throw new CairnError('bad_pkcs12', `"${nick}" has no subject key identifier`);
+    if (info.notAfter.getTime() <= Date.now()) throw new CairnError('bad_pkcs12', `"${nick}" expired on ${info.notAfter.toISOString()}`);
+    return { certDer: e.certDer, key: e.key };
+  };
+  const cluster = pick('cluster');
+  const client = pick('client');
+  const o1 = certificateInfo(cluster.certDer).subjectAttrs.O;
+  const o2 = certificateInfo(client.certDer).subjectAttrs.O;
+  if (!o1 || !ID_RE.test(o1)) throw new CairnError('bad_pkcs12', `the cluster CA's subject O "${o1 ?? ''}" is not a cairn cluster ID`);
+  if (o1 !== o2) throw new CairnError('bad_pkcs12', `the cluster CA (O=${o1}) and the client CA (O=${o2 ?? ''}) are of different clusters`);
+  return { clusterId: o1, cluster, client };
+}
+
+/**
+ * A node certificate this store has no record of, presented by a peer the TLS layer already
+ * verified against our roots: it was issued by another controller holding the same CA
+ * (restored with `restore --root-ca-only`, or created with `init --from-pkcs12`). Adopt it
+ * when it is a node certificate of this cluster signed by our cluster CA: record the node (if
+ * unknown) and the certificate, so the node renews here as it would there. A node recorded
+ * here as removed stays removed. Returns null when the certificate is not adoptable.
+ */
+export async function adoptNodeCertificate(auth: Authority, der: Buffer, serial: string): Promise<PeerIdentity | null> {
+  let info;
+  try {
+    info = certificateInfo(der);
+    verifyChain(der, [], certificatesFromPem(auth.trustBundle(), 'the trust bundle'), { purpose: 'clientAuth' });
+  } catch (e) {
+    if (e instanceof PkiError) return null;
+    throw e;
+  }
+  const { O, OU, CN } = info.subjectAttrs;
+  if (info.serialHex !== serial || O !== auth.clusterId || !OU || !isRole(OU) || !CN || !ID_RE.test(CN) || info.isCA) return null;
+  const issuerKeyId = info.authorityKeyId?.toString('hex');
+  if (!issuerKeyId || !auth.caKeyIds('cluster').includes(issuerKeyId)) return null;
+  const store = auth.store;
+  return store.transaction(async (trx) => {
+    const node = await store.getNode(CN, trx);
+    if (node && node.status !== 'active') throw new CairnError('node_removed', `node ${CN} has been removed from the cluster`);
+    const now = Date.now();
+    if (!node) {
+      await trx.insertInto('nodes').values({ id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial }).onConflict((oc) => oc.column('id').doNothing()).execute();
+    }
+    await trx
+      .insertInto('certificates')
+      .values({
+        serial, kind: 'node', node_id: CN, role: OU, subject: `CN=${CN},OU=${OU},O=${O}`, issuer_key_id: issuerKeyId,
+        not_before: info.notBefore.getTime(), not_after: info.notAfter.getTime(), status: 'good', revoked_at: null, revocation_reason: null,
+        cert_pem: certificateToPem(der), created_at: now, replica_id: auth.replicaId,
+      })
+      .onConflict((oc) => oc.column('serial').doNothing())
+      .execute();
+    const rec = await store.getCertificate(serial, trx);
+    if (!rec || rec.status !== 'good') throw new CairnError('certificate_revoked', 'the client certificate is revoked');
+    await store.audit(`node:${CN}`, 'node.adopt', { node: CN, role: OU, serial, known: !!node }, trx);
+    return { kind: 'node', nodeId: CN, role: OU, serial };
+  });
+}

@@ -1,0 +1,346 @@
+/**
+ * Backup, restore and clone preparation for a replica's state directory: where the store
+ * is, the unlock key, and the files a restore rewrites. The store-level work is in
+ * ../authority/backup.ts and ../authority/clone.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import { Authority } from '../authority/authority.js';
+import {
+  BackupManifest, encodeArchive, encryptBackup, openBackup, readSnapshot, restoreFullIn, restoreRootCaIn, storeIn,
+} from '../authority/backup.js';
+import { pkcs12EntriesFor } from '../authority/clone.js';
+import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
+import { certificateFromPem, certificateInfo, generateKeyPair, privateKeyToPem, randomId, spkiDer } from '../pki/index.js';
+import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
+import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
+import { CairnError } from '../util/errors.js';
+import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, writeFilesAtomic } from '../util/files.js';
+import { VERSION } from '../version.js';
+import { sansFor, serverIdentityFiles } from './replica.js';
+import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
+
+export interface StateAccess {
+  stateDir: string;
+  /** store URL (default: CAIRN_STORE, then the state directory's) */
+  store?: string;
+  unlockKeyFile?: string;
+}
+
+/** Open the store of an initialized state directory, checking it holds this replica's cluster. */
+async function openStateStore(o: StateAccess, migrate: boolean) {
+  const cfg = readReplicaConfig(o.stateDir);
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const url = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
+  const { kind, location } = resolveStoreUrl(url, o.stateDir);
+  if (kind === 'sqlite' && !exists(location)) throw new CairnError('store_unavailable', `the SQLite store ${location} does not exist`);
+  const store = await Store.open(kind, location, { migrate, poolSize: 2 });
+  return { cfg, unlockKey, store, kind, location };
+}
+
+async function requireCluster(store: Store, cfg: ReplicaConfig, location: string) {
+  const cluster = await store.getCluster();
+  if (!cluster) throw new CairnError('not_initialized', `the store ${redactUrl(location)} holds no cluster`);
+  if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
+  return cluster;
+}
+
+// ---------------------------------------------------------------- backup
+
+export interface BackupResult {
+  data: Buffer;
+  manifest: BackupManifest;
+}
+
+/** Read one consistent snapshot of the store (the server may keep running) and encrypt it. */
+export async function backupStateDir(o: StateAccess & { rootCaOnly: boolean; passphrase: string }): Promise<BackupResult> {
+  const { cfg, unlockKey, store, location } = await openStateStore(o, false);
+  try {
+    await requireCluster(store, cfg, location);
+    const content = await readSnapshot(store, unlockKey, o.rootCaOnly ? 'root-ca-only' : 'full');
+    const data = await encryptBackup(await encodeArchive(content), o.passphrase);
+    return { data, manifest: content.manifest };
+  } finally {
+    await store.close();
+  }
+}
+
+// ---------------------------------------------------------------- restore
+
+interface Staged {
+  commit(): void;
+  abort(): void;
+}
+
+/** Files written to temporary names next to their final place, put in place only on commit. */
+function stageFiles(files: PlannedFile[]): Staged {
+  const temps: string[] = [];
+  try {
+    for (const f of files) {
+      const tmp = path.join(path.dirname(f.path), `.${path.basename(f.path)}.${randomBytes(6).toString('hex')}.restore`);
+      const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, f.mode);
+      temps.push(tmp);
+      try {
+        fs.writeSync(fd, typeof f.data === 'string' ? Buffer.from(f.data) : f.data);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+  } catch (e) {
+    for (const t of temps) fs.rmSync(t, { force: true });
+    throw new CairnError('io', `cannot write into ${path.dirname(files[temps.length]?.path ?? files[0].path)}: ${(e as Error).message}`);
+  }
+  return {
+    commit() {
+      files.forEach((f, i) => fs.renameSync(temps[i], f.path));
+    },
+    abort() {
+      for (const t of temps) fs.rmSync(t, { force: true });
+    },
+  };
+}
+
+/** Whether a cairn server answers on this replica's listen address. */
+function serverAnswers(listen: string): Promise<boolean> {
+  const { host, port } = parseHostPort(listen);
+  const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return new Promise((resolve) => {
+    const req = https.request({ host: h, port, path: '/healthz', method: 'GET', rejectUnauthorized: false, timeout: 1500, agent: false }, (res) => {
+      res.resume();
+      resolve(true);
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
+
+export interface RestoreOptions extends StateAccess {
+  data: Buffer;
+  passphrase: string;
+  rootCaOnly: boolean;
+  /** root-CA-only: replace the CAs even though nodes joined under the current ones */
+  force?: boolean;
+  /** full restore into a new state directory: like init */
+  listen?: string;
+  advertiseAddr?: string;
+  sans?: string[];
+}
+
+export interface RestoreResult {
+  kind: 'root-ca-only' | 'full';
+  clusterId: string;
+  stateDir: string;
+  /** root-CA-only: the cluster ID the controller had before */
+  previousClusterId?: string;
+  /** new join tokens (root-CA-only restore) */
+  tokens?: Record<string, string>;
+  /** certificates of the replaced CAs recorded as revoked */
+  superseded?: number;
+  /** full restore: whether a new state directory was created (with new server and admin certificates) */
+  created?: boolean;
+  replicaId: string;
+  /** full restore into an existing state directory: whether its admin certificate is among the restored records */
+  adminCertificateRestored?: boolean;
+  manifest: BackupManifest;
+}
+
+/**
+ * Restore a backup. Everything is checked (passphrase, archive, CA keys) before anything is
+ * touched; the store changes in one transaction; files are staged first and put in place
+ * only after the transaction commits.
+ */
+export async function restoreStateDir(o: RestoreOptions): Promise<RestoreResult> {
+  // the target's cheap checks come before the passphrase's (scrypt takes a second)
+  if (o.rootCaOnly) await checkRootCaTarget(o.stateDir);
+  const content = await openBackup(o.data, o.passphrase);
+  if (o.rootCaOnly) return restoreRootCa(o, content);
+  if (content.manifest.kind !== 'full') {
+    throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller', 2);
+  }
+  if (exists(statePaths(o.stateDir).replica)) return restoreFullExisting(o, content);
+  return restoreFullNew(o, content);
+}
+
+/** restore --root-ca-only goes into an initialized controller whose server is stopped. */
+async function checkRootCaTarget(stateDir: string): Promise<void> {
+  if (!exists(statePaths(stateDir).replica)) throw new CairnError('not_initialized', `${stateDir} is not an initialized controller: restore --root-ca-only replaces the CAs of one (run "cairn init" first)`);
+  const cfg = readReplicaConfig(stateDir);
+  if (await serverAnswers(cfg.listen)) {
+    throw new CairnError('server_running', `the cairn server of ${stateDir} is running on ${cfg.listen}: stop it before restoring (it loads the CAs when it starts), then start it again`);
+  }
+}
+
+async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<typeof openBackup>>): Promise<RestoreResult> {
+  const p = statePaths(o.stateDir);
+  await checkRootCaTarget(o.stateDir);
+  const { cfg, unlockKey, store, location } = await openStateStore(o, true);
+  try {
+    await requireCluster(store, cfg, location);
+    const others = (await store.listReplicas()).filter((r) => r.id !== cfg.replicaId && Date.now() - Number(r.heartbeat_at) < 15_000);
+    if (others.length) {
+      throw new CairnError('server_running', `replica ${others[0].id} (${others[0].address}) of this cluster is running: stop every replica sharing the store before restoring (a stopped replica's last heartbeat ages out in 15 s)`);
+    }
+    const active = (await store.listNodes()).filter((n) => n.status === 'active').length;
+    if (active && !o.force) {
+      throw new CairnError('has_nodes', `${active} node(s) joined this controller under its current CAs; their certificates would no longer verify: give --force to replace the CAs anyway (those nodes must join again)`);
+    }
+    const stage: { files: Staged | null } = { files: null };
+    let result: Awaited<ReturnType<typeof restoreRootCaIn>>;
+    try {
+      result = await store.transaction(async (trx) => {
+        const r = await restoreRootCaIn(trx, store, content, unlockKey);
+        const auth = new Authority(storeIn(store, trx), cfg.replicaId, unlockKey);
+        await auth.load();
+        const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId };
+        const files = await serverIdentityFiles(auth, o.stateDir, newCfg);
+        const adminKp = generateKeyPair();
+        const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
+        ensureDir(p.adminDir);
+        files.push(
+          { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
+          { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
+          { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
+          { path: p.adminTokens, data: JSON.stringify(r.tokens, null, 2) + '\n', mode: KEY_MODE },
+          { path: p.replica, data: JSON.stringify(newCfg, null, 2) + '\n', mode: KEY_MODE },
+        );
+        stage.files = stageFiles(files);
+        return r;
+      });
+    } catch (e) {
+      stage.files?.abort();
+      throw e;
+    }
+    stage.files!.commit();
+    return {
+      kind: 'root-ca-only',
+      clusterId: result.clusterId,
+      previousClusterId: result.previousClusterId,
+      tokens: result.tokens,
+      superseded: result.superseded,
+      stateDir: o.stateDir,
+      replicaId: cfg.replicaId,
+      manifest: content.manifest,
+    };
+  } finally {
+    await store.close();
+  }
+}
+
+/** Full restore into the (empty) store of an existing state directory: its files stay as they are. */
+async function restoreFullExisting(o: RestoreOptions, content: Awaited<ReturnType<typeof openBackup>>): Promise<RestoreResult> {
+  const cfg0 = readReplicaConfig(o.stateDir);
+  if (cfg0.clusterId !== content.manifest.clusterId) {
+    throw new CairnError('wrong_cluster', `the backup is of cluster ${content.manifest.clusterId}, but ${o.stateDir} belongs to ${cfg0.clusterId}: restore into a new state directory instead`);
+  }
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg0.store, o.stateDir);
+  const createdFile = kind === 'sqlite' && !exists(location);
+  let store: Store | undefined;
+  try {
+    store = await Store.open(kind, location, { poolSize: 2 });
+    const s = store;
+    await s.transaction((trx) => restoreFullIn(trx, s, content, unlockKey));
+    const admin = await s.db.selectFrom('certificates').select('serial').where('kind', '=', 'admin').execute();
+    const p = statePaths(o.stateDir);
+    let adminCertificateRestored = false;
+    if (exists(p.adminCert)) {
+      const serial = certificateInfo(certificateFromPem(fs.readFileSync(p.adminCert, 'utf8'), p.adminCert)).serialHex;
+      adminCertificateRestored = admin.some((a) => a.serial === serial);
+    }
+    return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: false, replicaId: cfg0.replicaId, adminCertificateRestored, manifest: content.manifest };
+  } catch (e) {
+    await store?.close().catch(() => {});
+    store = undefined;
+    if (createdFile) for (const f of [location, `${location}-wal`, `${location}-shm`]) fs.rmSync(f, { force: true });
+    throw e;
+  } finally {
+    await store?.close();
+  }
+}
+
+/** Full restore into a new state directory: like init, but the cluster is the backup's. */
+async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typeof openBackup>>): Promise<RestoreResult> {
+  const p = statePaths(o.stateDir);
+  for (const f of [p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
+    if (exists(f)) throw new CairnError('exists', `${o.stateDir} is not empty (${f} exists): a full restore creates a new state directory, or fills the empty store of an initialized one`);
+  }
+  const listen = o.listen ?? DEFAULT_LISTEN;
+  parseHostPort(listen);
+  const advertiseAddr = o.advertiseAddr ?? parseHostPort(listen).host;
+  const sans = o.sans ?? [];
+  sansFor(advertiseAddr, sans);
+  const storeUrl = o.store ?? process.env.CAIRN_STORE;
+  const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
+  const createdDir = !exists(o.stateDir);
+  ensureDir(o.stateDir);
+  const created: string[] = [];
+  let store: Store | undefined;
+  const stage: { files: Staged | null } = { files: null };
+  try {
+    const unlockKey = newUnlockKey();
+    writeFilesAtomic([{ path: p.unlockKey, data: formatUnlockKey(unlockKey) + '\n', mode: KEY_MODE }]);
+    created.push(p.unlockKey);
+    if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
+    store = await Store.open(kind, location, { poolSize: 2 });
+    const s = store;
+    const replicaId = randomId();
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
+    ensureDir(p.adminDir);
+    created.push(p.adminDir);
+    await s.transaction(async (trx) => {
+      await restoreFullIn(trx, s, content, unlockKey);
+      const ts = storeIn(s, trx);
+      await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
+      const auth = new Authority(ts, replicaId, unlockKey);
+      await auth.load();
+      const files = await serverIdentityFiles(auth, o.stateDir, cfg);
+      const adminKp = generateKeyPair();
+      const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
+      await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });
+      files.push(
+        { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
+        { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
+        { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
+        { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
+      );
+      stage.files = stageFiles(files);
+    });
+    stage.files!.commit();
+    return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: true, replicaId, manifest: content.manifest };
+  } catch (e) {
+    stage.files?.abort();
+    await store?.close().catch(() => {});
+    store = undefined;
+    for (const f of created.reverse()) fs.rmSync(f, { force: true, recursive: true });
+    if (createdDir) fs.rmSync(o.stateDir, { force: true, recursive: true });
+    throw e;
+  } finally {
+    await store?.close();
+  }
+}
+
+// ---------------------------------------------------------------- PKCS#12 export for a clone
+
+export interface ClonePrepareResult {
+  der: Buffer;
+  entries: Pkcs12CertDescription[];
+}
+
+/** Every CA certificate of the cluster with its key, as one PKCS#12 file. */
+export async function clonePrepare(o: StateAccess & { password: string }): Promise<ClonePrepareResult> {
+  const { cfg, unlockKey, store, location } = await openStateStore(o, false);
+  try {
+    await requireCluster(store, cfg, location);
+    const rows = await store.listCas();
+    const inputs = pkcs12EntriesFor(rows, unlockKey);
+    const der = await buildPkcs12(inputs, o.password);
+    const entries = inputs.map((e) => describePkcs12Entry({ certDer: e.certDer, friendlyName: e.friendlyName, localKeyId: null, key: e.key ?? null }));
+    return { der, entries };
+  } finally {
+    await store.close();
+  }
+}
