@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { checkStoreIntegrity, decryptBackup, encodeArchive, encryptBackup, readSnapshot } from '../../src/authority/backup.js';
 import { parseUnlockKey } from '../../src/authority/seal.js';
-import { certificateFromPem, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, verifyChain } from '../../src/pki/index.js';
+import { certificateFromPem, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, toPem, verifyChain } from '../../src/pki/index.js';
 import { Store } from '../../src/store/store.js';
 import { api, CAIRN, cli, CliResult, Cluster, freePort, mkTemp, query, ServeProcess, startCluster, TlsIdentity } from './cluster.js';
 import { createDb, PG_ADMIN_URL, pgQuery, TestDb } from './pg.js';
@@ -138,6 +138,15 @@ describe('backup --root-ca-only and restore --root-ca-only: interchangeable cont
   });
 
   test('a backup taken while A runs restores into B: either CA verifies and renews the other\'s nodes', async () => {
+    try {
+      await crossScenario();
+    } catch (e) {
+      // say which server went away, and why
+      throw Object.assign(e as Error, { serverLogs: { a: { running: a.server.running, logs: a.logs.join('').slice(-3000) }, b: { running: b.running, logs: b.logs.join('').slice(-3000) } } });
+    }
+  });
+
+  const crossScenario = async () => {
     const bk = await cliAsync(['backup', '--root-ca-only', '--state-dir', a.dir, '--passphrase-file', pf, '-o', backupFile]);
     assert.equal(bk.code, 0, bk.stderr);
     assert.match(bk.stderr, /root-ca-only: 2 CA certificates and keys/);
@@ -207,7 +216,7 @@ describe('backup --root-ca-only and restore --root-ca-only: interchangeable cont
     // B's earlier server/admin certificates (old root) are recorded as superseded
     const superseded = await query(bDir, "select kind from certificates where revocation_reason = 'superseded'");
     assert.deepEqual(superseded.map((x) => x.kind).sort(), ['admin', 'server']);
-  });
+  };
 
   test('age -d opens the backup with the passphrase (on a terminal, as age asks)', { skip: !hasTool('age') || !hasTool('script', ['-V']) ? 'age or script (util-linux) not installed' : false }, async () => {
     const out = path.join(bRoot, 'opened.tar');
@@ -239,30 +248,34 @@ describe('backup --root-ca-only and restore --root-ca-only: interchangeable cont
     // the file opens with what was typed
     assert.ok((await decryptBackup(fs.readFileSync(out), secret)).length > 1000);
 
-    const mismatch = await inPty(`${CAIRN_CMD} backup --root-ca-only --state-dir ${shq(a.dir)} --interactive > ${shq(out + '.2')}`, [
-      { when: /Enter the backup passphrase: /, send: 'one\r' },
-      { when: /again: /, send: 'two\r' },
+    // three refusals, run side by side
+    const [mismatch, toTty, noTty] = await Promise.all([
+      inPty(`${CAIRN_CMD} backup --root-ca-only --state-dir ${shq(a.dir)} --interactive > ${shq(out + '.2')}`, [
+        { when: /Enter the backup passphrase: /, send: 'one\r' },
+        { when: /again: /, send: 'two\r' },
+      ]),
+      inPty(`${CAIRN_CMD} backup --root-ca-only --state-dir ${shq(a.dir)} --passphrase-file ${shq(pf)}`, []),
+      // no controlling terminal at all (a new session)
+      new Promise<{ code: number; stderr: string }>((resolve) => {
+        const p = spawn(process.execPath, [CAIRN, 'backup', '--root-ca-only', '--state-dir', a.dir, '--interactive', '-o', out + '.3'], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        p.stderr.on('data', (d) => (stderr += d));
+        p.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+      }),
     ]);
     assert.equal(mismatch.code, 2);
     assert.match(mismatch.output, /do not match/);
-
-    const toTty = await inPty(`${CAIRN_CMD} backup --root-ca-only --state-dir ${shq(a.dir)} --passphrase-file ${shq(pf)}`, []);
+    assert.ok(!fs.existsSync(out + '.2') || fs.statSync(out + '.2').size === 0);
     assert.equal(toTty.code, 2);
     assert.match(toTty.output, /refusing to write the backup to a terminal/);
-
-    // no controlling terminal at all (a new session)
-    const noTty = await new Promise<{ code: number; stderr: string }>((resolve) => {
-      const p = spawn(process.execPath, [CAIRN, 'backup', '--root-ca-only', '--state-dir', a.dir, '--interactive', '-o', out + '.3'], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-      let stderr = '';
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('close', (code) => resolve({ code: code ?? -1, stderr }));
-    });
     assert.equal(noTty.code, 2);
     assert.match(noTty.stderr, /--interactive needs a terminal/);
     assert.ok(!fs.existsSync(out + '.3'));
   });
 
   test('bad input: clear message, exit code, and B unchanged', async () => {
+    const [active] = await query(bDir, "select count(*) as n from nodes where status = 'active'");
+    assert.ok(active.n > 0, 'this test needs the nodes the first test joined to B');
     const real = fs.readFileSync(backupFile);
     // B is running: a restore is refused while its server answers
     const running = await cliAsync(['restore', '--root-ca-only', '--state-dir', bDir, '--passphrase-file', pf], {}, real);
@@ -381,10 +394,11 @@ describe('full backup and restore', () => {
       const serial = (await api(a.url, 'GET', `/v1/nodes/${nodes[2]}`, undefined, admin)).body.certificate.serial;
       assert.equal((await api(a.url, 'POST', `/v1/certificates/${serial}/revoke`, { reason: 'keyCompromise' }, admin)).status, 200);
       assert.equal((await api(a.url, 'PATCH', '/v1/config', { certExpiryMs: 30 * 86_400_000 }, admin)).status, 200);
-      let crl;
-      for (let i = 0; i < 50; i++) {
-        crl = await api(a.url, 'GET', '/v1/crl/cluster?format=pem');
-        if (crl.status === 200 && (await query(a.dir, "select entries from crls where ca_name = 'cluster' order by number desc limit 1"))[0]?.entries === 2) break;
+      // wait until the CRL leader has published both revocations and the server serves that CRL
+      for (let i = 0; i < 100; i++) {
+        const [latest] = await query(a.dir, "select entries, der from crls where ca_name = 'cluster' order by number desc limit 1");
+        const served = await api(a.url, 'GET', '/v1/crl/cluster?format=pem');
+        if (latest?.entries === 2 && served.status === 200 && served.body === toPem('X509 CRL', Buffer.from(latest.der, 'base64'))) break;
         await new Promise((r) => setTimeout(r, 200));
       }
       // what "cairn node ls --json", "cairn cert ls --json" and "cairn crl" print
