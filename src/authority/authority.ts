@@ -4,7 +4,7 @@
  */
 import { KeyObject } from 'node:crypto';
 import {
-  certificateInfo, certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
+  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
   makeIssuer, makeSerial, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
   certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';

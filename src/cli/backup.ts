@@ -6,9 +6,6 @@ import fs from 'node:fs';
 import tty from 'node:tty';
 import { Command, Option } from 'commander';
 import type { ProvidedCas } from '../authority/clone.js';
-import { casFromPkcs12 } from '../authority/clone.js';
-import { describePkcs12Entry, parsePkcs12 } from '../pki/pkcs12.js';
-import { backupStateDir, clonePrepare, restoreStateDir } from '../server/backup.js';
 import { DEFAULT_LISTEN } from '../server/state.js';
 import { CairnError } from '../util/errors.js';
 import { exists, KEY_MODE, readBytes, readKeyFile, writeFilesAtomic } from '../util/files.js';
@@ -179,6 +176,7 @@ Standard output must not be a terminal. See docs/backup.md.`)
       if (!f.out && process.stdout.isTTY) throw usage('refusing to write the backup to a terminal: redirect standard output (cairn backup … > backup.tar.age) or give --out <file>');
       if (f.out && !f.force && exists(f.out)) throw new CairnError('exists', `${f.out} already exists; use --force to overwrite it`);
       const passphrase = await backupPassphrase(f, true);
+      const { backupStateDir } = await import('../server/backup.js'); // heavy: loaded only when used
       const r = await backupStateDir({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, rootCaOnly: !!f.rootCaOnly, passphrase });
       if (f.out) writeFilesAtomic([{ path: f.out, data: r.data, mode: KEY_MODE }], { overwrite: !!f.force });
       else await writeStdout(r.data);
@@ -218,6 +216,7 @@ restore succeeds. See docs/backup.md.`)
       if (f.force && !f.rootCaOnly) throw usage('--force goes with --root-ca-only');
       const data = await readInput(f.in);
       const passphrase = await backupPassphrase(f, false);
+      const { restoreStateDir } = await import('../server/backup.js');
       const r = await restoreStateDir({
         stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, data, passphrase, rootCaOnly: !!f.rootCaOnly, force: f.force,
         listen: f.listen, advertiseAddr: f.advertiseAddr, sans: f.san,
@@ -267,6 +266,7 @@ the file with: cairn init <name> --from-pkcs12 <file> --pkcs12-password-file <fi
     .action(async (f: Pkcs12PasswordFlags & { stateDir: string; store?: string; unlockKeyFile?: string; pkcs12File: string; force?: boolean; json?: boolean }) => {
       if (!f.force && exists(f.pkcs12File)) throw new CairnError('exists', `${f.pkcs12File} already exists; use --force to overwrite it`);
       const password = await pkcs12Password(f);
+      const { clonePrepare } = await import('../server/backup.js');
       const r = await clonePrepare({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, password });
       writeFilesAtomic([{ path: f.pkcs12File, data: r.der, mode: KEY_MODE }], { overwrite: !!f.force });
       if (f.json) return printJson({ file: f.pkcs12File, entries: r.entries });
@@ -282,6 +282,7 @@ export function pkcs12CertFindCommand(): Command {
   pkcs12PasswordOptions(c);
   return c.action(async (f: Pkcs12PasswordFlags & { pkcs12File: string; json?: boolean }) => {
     const password = await pkcs12Password(f);
+    const { describePkcs12Entry, parsePkcs12 } = await import('../pki/pkcs12.js');
     const entries = (await parsePkcs12(readBytes(f.pkcs12File), password)).map(describePkcs12Entry);
     if (f.json) return printJson(entries);
     out(`${entries.length} ${entries.length === 1 ? 'entry' : 'entries'} found`);
@@ -310,5 +311,7 @@ export async function casFromInitFlags(f: Pkcs12PasswordFlags & { fromPkcs12?: s
     return undefined;
   }
   const password = await pkcs12Password(f);
+  const { parsePkcs12 } = await import('../pki/pkcs12.js');
+  const { casFromPkcs12 } = await import('../authority/clone.js');
   return casFromPkcs12(await parsePkcs12(readBytes(f.fromPkcs12), password));
 }

@@ -1,8 +1,4 @@
 import { Command, Option } from 'commander';
-import pino from 'pino';
-import { runAgent } from '../agent/agent.js';
-import { join } from '../agent/join.js';
-import { renewOnce } from '../agent/renew.js';
 import { out, printJson } from './common.js';
 
 const stateDirOption = () =>
@@ -34,6 +30,7 @@ The token may also be given in the environment variable CAIRN_JOIN_TOKEN (kept o
 Example:
   cairn join --token CAIRN-1-… --state-dir /var/lib/cairn-node https://ca1:7443 https://ca2:7443`)
     .action(async (urls: string[], f: { token: string; stateDir: string; force?: boolean; json?: boolean }) => {
+      const { join } = await import('../agent/join.js'); // loaded only when used: fast CLI start
       const r = await join(f.token, urls, f.stateDir, { force: f.force });
       if (f.json) return printJson({ ...r, notAfter: r.notAfter.toISOString() });
       out(`Joined cluster ${r.clusterId} as ${r.role} ${r.nodeId}; identity in ${r.stateDir}`);
@@ -61,6 +58,9 @@ It stops with an error (exit 1) when the CA refuses the node for good: the node 
 its certificate was revoked, or the certificate has expired; join again then. SIGTERM and
 SIGINT stop it cleanly (exit 0).`)
     .action(async (f: { stateDir: string; renewNow?: boolean; logLevel: string }) => {
+      const { default: pino } = await import('pino');
+      const { renewOnce } = await import('../agent/renew.js');
+      const { runAgent } = await import('../agent/agent.js');
       const logger = pino({ level: f.logLevel, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
       if (f.renewNow) {
         const r = await renewOnce(f.stateDir, { logger });

@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
-import { DEFAULT_LISTEN, readReplicaConfig, statePaths } from '../server/state.js';
+import { DEFAULT_LISTEN, statePaths } from '../server/state.js';
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
