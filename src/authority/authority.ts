@@ -59,6 +59,15 @@ export interface LoadedCa {
   issuer: Issuer | null;
 }
 
+interface SignRequest {
+  subject: NameAttrs;
+  publicKeyDer: Buffer;
+  publicKey: KeyObject;
+  lifetimeMs: number;
+  extKeyUsage: ExtKeyUsageName[];
+  sans?: SubjectAltName[];
+}
+
 export interface IssuedNode {
   nodeId: string;
   role: Role;
@@ -212,10 +221,12 @@ export class Authority {
   }
 
   /** Sign a leaf under a CA; nothing is recorded here (callers record in their transaction). */
-  private async sign(ca: LoadedCa, o: {
-    subject: NameAttrs; publicKeyDer: Buffer; publicKey: KeyObject; lifetimeMs: number; extKeyUsage: ExtKeyUsageName[]; sans?: SubjectAltName[];
-  }) {
-    const serial = await this.nextSerial();
+  private async sign(ca: LoadedCa, o: SignRequest) {
+    return this.signWith(ca, await this.nextSerial(), o);
+  }
+
+  /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
+  private signWith(ca: LoadedCa, serial: Buffer, o: SignRequest) {
     const profile = leafProfile({ ...o, serial });
     const der = pkiToCairn(() => issueCertificate(profile, ca.issuer!));
     // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
@@ -316,21 +327,22 @@ export class Authority {
   async renew(peer: PeerIdentity, csr: unknown): Promise<IssuedNode> {
     if (peer.kind !== 'node' || !peer.nodeId) throw denied('forbidden', 'only node certificates can renew');
     const req = this.parseRequest(csr);
-    const node = await this.store.getNode(peer.nodeId);
-    if (!node || node.status !== 'active') throw denied('node_removed', `node ${peer.nodeId} has been removed from the cluster`);
-    const role = node.role as Role;
-    const { subject, sans } = this.nodeSubject(node.id, role);
-    const c = await this.sign(this.clusterCa, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
-    await this.store.transaction(async (trx) => {
-      // re-check inside the transaction: a removal racing with this renewal wins
-      const fresh = await this.store.getNode(node.id, trx);
-      if (!fresh || fresh.status !== 'active') throw denied('node_removed', `node ${node.id} has been removed from the cluster`);
-      const cur = await this.store.getCertificate(peer.serial, trx);
-      if (!cur || cur.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
-      await this.store.insertCertificate(this.certRecord(c, 'node', subject, node.id, role), trx);
-      await this.store.updateNode(node.id, { current_serial: c.serial }, trx);
+    const nodeId = peer.nodeId;
+    const serial = await this.nextSerial();
+    // one transaction: check the node and the presented certificate, sign, record; a removal
+    // or revocation committed before it wins
+    const issued = await this.store.transaction(async (trx) => {
+      const state = await this.store.renewalState(nodeId, peer.serial, trx);
+      if (!state || state.nodeStatus !== 'active') throw denied('node_removed', `node ${nodeId} has been removed from the cluster`);
+      if (state.certStatus !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
+      const role = state.role as Role;
+      const { subject, sans } = this.nodeSubject(nodeId, role);
+      const c = this.signWith(this.clusterCa, serial, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
+      await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
+      await this.store.updateNode(nodeId, { current_serial: c.serial }, trx);
+      return { role, c };
     });
-    return this.issued(node.id, role, c);
+    return this.issued(nodeId, issued.role, issued.c);
   }
 
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */

@@ -197,6 +197,17 @@ export class Store {
     return db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
   }
 
+  /** A node's role and status with the status of the certificate it presents, in one query. */
+  async renewalState(nodeId: string, serial: string, db: Db = this.db): Promise<{ role: string; nodeStatus: string; certStatus: string | null } | undefined> {
+    const r = await db
+      .selectFrom('nodes')
+      .leftJoin('certificates', (j) => j.on('certificates.serial', '=', serial))
+      .select(['nodes.role as role', 'nodes.status as nodeStatus', 'certificates.status as certStatus'])
+      .where('nodes.id', '=', nodeId)
+      .executeTakeFirst();
+    return r;
+  }
+
   async listNodes(db: Db = this.db): Promise<NodeTable[]> {
     return db.selectFrom('nodes').selectAll().orderBy('created_at').orderBy('id').execute();
   }
