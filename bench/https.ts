@@ -5,6 +5,8 @@
  *  join.https      joins per second, a new TLS connection per join (handshake included)
  *  join.p99_ms     99th percentile latency of those joins
  *  renew.https     renewals per second over keep-alive mutual-TLS connections (one per node)
+ *  tls.new_conn_ceiling  GET /healthz with a new TLS connection each: what the machine allows
+ *                  for any request that needs its own handshake (the ceiling of join.https)
  *
  * CSRs are made before the clock starts (a node makes one per renewal; the CA's cost is
  * what is measured). The client shares the machine's two cores with the server.
@@ -78,6 +80,18 @@ async function run(ctx: BenchContext): Promise<Row[]> {
       const r = await post(c.url, '/v1/join', { token, csr: pool[i % pool.length].csr }, { agent: false });
       if (r.status !== 201) throw new Error(`join: ${r.status} ${JSON.stringify(r.body)}`);
     };
+    const healthz = () =>
+      new Promise<void>((resolve, reject) => {
+        const req = https.request(c.url + '/healthz', { rejectUnauthorized: false, agent: false }, (res) => {
+          res.resume();
+          res.on('end', resolve);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    ctx.log(`tls.new_conn_ceiling: ${seconds}s with ${CONCURRENCY} clients`);
+    await load(ctx.warmupSeconds, CONCURRENCY, healthz);
+    const ceiling = await load(seconds, CONCURRENCY, healthz);
     ctx.log(`join.https: warm-up, then ${seconds}s with ${CONCURRENCY} clients`);
     await load(ctx.warmupSeconds, CONCURRENCY, join);
     const j = await load(seconds, CONCURRENCY, join);
@@ -99,7 +113,8 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     const rn = await load(seconds, CONCURRENCY, renew);
     for (const n of nodes) n.agent.destroy();
     return [
-      { name: 'join.https', value: Math.round(j.perSecond), unit: 'joins/s', note: `goal ≥ 1000; ${CONCURRENCY} clients, new TLS connection each, p50 ${j.p50.toFixed(1)} ms` },
+      { name: 'tls.new_conn_ceiling', value: Math.round(ceiling.perSecond), unit: 'req/s', note: `GET /healthz, new TLS connection each, ${CONCURRENCY} clients, p99 ${ceiling.p99.toFixed(1)} ms` },
+      { name: 'join.https', value: Math.round(j.perSecond), unit: 'joins/s', baseline: 'tls.new_conn_ceiling', note: `goal ≥ 1000; ${CONCURRENCY} clients, new TLS connection each, p50 ${j.p50.toFixed(1)} ms` },
       { name: 'join.p99_ms', value: Math.round(j.p99 * 10) / 10, unit: 'ms', note: 'goal < 50' },
       { name: 'renew.https', value: Math.round(rn.perSecond), unit: 'renewals/s', note: `goal ≥ 2000; ${CONCURRENCY} keep-alive mTLS clients, p50 ${rn.p50.toFixed(1)} ms, p99 ${rn.p99.toFixed(1)} ms` },
     ];
