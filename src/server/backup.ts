@@ -13,13 +13,13 @@ import {
 } from '../authority/backup.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
-import { certificateFromPem, certificateInfo, generateKeyPair, privateKeyToPem, randomId, spkiDer } from '../pki/index.js';
+import { certificateFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
 import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
-import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, writeFilesAtomic } from '../util/files.js';
+import { ensureDir, exists, KEY_MODE, PlannedFile, writeFilesAtomic } from '../util/files.js';
 import { VERSION } from '../version.js';
-import { sansFor, serverIdentityFiles } from './replica.js';
+import { adminBundleFiles, sansFor, serverIdentityFiles } from './replica.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
 
 export interface StateAccess {
@@ -196,14 +196,8 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
         const auth = new Authority(storeIn(store, trx), cfg.replicaId, unlockKey);
         await auth.load();
         const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId };
-        const files = await serverIdentityFiles(auth, o.stateDir, newCfg);
-        const adminKp = generateKeyPair();
-        const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
-        ensureDir(p.adminDir);
+        const files = [...(await serverIdentityFiles(auth, o.stateDir, newCfg)), ...(await adminBundleFiles(auth, o.stateDir))];
         files.push(
-          { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
-          { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
-          { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
           { path: p.adminTokens, data: JSON.stringify(r.tokens, null, 2) + '\n', mode: KEY_MODE },
           { path: p.replica, data: JSON.stringify(newCfg, null, 2) + '\n', mode: KEY_MODE },
         );
@@ -297,14 +291,9 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
       await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
       const auth = new Authority(ts, replicaId, unlockKey);
       await auth.load();
-      const files = await serverIdentityFiles(auth, o.stateDir, cfg);
-      const adminKp = generateKeyPair();
-      const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
+      const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
       await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });
       files.push(
-        { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
-        { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
-        { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
         { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
       );
       stage.files = stageFiles(files);

@@ -49,6 +49,19 @@ export async function serverIdentityFiles(auth: Authority, dir: string, cfg: Rep
   ];
 }
 
+/** A fresh admin client bundle (ca.pem, cert.pem, key.pem) for the state directory's admin/. */
+export async function adminBundleFiles(auth: Authority, dir: string): Promise<PlannedFile[]> {
+  const p = statePaths(dir);
+  const kp = generateKeyPair();
+  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey));
+  ensureDir(p.adminDir);
+  return [
+    { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
+    { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
+    { path: p.adminKey, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
+  ];
+}
+
 export interface InitOptions {
   stateDir: string;
   clusterName: string;
@@ -102,15 +115,9 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
     const auth = new Authority(store, replicaId, unlockKey);
     await auth.load();
-    const files = await serverIdentityFiles(auth, o.stateDir, cfg);
-    const adminKp = generateKeyPair();
-    const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
-    ensureDir(p.adminDir);
     created.push(p.adminDir);
+    const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
     files.push(
-      { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
-      { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
-      { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
       { path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE },
       { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
     );
@@ -164,14 +171,8 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
     const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store };
     await store.upsertReplica({ id: replicaId, address: o.advertiseAddr, version: VERSION });
     ensureDir(o.stateDir);
-    const files = await serverIdentityFiles(auth, o.stateDir, cfg);
-    const adminKp = generateKeyPair();
-    const admin = await auth.issueAdminCertificate(adminKp.publicKey, spkiDer(adminKp.publicKey));
-    ensureDir(p.adminDir);
+    const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
     files.push(
-      { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
-      { path: p.adminCert, data: admin.certificate, mode: FILE_MODE },
-      { path: p.adminKey, data: privateKeyToPem(adminKp.privateKey), mode: KEY_MODE },
       { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
     );
     writeFilesAtomic(files);
