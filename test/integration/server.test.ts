@@ -26,6 +26,17 @@ describe('CA server API', () => {
     await c.cleanup();
   });
 
+  test('init refuses an initialized directory and changes nothing', async () => {
+    // the running server writes its database; every other file must stay as it was
+    const snapshot = () =>
+      fs.readdirSync(c.dir).sort().map((f) => [f, f.startsWith('cairn.db') ? null : fs.statSync(path.join(c.dir, f)).mtimeMs]);
+    const before = snapshot();
+    const r = cli(['init', 'again', '--state-dir', c.dir]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^cairn: error: .*already initialized/);
+    assert.deepEqual(snapshot(), before);
+  });
+
   test('GET /v1/ca gives the roots, the trust bundle and the digest in the tokens', async () => {
     const r = await api(c.url, 'GET', '/v1/ca');
     assert.equal(r.status, 200);
