@@ -191,7 +191,14 @@ export interface LeafOptions {
 
 /** `control-<hostname>.crt/.key`: server and client auth, SAN with the host name or IP. */
 export function createControlCertificate(ca: OfflineCa, hostname: string, o: LeafOptions): IssuedFiles {
-  const san = wrapPki(() => sanFor(hostname));
+  let san: SubjectAltName;
+  try {
+    san = sanFor(hostname);
+  } catch (e) {
+    // an invalid host name is a bad argument, like an invalid cluster or user name: exit 2
+    if (e instanceof PkiError) throw new CairnError(e.code, e.message, 2);
+    throw e;
+  }
   const name = 'dns' in san ? san.dns : san.ip;
   return issueLeafFiles(ca, {
     ...o,

@@ -199,7 +199,7 @@ describe('operational errors exit 1 and write nothing', { concurrency: true }, (
       ['', /is empty/],
       ['a..b', /empty label/],
     ] as [string, RegExp][]) {
-      await expectFailure(dir, ['ca', 'create-control-certificate', host, '--dir', 'ca'], FAILURE, new RegExp(`not a valid DNS name or IP address.*${why.source}`));
+      await expectFailure(dir, ['ca', 'create-control-certificate', host, '--dir', 'ca'], USAGE, new RegExp(`not a valid DNS name or IP address.*${why.source}`));
     }
   });
 
