@@ -75,6 +75,9 @@ export function parseCsr(input: Buffer): ParsedCsr {
     // derTop checks the whole request is well-formed DER (every nested element), as decode() did.
     const top = derChildren(der, derTop(der, 'CSR'), 'CSR', 3);
     const cri = derChildren(der, top[0], 'CSR', 4);
+    // exactly these elements: nothing smuggled after them
+    if (top.length !== 3 || cri.length !== 4) throw new PkiError('bad_csr', 'CSR has unexpected extra elements');
+    if (cri[3].tag !== 0xa0) throw new PkiError('bad_csr', 'CSR attributes are malformed');
     const version = cri[0];
     if (version.tag !== 0x02 || version.end - version.contents !== 1 || der[version.contents] !== 0) {
       throw new PkiError('bad_csr', 'CSR version is not 1');
