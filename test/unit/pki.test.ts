@@ -536,3 +536,15 @@ describe('verifyChain', () => {
     throwsPki(() => verifyChain(other.der, [], [leaf.der]), 'untrusted');
   });
 });
+
+describe('CSR structure', () => {
+  test('a CSR with an extra element after its fields is refused', async () => {
+    const { tlv } = await import('../../src/pki/der.js');
+    const k = generateKeyPair();
+    const der = createCsr(k.privateKey);
+    const headerLen = der[1] & 0x80 ? 2 + (der[1] & 0x7f) : 2;
+    const smuggled = tlv(0x30, Buffer.concat([der.subarray(headerLen), Buffer.from([0x05, 0x00])]));
+    assert.throws(() => parseCsr(smuggled), (e: Error & { code?: string }) => e.code === 'bad_csr' && /extra elements/.test(e.message));
+    assert.ok(parseCsr(der).publicKey);
+  });
+});
