@@ -12,15 +12,14 @@ import {
   BackupManifest, encodeArchive, encryptBackup, openBackup, readSnapshot, restoreFullIn, restoreRootCaIn, storeIn,
 } from '../authority/backup.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
-import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import { certificateFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
 import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
-import { ensureDir, exists, KEY_MODE, PlannedFile, writeFilesAtomic } from '../util/files.js';
+import { exists, KEY_MODE, PlannedFile } from '../util/files.js';
 import { VERSION } from '../version.js';
-import { adminBundleFiles, sansFor, serverIdentityFiles } from './replica.js';
-import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
+import { adminBundleFiles, serverIdentityFiles, withNewStateDir } from './replica.js';
+import { loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
 
 export interface StateAccess {
   stateDir: string;
@@ -262,54 +261,31 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
   for (const f of [p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
     if (exists(f)) throw new CairnError('exists', `${o.stateDir} is not empty (${f} exists): a full restore creates a new state directory, or fills the empty store of an initialized one`);
   }
-  const listen = o.listen ?? DEFAULT_LISTEN;
-  parseHostPort(listen);
-  const advertiseAddr = o.advertiseAddr ?? parseHostPort(listen).host;
-  const sans = o.sans ?? [];
-  sansFor(advertiseAddr, sans);
   const storeUrl = o.store ?? process.env.CAIRN_STORE;
-  const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
-  const createdDir = !exists(o.stateDir);
-  ensureDir(o.stateDir);
-  const created: string[] = [];
-  let store: Store | undefined;
-  const stage: { files: Staged | null } = { files: null };
-  try {
-    const unlockKey = newUnlockKey();
-    writeFilesAtomic([{ path: p.unlockKey, data: formatUnlockKey(unlockKey) + '\n', mode: KEY_MODE }]);
-    created.push(p.unlockKey);
-    if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
-    store = await Store.open(kind, location, { poolSize: 2 });
-    const s = store;
-    const replicaId = randomId();
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
-    ensureDir(p.adminDir);
-    created.push(p.adminDir);
-    await s.transaction(async (trx) => {
-      await restoreFullIn(trx, s, content, unlockKey);
-      const ts = storeIn(s, trx);
-      await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-      const auth = new Authority(ts, replicaId, unlockKey);
-      await auth.load();
-      const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
-      await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });
-      files.push(
-        { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
-      );
-      stage.files = stageFiles(files);
-    });
-    stage.files!.commit();
-    return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: true, replicaId, manifest: content.manifest };
-  } catch (e) {
-    stage.files?.abort();
-    await store?.close().catch(() => {});
-    store = undefined;
-    for (const f of created.reverse()) fs.rmSync(f, { force: true, recursive: true });
-    if (createdDir) fs.rmSync(o.stateDir, { force: true, recursive: true });
-    throw e;
-  } finally {
-    await store?.close();
-  }
+  return withNewStateDir({ ...o, store: storeUrl, poolSize: 2 }, async ({ store: s, unlockKey, listen, advertiseAddr, sans, created }) => {
+    const stage: { files: Staged | null } = { files: null };
+    try {
+      const replicaId = randomId();
+      const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
+      created(p.adminDir);
+      await s.transaction(async (trx) => {
+        await restoreFullIn(trx, s, content, unlockKey);
+        const ts = storeIn(s, trx);
+        await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
+        const auth = new Authority(ts, replicaId, unlockKey);
+        await auth.load();
+        const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
+        await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });
+        files.push({ path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE });
+        stage.files = stageFiles(files);
+      });
+      stage.files!.commit();
+      return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: true, replicaId, manifest: content.manifest };
+    } catch (e) {
+      stage.files?.abort();
+      throw e;
+    }
+  });
 }
 
 // ---------------------------------------------------------------- PKCS#12 export for a clone

@@ -82,47 +82,51 @@ export interface InitOutcome {
   stateDir: string;
 }
 
+export interface NewStateDirOptions {
+  stateDir: string;
+  listen?: string;
+  advertiseAddr?: string;
+  sans?: string[];
+  /** store URL; default the SQLite file in the state directory */
+  store?: string;
+  poolSize?: number;
+}
+
+export interface NewStateDir {
+  store: Store;
+  location: string;
+  unlockKey: Buffer;
+  listen: string;
+  advertiseAddr: string;
+  sans: string[];
+  /** something `fn` created that must go if it fails */
+  created(path: string): void;
+}
+
 /**
- * Create a cluster and this replica's state directory. Refuses an initialized directory.
- * On failure, whatever this call created is removed again.
+ * The common part of creating a state directory (init, full restore): validate the
+ * addresses before anything is created, make the directory, a new unlock key and the store,
+ * run `fn`, and if anything fails remove again whatever was created.
  */
-export async function initReplica(o: InitOptions): Promise<InitOutcome> {
+export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewStateDir) => Promise<T>): Promise<T> {
   const p = statePaths(o.stateDir);
-  for (const f of [p.replica, p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
-    if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
-  }
   const listen = o.listen ?? DEFAULT_LISTEN;
-  parseHostPort(listen);
   const advertiseAddr = o.advertiseAddr ?? parseHostPort(listen).host;
+  parseHostPort(listen);
   const sans = o.sans ?? [];
   sansFor(advertiseAddr, sans); // validate before creating anything
+  const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
   const createdDir = !exists(o.stateDir);
   ensureDir(o.stateDir);
   const created: string[] = [];
-  const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
   let store: Store | undefined;
   try {
     const unlockKey = newUnlockKey();
     writeFilesAtomic([{ path: p.unlockKey, data: formatUnlockKey(unlockKey) + '\n', mode: KEY_MODE }]);
     created.push(p.unlockKey);
     if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
-    store = await Store.open(kind, location);
-    const existing = await store.getCluster();
-    if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
-    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, o.ca);
-    const replicaId = randomId();
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
-    await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-    const auth = new Authority(store, replicaId, unlockKey);
-    await auth.load();
-    created.push(p.adminDir);
-    const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
-    files.push(
-      { path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE },
-      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
-    );
-    writeFilesAtomic(files);
-    return { clusterId, replicaId, tokens, listen, stateDir: o.stateDir };
+    store = await Store.open(kind, location, o.poolSize ? { poolSize: o.poolSize } : {});
+    return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f) });
   } catch (e) {
     await store?.close().catch(() => {});
     store = undefined;
@@ -132,6 +136,35 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
   } finally {
     await store?.close();
   }
+}
+
+/**
+ * Create a cluster and this replica's state directory. Refuses an initialized directory.
+ * On failure, whatever this call created is removed again.
+ */
+export async function initReplica(o: InitOptions): Promise<InitOutcome> {
+  const p = statePaths(o.stateDir);
+  for (const f of [p.replica, p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
+    if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
+  }
+  return withNewStateDir(o, async ({ store, location, unlockKey, listen, advertiseAddr, sans, created }) => {
+    const existing = await store.getCluster();
+    if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, o.ca);
+    const replicaId = randomId();
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
+    await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
+    const auth = new Authority(store, replicaId, unlockKey);
+    await auth.load();
+    created(p.adminDir);
+    const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
+    files.push(
+      { path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE },
+      { path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE },
+    );
+    writeFilesAtomic(files);
+    return { clusterId, replicaId, tokens, listen, stateDir: o.stateDir };
+  });
 }
 
 export interface AddReplicaOptions {
