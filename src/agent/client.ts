@@ -31,6 +31,8 @@ export interface RequestOptions {
   maxResponseBytes?: number;
   /** Reuse connections through a pooled keep-alive agent (default true). */
   keepAlive?: boolean;
+  /** Resolve a 2xx answer to its raw bytes instead of parsed JSON (e.g. a DER CRL). */
+  raw?: boolean;
   signal?: AbortSignal;
 }
 
@@ -215,6 +217,7 @@ export function request<T = any>(endpoint: string, method: string, path: string,
       res.on('end', () => {
         if (settled) return;
         const status = res.statusCode ?? 0;
+        if (opts.raw && status >= 200 && status < 300) return finish(null, Buffer.concat(chunks) as T);
         const text = Buffer.concat(chunks).toString('utf8');
         let data: any;
         try {
