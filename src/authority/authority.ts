@@ -122,6 +122,8 @@ export class Authority {
   private cas: LoadedCa[] = [];
   private clusterCa!: LoadedCa;
   private clientCa!: LoadedCa;
+  /** derived from the CAs once per load(): every join and renewal answers with them */
+  private cached = { digest: '', trustBundle: '' };
   private serials: RangeAllocator;
 
   constructor(
@@ -160,6 +162,10 @@ export class Authority {
     if (!cc || !cl) throw new CairnError('store_corrupt', 'the store has no active cluster or client CA');
     this.clusterCa = cc;
     this.clientCa = cl;
+    this.cached = {
+      digest: rootDigest(cc.certDer),
+      trustBundle: this.cas.filter((c) => c.row.name === 'cluster' && c.row.status === 'active').map((c) => certificateToPem(c.certDer)).join(''),
+    };
     await this.refreshConfig();
   }
 
@@ -181,12 +187,12 @@ export class Authority {
 
   /** Digest carried by join tokens: of the current cluster root. */
   get digest(): string {
-    return rootDigest(this.clusterCa.certDer);
+    return this.cached.digest;
   }
 
   /** Every certificate a node must trust. */
   trustBundle(): string {
-    return this.cas.filter((c) => c.row.name === 'cluster' && c.row.status === 'active').map((c) => certificateToPem(c.certDer)).join('');
+    return this.cached.trustBundle;
   }
 
   /** Certificates a TLS server accepts client certificates from (cluster and client roots). */
@@ -456,9 +462,7 @@ export class Authority {
   }
 
   async getCertificate(serial: string) {
-    const s = serial.replace(/:/g, '').toUpperCase();
-    const r = /^[0-9A-F]{2,40}$/.test(s) ? await this.store.getCertificate(s) : undefined;
-    if (!r) throw new CairnError('not_found', `no certificate with serial ${serial}`);
+    const r = await this.getCertificateIn(serial, this.store.db);
     return { ...this.certificateView(r), pem: r.cert_pem };
   }
 
