@@ -4,22 +4,16 @@ import { DEFAULT_LISTEN } from '../server/state.js';
 import { CairnError } from '../util/errors.js';
 import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
 import { adminCall } from './admin-client.js';
-import { jsonOption, out, printJson } from './common.js';
+import { jsonOption, out, printJson, serverOption, stateDirOption, table } from './common.js';
 
-const stateDirOption = () => new Option('--state-dir <dir>', 'a replica state directory (its admin bundle is used)').makeOptionMandatory();
-const serverOption = () => new Option('--server <url>', 'API address (default: from the state directory)');
-
-function table(rows: string[][]): void {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  for (const r of rows) out(r.map((c, i) => (c ?? '').padEnd(widths[i])).join('  ').trimEnd());
-}
+const adminStateDir = () => stateDirOption('a replica state directory (its admin bundle is used)');
 
 export function replicaCommand(): Command {
   const replica = new Command('replica').description('CA replicas sharing one PostgreSQL store');
   replica
     .command('add')
     .description('prepare a new replica of an existing cluster: server certificate and admin bundle in --state-dir')
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .requiredOption('--store <url>', 'the cluster\'s PostgreSQL store: postgres://user:pass@host/db')
     .option('--unlock-key-file <file>', 'the cluster unlock key (default: CAIRN_UNLOCK_KEY)')
     .requiredOption('--advertise-addr <host>', 'host name or IP address nodes use to reach this replica')
@@ -36,7 +30,7 @@ export function replicaCommand(): Command {
   replica
     .command('ls')
     .description('list replicas with ID, address, version and last heartbeat')
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .addOption(serverOption())
     .addOption(jsonOption())
     .action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
@@ -55,7 +49,7 @@ export function revokeCommand(): Command {
     .argument('[serial]', 'certificate serial number (hex, as "cairn cert ls" prints it)')
     .option('--node <id>', 'revoke every good certificate of this node')
     .addOption(new Option('--reason <reason>', 'revocation reason').choices(reasons).default('unspecified'))
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .addOption(serverOption())
     .addOption(jsonOption())
     .action(async (serial: string | undefined, f: { node?: string; reason: string; stateDir: string; server?: string; json?: boolean }) => {
@@ -77,7 +71,7 @@ export function certCommand(): Command {
     .option('--node <id>', 'only this node\'s certificates')
     .addOption(new Option('--status <status>', 'only good or revoked certificates').choices(['good', 'revoked']))
     .addOption(new Option('--kind <kind>', 'only this kind').choices(['node', 'admin', 'server', 'client']))
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .addOption(serverOption())
     .addOption(jsonOption())
     .action(async (f: { node?: string; status?: string; kind?: string; stateDir: string; server?: string; json?: boolean }) => {
@@ -94,7 +88,7 @@ export function certCommand(): Command {
     .description('show one certificate (with --pem, print it as PEM)')
     .argument('<serial>', 'serial number (hex)')
     .option('--pem', 'print the certificate in PEM')
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .addOption(serverOption())
     .addOption(jsonOption())
     .action(async (serial: string, f: { pem?: boolean; stateDir: string; server?: string; json?: boolean }) => {
@@ -115,7 +109,7 @@ export function crlCommand(): Command {
     .argument('[ca]', 'cluster or client', 'cluster')
     .addOption(new Option('--format <format>', 'output format').choices(['pem', 'der']).default('pem'))
     .option('-o, --out <file>', 'write to this file instead of standard output')
-    .addOption(stateDirOption())
+    .addOption(adminStateDir())
     .addOption(serverOption())
     .action(async (ca: string, f: { format: string; out?: string; stateDir: string; server?: string }) => {
       if (ca !== 'cluster' && ca !== 'client') throw new CairnError('usage', `unknown CA "${ca}": use cluster or client`, 2);

@@ -9,13 +9,12 @@ import type { ProvidedCas } from '../authority/clone.js';
 import { DEFAULT_LISTEN } from '../server/state.js';
 import { CairnError } from '../util/errors.js';
 import { exists, KEY_MODE, readBytes, readKeyFile, writeFilesAtomic } from '../util/files.js';
-import { jsonOption, out, printJson } from './common.js';
+import { jsonOption, out, printJson, stateDirOption } from './common.js';
 
 export const PASSPHRASE_ENV = 'CAIRN_BACKUP_PASSPHRASE';
 export const PKCS12_PASSWORD_ENV = 'CAIRN_PKCS12_PASSWORD';
 
 const usage = (m: string) => new CairnError('usage', m, 2);
-const stateDirOption = () => new Option('--state-dir <dir>', 'the replica state directory').makeOptionMandatory();
 const storeOption = () => new Option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)');
 const unlockKeyOption = () => new Option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)');
 

@@ -19,6 +19,19 @@ export function parseDurationArg(v: string): number {
 export const keyTypeOption = () =>
   new Option('--key-type <type>', `key algorithm: ${KEY_TYPES.join(', ')}`).argParser(parseKeyType).default('ec-p256');
 
+/** --state-dir of a replica (mandatory); admin commands use its admin bundle. */
+export const stateDirOption = (description = 'the replica state directory') =>
+  new Option('--state-dir <dir>', description).makeOptionMandatory();
+
+/** --server for admin commands that call the API. */
+export const serverOption = () => new Option('--server <url>', 'API address (default: https://<listen address> from the state directory)');
+
+/** Print rows as aligned columns; the first row is the header. */
+export function table(rows: string[][]): void {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of rows) out(r.map((c, i) => (c ?? '').padEnd(widths[i])).join('  ').trimEnd());
+}
+
 export const jsonOption = () => new Option('--json', 'print JSON instead of text');
 
 /** Print a line to stdout. */

@@ -7,10 +7,8 @@ import { CairnError } from '../util/errors.js';
 import { exists, readKeyFile, writeFilesAtomic, KEY_MODE } from '../util/files.js';
 import { adminCall, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup.js';
-import { jsonOption, keyTypeOption, out, parseDurationArg, printJson } from './common.js';
+import { jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, table } from './common.js';
 
-const stateDirOption = () => new Option('--state-dir <dir>', 'the replica state directory').makeOptionMandatory();
-const serverOption = () => new Option('--server <url>', 'API address (default: https://<listen address> from the state directory)');
 
 function joinCommand(token: string, url: string): string {
   return `cairn join --token ${token} --state-dir <node-dir> ${url}`;
@@ -117,9 +115,7 @@ interface NodeJson {
 }
 
 function nodeTable(nodes: NodeJson[]): void {
-  const rows = [['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], ...nodes.map((n) => [n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-'])];
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  for (const r of rows) out(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+  table([['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], ...nodes.map((n) => [n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-'])]);
 }
 
 export function nodeCommand(): Command {
