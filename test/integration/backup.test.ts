@@ -14,25 +14,14 @@ import { checkStoreIntegrity, decryptBackup, encodeArchive, encryptBackup, readS
 import { parseUnlockKey } from '../../src/authority/seal.js';
 import { certificateFromPem, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, toPem, verifyChain } from '../../src/pki/index.js';
 import { Store } from '../../src/store/store.js';
-import { api, CAIRN, cli, CliResult, Cluster, freePort, mkTemp, query, ServeProcess, startCluster, TlsIdentity } from './cluster.js';
+import { api, CAIRN, cli, CliResult, cliAsync as runCli, Cluster, freePort, mkTemp, query, ServeProcess, startCluster, TlsIdentity } from './cluster.js';
 import { createDb, PG_ADMIN_URL, pgQuery, TestDb } from './pg.js';
 
 const PASS = 'correct horse battery staple';
 
-/** The CLI in a child process, with standard input; env values set to undefined are removed. */
-function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}, input?: Buffer): Promise<CliResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env, CAIRN_BACKUP_PASSPHRASE: undefined, ...opts.env };
-  for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CAIRN, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.stdin.on('error', () => {}); // the command may exit before reading its input
-    p.stdin.end(input ?? Buffer.alloc(0));
-    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+/** The CLI in a child process, with standard input and no backup passphrase from this environment. */
+function cliAsync(args: string[], opts: { env?: Record<string, string | undefined> } = {}, input?: Buffer): Promise<CliResult> {
+  return runCli(args, { env: { CAIRN_BACKUP_PASSPHRASE: undefined, ...opts.env }, input: input ?? Buffer.alloc(0) });
 }
 
 function csr() {

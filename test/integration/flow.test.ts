@@ -5,12 +5,13 @@
  * that does not match the token.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { loadNodeTls } from '../../src/index.js';
+import { run } from '../helpers.js';
 import { cli, cliAsync, Cluster, mkTemp, startCluster } from './cluster.js';
 
 const openssl = (args: string[], input?: string) => spawnSync('openssl', args, { encoding: 'utf8', input, timeout: 20_000 });
@@ -23,22 +24,6 @@ function subjectOf(certFile: string): Record<string, string> {
     if (m && m[1] !== 'subject') out[m[1]] = m[2];
   }
   return out;
-}
-
-function opensslAsync(args: string[], input: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn('openssl', args);
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), 20_000);
-    p.on('close', (status) => {
-      clearTimeout(t);
-      resolve({ status, stdout, stderr });
-    });
-    p.stdin.end(input);
-  });
 }
 
 const readJson = (f: string) => JSON.parse(fs.readFileSync(f, 'utf8'));
@@ -129,11 +114,12 @@ describe('single-replica flow: join, mutual TLS, renew, promote, remove, rotate'
         }),
       );
       // openssl s_client with the worker's files, asking for a manager by name
-      // async: the server under test lives in this process's event loop
-      const r = await opensslAsync(
+      // async (not spawnSync): the server under test lives in this process's event loop
+      const r = await run(
+        'openssl',
         ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'manager', '-verify_hostname', 'manager', '-verify_return_error',
           '-CAfile', path.join(worker, 'ca.crt'), '-cert', path.join(worker, 'node.crt'), '-key', path.join(worker, 'node.key'), '-tls1_2'],
-        '',
+        { input: '', timeoutMs: 20_000 },
       );
       assert.match(r.stdout, /Verify return code: 0 \(ok\)/, r.stdout + r.stderr);
       assert.match(r.stdout, /hello worker/);

@@ -4,7 +4,7 @@
  * creates a controller with the same CAs; bad files and passwords fail clearly.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import {
   certificateFromPem, certificateInfo, generateKeyPair, keysMatch, makeSerial, privateKeyFromPem, privateKeyToPem, rootCaProfile,
   selfSignCertificate, spkiDer, certificateToPem,
 } from '../../src/pki/index.js';
-import { CAIRN, cli, CliResult, mkTemp, query } from './cluster.js';
+import { cli, CliResult, cliAsync as runCli, mkTemp, query } from './cluster.js';
 
 const PW = 'pkcs12 pass phrase';
 const run = (cmd: string, args: string[], input?: string) => spawnSync(cmd, args, { encoding: 'utf8', input });
@@ -23,16 +23,7 @@ const NSS = has('pk12util', ['-h']) && has('certutil', ['-h']);
 
 /** The CLI in a child process, without the PKCS#12 password in its environment. */
 function cliAsync(args: string[]): Promise<CliResult> {
-  const env = { ...process.env };
-  delete env.CAIRN_PKCS12_PASSWORD;
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CAIRN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
+  return runCli(args, { env: { CAIRN_PKCS12_PASSWORD: undefined } });
 }
 
 /** Independent CLI runs, two at a time (the machine has two cores), results in order. */
