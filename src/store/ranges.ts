@@ -21,19 +21,9 @@ export class RangeAllocator {
   /** Next number. Fast path is synchronous work on memory; the store is touched once per range. */
   async take(): Promise<number> {
     for (;;) {
-      if (this.next < this.end) {
-        const n = this.next++;
-        if (this.end - this.next + (this.pending ? this.pending.end - this.pending.start : 0) < this.lowWater()) this.prefetch();
-        return n;
-      }
-      if (this.pending) {
-        this.next = this.pending.start;
-        this.end = this.pending.end;
-        this.pending = null;
-        continue;
-      }
-      this.prefetch();
-      await this.claiming;
+      const n = this.takeSync();
+      if (n !== null) return n;
+      await this.claiming; // takeSync started the claim; a failed claim rejects here
     }
   }
 
