@@ -12,6 +12,7 @@ import { RangeAllocator } from '../store/ranges.js';
 import type { CaTable, NodeTable } from '../store/schema.js';
 import { Db, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
+import { admitRenewal } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { unseal } from './seal.js';
 import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
@@ -32,6 +33,12 @@ export interface ClusterConfig {
   crlLeaseMs: number;
   /** CRL leader cycle: revocations within one cycle are coalesced into one CRL */
   crlCycleMs: number;
+  /** how long after a renewal the certificate it replaced may still renew (a node that crashed before saving) */
+  renewalGraceMs: number;
+  /** renewals a node may make in a burst */
+  renewalBurst: number;
+  /** then one renewal per node every this many ms (0 = no limit) */
+  renewalIntervalMs: number;
 }
 
 export const DEFAULT_CONFIG: ClusterConfig = {
@@ -41,6 +48,9 @@ export const DEFAULT_CONFIG: ClusterConfig = {
   crlValidityMs: 24 * HOUR_MS,
   crlLeaseMs: 15_000,
   crlCycleMs: 1_000,
+  renewalGraceMs: HOUR_MS,
+  renewalBurst: 5,
+  renewalIntervalMs: 60_000,
 };
 
 /** Bounds of every setting a user may change: [min, max, what]. */
@@ -51,6 +61,9 @@ const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
   crlValidityMs: [10 * 60_000, 365 * DAY_MS, 'crlValidityMs must be between 10 minutes and 365 days'],
   crlLeaseMs: [1_000, HOUR_MS, 'crlLeaseMs must be between 1s and 1h'],
   crlCycleMs: [100, 10 * 60_000, 'crlCycleMs must be between 100ms and 10 minutes'],
+  renewalGraceMs: [0, 7 * DAY_MS, 'renewalGraceMs must be between 0 and 7 days'],
+  renewalBurst: [1, 1_000_000, 'renewalBurst must be between 1 and 1000000'],
+  renewalIntervalMs: [0, DAY_MS, 'renewalIntervalMs must be between 0 (no limit) and 1 day'],
 };
 
 export interface LoadedCa {
@@ -103,6 +116,9 @@ export interface NodeView {
   updatedAt: string;
   certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
 }
+
+/** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
+export const MAX_LISTED_SERIALS = 1000;
 
 const denied = (code: string, message: string) => new CairnError(code, message);
 
@@ -242,8 +258,8 @@ export class Authority {
   }
 
   private nodeSubject(nodeId: string, role: Role): { subject: NameAttrs; sans: SubjectAltName[] } {
+    // never DNS:ca: only a CA replica's certificate (OU=ca-replica) speaks for the CA
     const sans: SubjectAltName[] = [{ dns: role }, { dns: nodeId }];
-    if (role === 'manager') sans.push({ dns: 'ca' });
     return { subject: { O: this.clusterId, OU: role, CN: nodeId }, sans };
   }
 
@@ -302,7 +318,10 @@ export class Authority {
     const c = await this.sign(this.clusterCa, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
     const now = Date.now();
     await this.store.transaction(async (trx) => {
-      await this.store.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial }, trx);
+      await this.store.insertNode(
+        { id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null },
+        trx,
+      );
       await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
     });
     return this.issued(nodeId, role, c);
@@ -329,23 +348,53 @@ export class Authority {
     return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
   }
 
-  /** Renewal: same node ID, the node's current role, a fresh key from the CSR. */
+  /**
+   * For a node calling with its certificate: its current role, and whether it should renew now
+   * because the role in its certificate is no longer its role. Null for anything else.
+   */
+  async nodeRenewalHint(peer: PeerCertificate): Promise<{ id: string; role: string; renew: boolean } | null> {
+    let id: PeerIdentity;
+    try {
+      id = await this.identifyPeer(peer);
+    } catch (e) {
+      if (e instanceof CairnError) return null; // not a node in good standing: it learns why when it renews
+      throw e;
+    }
+    if (id.kind !== 'node' || !id.nodeId) return null;
+    const n = await this.store.getNode(id.nodeId);
+    if (!n || n.status !== 'active') return null;
+    return { id: n.id, role: n.role, renew: n.role !== id.role };
+  }
+
+  /**
+   * Renewal: same node ID, the node's current role, a fresh key from the CSR. The rules of who
+   * may renew are in admission.ts; they are applied under the node's row lock, from reading
+   * the node to recording the new certificate, so a removal or revocation committed before
+   * wins and one committed after also revokes what this renewal issued.
+   */
   async renew(peer: PeerIdentity, csr: unknown): Promise<IssuedNode> {
     if (peer.kind !== 'node' || !peer.nodeId) throw denied('forbidden', 'only node certificates can renew');
     const req = this.parseRequest(csr);
     const nodeId = peer.nodeId;
     const serial = await this.nextSerial();
-    // one transaction: check the node and the presented certificate, sign, record; a removal
-    // or revocation committed before it wins
     const issued = await this.store.transaction(async (trx) => {
-      const state = await this.store.renewalState(nodeId, peer.serial, trx);
-      if (!state || state.nodeStatus !== 'active') throw denied('node_removed', `node ${nodeId} has been removed from the cluster`);
-      if (state.certStatus !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
-      const role = state.role as Role;
+      const node = await this.store.lockNode(nodeId, trx);
+      const now = Date.now();
+      const presented = await this.store.getCertificate(peer.serial, trx);
+      const newest = node?.current_serial && node.current_serial !== peer.serial ? await this.store.getCertificate(node.current_serial, trx) : undefined;
+      const admitted = admitRenewal(nodeId, node, presented, newest, now, this.config);
+      const role = node!.role as Role;
       const { subject, sans } = this.nodeSubject(nodeId, role);
       const c = this.signWith(this.clusterCa, serial, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
       await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
-      await this.store.updateNode(nodeId, { current_serial: c.serial }, trx);
+      await this.store.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now }, trx);
+      // the grace path: the newest certificate never reached the node (or someone else holds it)
+      if (admitted.abandoned) await this.store.revokeCertificates([admitted.abandoned], 'superseded', trx);
+      // a demoted node's manager certificates lose their privilege once its worker certificate exists
+      const withdrawn = role === 'worker' ? await this.store.revokeNodeCertificates(nodeId, 'privilegeWithdrawn', trx, { role: 'manager' }) : [];
+      if (admitted.abandoned || withdrawn.length) {
+        await this.store.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn }, trx);
+      }
       return { role, c };
     });
     return this.issued(nodeId, issued.role, issued.c);
@@ -402,9 +451,10 @@ export class Authority {
     return Promise.all(nodes.map((n) => this.nodeView(n)));
   }
 
-  private async requireNode(id: string, db: Db = this.store.db): Promise<NodeTable> {
+  /** The node, or not_found; with `lock`, its row stays locked until the transaction ends. */
+  private async requireNode(id: string, db: Db = this.store.db, lock = false): Promise<NodeTable> {
     if (!ID_RE.test(id)) throw new CairnError('not_found', `no node "${id}"`);
-    const n = await this.store.getNode(id, db);
+    const n = lock ? await this.store.lockNode(id, db) : await this.store.getNode(id, db);
     if (!n) throw new CairnError('not_found', `no node ${id}`);
     return n;
   }
@@ -416,7 +466,7 @@ export class Authority {
   /** Change a node's role; it takes effect at the node's next renewal. */
   async setRole(id: string, role: Role, actor = 'admin'): Promise<NodeView> {
     return this.store.transaction(async (trx) => {
-      const n = await this.requireNode(id, trx);
+      const n = await this.requireNode(id, trx, true);
       if (n.status !== 'active') throw new CairnError('node_removed', `node ${id} has been removed`);
       if (n.role !== role) {
         await this.store.updateNode(id, { role }, trx);
@@ -429,10 +479,10 @@ export class Authority {
   /** Remove a node: it can no longer renew, and its certificates are recorded as revoked. */
   async removeNode(id: string, actor = 'admin'): Promise<NodeView> {
     return this.store.transaction(async (trx) => {
-      const n = await this.requireNode(id, trx);
+      const n = await this.requireNode(id, trx, true); // waits for a renewal in flight, whose certificate is then revoked too
       await this.store.updateNode(id, { status: 'removed' }, trx);
       const revoked = await this.store.revokeNodeCertificates(id, 'cessationOfOperation', trx);
-      await this.store.audit(actor, 'node.remove', { node: id, revoked }, trx);
+      await this.store.audit(actor, 'node.remove', { node: id, revoked: revoked.length }, trx);
       return this.nodeView({ ...n, status: 'removed' }, trx);
     });
   }
@@ -466,27 +516,46 @@ export class Authority {
     return { ...this.certificateView(r), pem: r.cert_pem };
   }
 
-  /** Revoke one certificate (by serial) or every good certificate of a node. Takes effect for renewal at once. */
-  async revoke(target: { serial?: string; nodeId?: string }, reason: unknown, actor = 'admin') {
+  /**
+   * Revoke one certificate (by serial) or every good certificate of a node (no limit on how
+   * many). Takes effect for renewal at once. A node's certificates change under its row lock,
+   * so a renewal in flight is either refused or has its new certificate revoked too. The last
+   * good admin certificate is revoked only with `force` (else nobody could administer the
+   * cluster until `cairn admin-bundle` issues a new one).
+   */
+  async revoke(target: { serial?: string; nodeId?: string }, reason: unknown, actor = 'admin', opts: { force?: boolean } = {}) {
     const why = reason === undefined ? 'unspecified' : reason;
     if (typeof why !== 'string' || !isRevocationReason(why)) {
       throw new CairnError('bad_request', `unknown revocation reason "${String(why)}": use one of ${Object.keys(REVOCATION_REASONS).join(', ')}`);
     }
     return this.store.transaction(async (trx) => {
-      let serials: string[];
+      let revoked: string[];
       if (target.serial) {
-        const c = await this.getCertificateIn(target.serial, trx);
+        let c = await this.getCertificateIn(target.serial, trx);
+        if (c.node_id) {
+          await this.store.lockNode(c.node_id, trx);
+          c = await this.getCertificateIn(c.serial, trx); // as it is now that we hold the lock
+        }
         if (c.status === 'revoked') throw new CairnError('already_revoked', `certificate ${c.serial} is already revoked`);
-        serials = [c.serial];
+        if (c.kind === 'admin' && !opts.force) {
+          const admins = await this.store.lockGoodAdminCertificates(Date.now(), trx);
+          if (admins.length === 1 && admins[0] === c.serial) {
+            throw new CairnError(
+              'last_admin',
+              `certificate ${c.serial} is the last good admin certificate: revoking it would lock every administrator out; ` +
+                'issue another first ("cairn admin-bundle"), or use --force',
+            );
+          }
+        }
+        revoked = await this.store.revokeCertificates([c.serial], why, trx);
       } else if (target.nodeId) {
-        await this.requireNode(target.nodeId, trx);
-        serials = (await this.store.findCertificates({ nodeId: target.nodeId, status: 'good' }, trx)).map((c) => c.serial);
+        await this.requireNode(target.nodeId, trx, true);
+        revoked = await this.store.revokeNodeCertificates(target.nodeId, why, trx);
       } else {
         throw new CairnError('bad_request', 'give a serial or a node');
       }
-      const revoked = await this.store.revokeCertificates(serials, why, trx);
-      await this.store.audit(actor, 'certificate.revoke', { serials: revoked, reason: why, node: target.nodeId ?? null }, trx);
-      return { revoked, reason: why };
+      await this.store.audit(actor, 'certificate.revoke', { count: revoked.length, serials: revoked.slice(0, MAX_LISTED_SERIALS), reason: why, node: target.nodeId ?? null }, trx);
+      return { revoked: revoked.length, serials: revoked.slice(0, MAX_LISTED_SERIALS), reason: why };
     });
   }
 

@@ -119,11 +119,22 @@ export async function adoptNodeCertificate(auth: Authority, der: Buffer, serial:
   if (!issuerKeyId || !auth.caKeyIds('cluster').includes(issuerKeyId)) return null;
   const store = auth.store;
   return store.transaction(async (trx) => {
-    const node = await store.getNode(CN, trx);
+    const node = await store.lockNode(CN, trx);
     if (node && node.status !== 'active') throw new CairnError('node_removed', `node ${CN} has been removed from the cluster`);
     const now = Date.now();
     if (!node) {
-      await trx.insertInto('nodes').values({ id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial }).onConflict((oc) => oc.column('id').doNothing()).execute();
+      await trx
+        .insertInto('nodes')
+        .values({ id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null })
+        .onConflict((oc) => oc.column('id').doNothing())
+        .execute();
+    } else {
+      // the node renewed through the other controller: what it presents becomes its newest
+      // certificate here when it is newer than the newest we know (only the newest may renew)
+      const known = node.current_serial ? await store.getCertificate(node.current_serial, trx) : undefined;
+      if (!known || info.notBefore.getTime() >= known.not_before) {
+        await store.updateNode(CN, { current_serial: serial, previous_serial: node.current_serial, renewed_at: now }, trx);
+      }
     }
     await trx
       .insertInto('certificates')

@@ -41,25 +41,47 @@ export function replicaCommand(): Command {
   return replica;
 }
 
+export function adminBundleCommand(): Command {
+  return new Command('admin-bundle')
+    .description('issue a new admin client bundle into <state-dir>/admin with the store and unlock key alone (no running server, no admin certificate needed)')
+    .addOption(stateDirOption('a replica state directory'))
+    .option('--store <url>', 'the cluster\'s store (default: CAIRN_STORE, then the state directory\'s)')
+    .option('--unlock-key-file <file>', 'the cluster unlock key (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
+    .option('--name <name>', 'CN of the admin certificate', 'admin')
+    .addOption(jsonOption())
+    .addHelpText('after', `
+The way back in when every admin certificate is revoked, lost or expired. Replaces
+admin/ca.pem, admin/cert.pem and admin/key.pem (0600) in the state directory; the bundle it
+replaces is not revoked (revoke it with "cairn revoke <serial>" if it was compromised).`)
+    .action(async (f: { stateDir: string; store?: string; unlockKeyFile?: string; name: string; json?: boolean }) => {
+      const { issueAdminBundle } = await import('../server/replica.js');
+      const r = await issueAdminBundle({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, name: f.name });
+      if (f.json) return printJson({ serial: r.serial, notAfter: r.notAfter.toISOString(), clusterId: r.clusterId, dir: r.dir });
+      out(`Issued admin certificate ${r.serial} (valid until ${r.notAfter.toISOString()}) into ${r.dir}.`);
+    });
+}
+
 const reasons = Object.keys(REVOCATION_REASONS);
 
 export function revokeCommand(): Command {
   return new Command('revoke')
     .description('revoke a certificate by serial, or every certificate of a node; renewal is refused at once, the next CRL lists it')
     .argument('[serial]', 'certificate serial number (hex, as "cairn cert ls" prints it)')
-    .option('--node <id>', 'revoke every good certificate of this node')
+    .option('--node <id>', 'revoke every good certificate of this node (however many)')
     .addOption(new Option('--reason <reason>', 'revocation reason').choices(reasons).default('unspecified'))
+    .option('--force', 'also revoke the last good admin certificate (locks every administrator out until "cairn admin-bundle")')
     .addOption(adminStateDir())
     .addOption(serverOption())
     .addOption(jsonOption())
-    .action(async (serial: string | undefined, f: { node?: string; reason: string; stateDir: string; server?: string; json?: boolean }) => {
+    .action(async (serial: string | undefined, f: { node?: string; reason: string; force?: boolean; stateDir: string; server?: string; json?: boolean }) => {
       if (!!serial === !!f.node) throw new CairnError('usage', 'give either a serial or --node <id>', 2);
-      const r = serial
-        ? await adminCall(f.stateDir, f.server, 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason })
+      const r: { revoked: number; serials: string[]; reason: string } = serial
+        ? await adminCall(f.stateDir, f.server, 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason, ...(f.force ? { force: true } : {}) })
         : await adminCall(f.stateDir, f.server, 'POST', `v1/nodes/${encodeURIComponent(f.node!)}/revoke`, { reason: f.reason });
       if (f.json) return printJson(r);
-      if (r.revoked.length === 0) return out('Nothing to revoke: no good certificate matched.');
-      for (const s of r.revoked) out(`Revoked ${s} (${r.reason}).`);
+      if (r.revoked === 0) return out('Nothing to revoke: no good certificate matched.');
+      if (serial) return out(`Revoked ${r.serials[0]} (${r.reason}).`);
+      out(`Revoked ${r.revoked} certificate${r.revoked === 1 ? '' : 's'} of node ${f.node} (${r.reason}).`);
     });
 }
 

@@ -3,7 +3,7 @@ import { PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { caCommand } from './ca.js';
 import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreCommand } from './backup.js';
-import { certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
+import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { agentCommand, joinCommand } from './node-side.js';
 import { VERSION } from '../version.js';
@@ -26,6 +26,7 @@ export function buildProgram(): Command {
   program.addCommand(updateCommand());
   program.addCommand(certCommand());
   program.addCommand(revokeCommand());
+  program.addCommand(adminBundleCommand());
   program.addCommand(crlCommand());
   program.addCommand(replicaCommand());
   program.addCommand(caCommand());

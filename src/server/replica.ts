@@ -50,10 +50,10 @@ export async function serverIdentityFiles(auth: Authority, dir: string, cfg: Rep
 }
 
 /** A fresh admin client bundle (ca.pem, cert.pem, key.pem) for the state directory's admin/. */
-export async function adminBundleFiles(auth: Authority, dir: string): Promise<PlannedFile[]> {
+export async function adminBundleFiles(auth: Authority, dir: string, name = 'admin'): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
-  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey));
+  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey), name);
   ensureDir(p.adminDir);
   return [
     { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
@@ -213,6 +213,44 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
   } catch (e) {
     if (createdDir) fs.rmSync(o.stateDir, { force: true, recursive: true });
     throw e;
+  } finally {
+    await store.close();
+  }
+}
+
+export interface AdminBundleOptions {
+  stateDir: string;
+  /** default: CAIRN_STORE, then the state directory's store */
+  store?: string;
+  unlockKeyFile?: string;
+  /** CN of the admin certificate */
+  name?: string;
+}
+
+/**
+ * Issue a new admin client bundle into the state directory's admin/ (ca.pem, cert.pem,
+ * key.pem; tokens.json is kept) with the store and the unlock key alone: no running server
+ * and no admin certificate needed. The way back in when every admin certificate is revoked,
+ * lost or expired. The bundle it replaces is not revoked.
+ */
+export async function issueAdminBundle(o: AdminBundleOptions): Promise<{ serial: string; notAfter: Date; clusterId: string; dir: string }> {
+  const cfg = readReplicaConfig(o.stateDir);
+  const name = o.name ?? 'admin';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/.test(name)) throw new CairnError('usage', `--name "${name}" must be 1-64 letters, digits, ".", "_", "@" or "-"`, 2);
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
+  if (kind === 'sqlite' && !exists(location)) throw new CairnError('not_initialized', `no store at ${location}: is ${o.stateDir} a replica state directory?`);
+  const store = await Store.open(kind, location, { migrate: false });
+  try {
+    const cluster = await store.getCluster();
+    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
+    if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
+    const auth = new Authority(store, cfg.replicaId, unlockKey);
+    await auth.load(); // proves the unlock key opens the CA keys
+    const files = await adminBundleFiles(auth, o.stateDir, name);
+    writeFilesAtomic(files, { overwrite: true });
+    const info = certificateInfo(certificateFromPem(files.find((f) => f.path.endsWith('cert.pem'))!.data.toString(), 'the admin certificate'));
+    return { serial: info.serialHex, notAfter: info.notAfter, clusterId: cluster.id, dir: statePaths(o.stateDir).adminDir };
   } finally {
     await store.close();
   }

@@ -6,7 +6,7 @@ import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
 import { isRole } from '../authority/tokens.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, RetryLater } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
@@ -16,8 +16,8 @@ export const BODY_LIMIT = 64 * 1024;
 const STATUS: Record<string, number> = {
   bad_request: 400, bad_csr: 400, bad_csr_signature: 400, bad_der: 400, bad_pem: 400, weak_key: 400, unsupported_key: 400,
   invalid_token: 401, client_certificate_required: 401,
-  forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403,
-  not_found: 404, already_revoked: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
+  forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403, renewal_superseded: 403,
+  not_found: 404, already_revoked: 409, last_admin: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
 };
 
 export interface ServerOptions {
@@ -100,6 +100,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const e = err as { code?: string; statusCode?: number; message?: string };
     if (err instanceof CairnError) {
       const status = STATUS[err.code] ?? 400;
+      if (err instanceof RetryLater) reply.header('retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000))));
       return reply.code(status).send({ error: { code: err.code, message: err.message } });
     }
     if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.code(413).send({ error: { code: 'body_too_large', message: `request body is larger than ${BODY_LIMIT} bytes` } });
@@ -148,7 +149,14 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return metrics.registry.metrics();
   });
 
-  app.get('/v1/ca', async () => authority.caInfo());
+  // a node calling with its certificate (the agent's trust poll) also learns whether to renew
+  // now: its role changed (a demotion takes effect, and its manager certificate is revoked, at once)
+  app.get('/v1/ca', async (req) => {
+    const info = authority.caInfo();
+    const pc = peerCert(req);
+    const node = pc ? await authority.nodeRenewalHint(pc) : null;
+    return node ? { ...info, node } : info;
+  });
 
   app.post('/v1/join', async (req, reply) => {
     const addr = req.ip;
@@ -235,7 +243,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
   app.post<{ Params: { serial: string } }>('/v1/certificates/:serial/revoke', async (req) => {
     const p = await admin(req);
-    const r = await authority.revoke({ serial: req.params.serial }, (req.body as { reason?: unknown } | null)?.reason, actor(p));
+    const b = (req.body ?? {}) as { reason?: unknown; force?: unknown };
+    const r = await authority.revoke({ serial: req.params.serial }, b.reason, actor(p), { force: b.force === true });
     req.log.info(r, 'certificate revoked');
     return r;
   });

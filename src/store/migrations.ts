@@ -103,6 +103,17 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003_renewal_guards': {
+    async up(db: Kysely<any>) {
+      // the certificate the node renewed from (it may renew once more within the grace
+      // window), when the newest was issued, and the per-node renewal budget (a token bucket)
+      await db.schema.alterTable('nodes').addColumn('previous_serial', 'text').execute();
+      await db.schema.alterTable('nodes').addColumn('renewed_at', 'bigint').execute();
+      await db.schema.alterTable('nodes').addColumn('renew_budget', 'double precision').execute();
+      await db.schema.alterTable('nodes').addColumn('renew_budget_at', 'bigint').execute();
+      await db.schema.createIndex('certificates_kind_status').on('certificates').columns(['kind', 'status']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -56,6 +56,13 @@ export interface NodeTable {
   created_at: number;
   updated_at: number;
   current_serial: string | null;
+  /** the certificate current_serial was renewed from: it may renew within the grace window */
+  previous_serial: string | null;
+  /** when current_serial was issued (ms) */
+  renewed_at: number | null;
+  /** renewals left in the node's bucket (refilled over time), and when it was last computed */
+  renew_budget: number | null;
+  renew_budget_at: number | null;
 }
 
 export interface TokenTable {

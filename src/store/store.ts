@@ -150,16 +150,30 @@ export class Store {
     return db.selectFrom('certificates').selectAll().where('serial', '=', serial).executeTakeFirst();
   }
 
-  async revokeNodeCertificates(nodeId: string, reason: string, db: Db = this.db): Promise<number> {
-    const r = await db
+  /**
+   * Revoke every good certificate of a node (optionally only those carrying `role`); no limit
+   * on how many. Returns the serials revoked. Bumps the revocation mark when any changed.
+   */
+  async revokeNodeCertificates(nodeId: string, reason: string, db: Db = this.db, only: { role?: string } = {}): Promise<string[]> {
+    let q = db
       .updateTable('certificates')
       .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
       .where('node_id', '=', nodeId)
-      .where('status', '=', 'good')
-      .executeTakeFirst();
-    const n = Number(r.numUpdatedRows);
-    if (n) await this.bumpRevocationMark(db);
-    return n;
+      .where('status', '=', 'good');
+    if (only.role) q = q.where('role', '=', only.role);
+    const rows = await q.returning('serial').execute();
+    if (rows.length) await this.bumpRevocationMark(db);
+    return rows.map((r) => r.serial);
+  }
+
+  /**
+   * Serials of the good, unexpired admin certificates, locked until the transaction ends, so
+   * two revocations cannot both see another admin left and together revoke the last one.
+   */
+  async lockGoodAdminCertificates(now: number, db: Db = this.db): Promise<string[]> {
+    let q = db.selectFrom('certificates').select('serial').where('kind', '=', 'admin').where('status', '=', 'good').where('not_after', '>', now);
+    if (this.kind === 'postgres') q = q.forUpdate();
+    return (await q.execute()).map((r) => r.serial);
   }
 
   /** Advance the revocation mark: the CRL leader regenerates when it moved past its last CRL. */
@@ -197,15 +211,15 @@ export class Store {
     return db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
   }
 
-  /** A node's role and status with the status of the certificate it presents, in one query. */
-  async renewalState(nodeId: string, serial: string, db: Db = this.db): Promise<{ role: string; nodeStatus: string; certStatus: string | null } | undefined> {
-    const r = await db
-      .selectFrom('nodes')
-      .leftJoin('certificates', (j) => j.on('certificates.serial', '=', serial))
-      .select(['nodes.role as role', 'nodes.status as nodeStatus', 'certificates.status as certStatus'])
-      .where('nodes.id', '=', nodeId)
-      .executeTakeFirst();
-    return r;
+  /**
+   * Read a node's row and lock it until the transaction ends (PostgreSQL `FOR UPDATE`; SQLite
+   * runs one transaction at a time). Every change to a node or its certificates takes this
+   * lock first — renewal, removal, revocation, role changes — so they never interleave.
+   */
+  async lockNode(id: string, db: Db = this.db): Promise<NodeTable | undefined> {
+    let q = db.selectFrom('nodes').selectAll().where('id', '=', id);
+    if (this.kind === 'postgres') q = q.forUpdate();
+    return q.executeTakeFirst();
   }
 
   async listNodes(db: Db = this.db): Promise<NodeTable[]> {

@@ -14,3 +14,13 @@ export class CairnError extends Error {
 }
 
 export const usageError = (message: string) => new CairnError('usage', message, 2);
+
+/** A refusal that passes with time (rate limits, an unavailable store): the answer carries Retry-After. */
+export class RetryLater extends CairnError {
+  readonly retryAfterMs: number;
+  constructor(code: string, message: string, retryAfterMs: number) {
+    super(code, message);
+    this.name = 'RetryLater';
+    this.retryAfterMs = retryAfterMs;
+  }
+}

@@ -14,7 +14,7 @@ import { checkStoreIntegrity, decryptBackup, encodeArchive, encryptBackup, readS
 import { parseUnlockKey } from '../../src/authority/seal.js';
 import { certificateFromPem, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, toPem, verifyChain } from '../../src/pki/index.js';
 import { Store } from '../../src/store/store.js';
-import { api, CAIRN, cli, CliResult, cliAsync as runCli, Cluster, freePort, mkTemp, query, ServeProcess, startCluster, TlsIdentity } from './cluster.js';
+import { adminId, api, CAIRN, cli, CliResult, cliAsync as runCli, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
 import { createDb, PG_ADMIN_URL, pgQuery, TestDb } from './pg.js';
 
 const PASS = 'correct horse battery staple';
@@ -34,14 +34,6 @@ function passFile(dir: string, text = PASS, mode = 0o600): string {
   fs.writeFileSync(f, text + '\n', { mode });
   fs.chmodSync(f, mode);
   return f;
-}
-
-function adminId(dir: string): TlsIdentity {
-  return {
-    key: fs.readFileSync(path.join(dir, 'admin/key.pem'), 'utf8'),
-    cert: fs.readFileSync(path.join(dir, 'admin/cert.pem'), 'utf8'),
-    ca: fs.readFileSync(path.join(dir, 'admin/ca.pem'), 'utf8'),
-  };
 }
 
 /** Everything a restore could change: every file of the state directory and every row of its store. */

@@ -159,6 +159,15 @@ export interface TlsIdentity {
   ca?: string;
 }
 
+/** The admin client bundle of a replica state directory, as an API identity. */
+export function adminId(dir: string): TlsIdentity {
+  return {
+    key: fs.readFileSync(path.join(dir, 'admin/key.pem'), 'utf8'),
+    cert: fs.readFileSync(path.join(dir, 'admin/cert.pem'), 'utf8'),
+    ca: fs.readFileSync(path.join(dir, 'admin/ca.pem'), 'utf8'),
+  };
+}
+
 /** One HTTPS request. Without `ca`, the server is not verified (like a node's first contact). */
 export function api(url: string, method: string, p: string, body?: unknown, id: TlsIdentity = {}, rawBody?: Buffer): Promise<ApiResponse> {
   const payload = rawBody ?? (body === undefined ? undefined : Buffer.from(JSON.stringify(body)));

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { certificateFromPem, certificateInfo, createCsr, csrToPem, generateKeyPair, privateKeyToPem, sequenceOf } from '../../src/pki/index.js';
-import { addReplica, api, cli, Cluster, freePort, mkTemp, startCluster, TlsIdentity } from './cluster.js';
+import { addReplica, adminId, api, cli, Cluster, freePort, mkTemp, startCluster, TlsIdentity } from './cluster.js';
 import { createDb, pgQuery, TestDb } from './pg.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -100,14 +100,6 @@ describe('HA: three replicas on one PostgreSQL', () => {
     await a?.cleanup();
     await db?.drop();
   });
-
-  function adminId(dir: string): TlsIdentity {
-    return {
-      key: fs.readFileSync(path.join(dir, 'admin/key.pem'), 'utf8'),
-      cert: fs.readFileSync(path.join(dir, 'admin/cert.pem'), 'utf8'),
-      ca: fs.readFileSync(path.join(dir, 'admin/ca.pem'), 'utf8'),
-    };
-  }
 
   test('replica ls lists all three with a heartbeat', async () => {
     const r = cli(['replica', 'ls', '--state-dir', replicas[0].dir, '--json']);
