@@ -131,6 +131,39 @@ describe('HA: three replicas on one PostgreSQL', () => {
     assert.ok(byReplica.size >= 3, 'every replica issued');
   });
 
+  test('node rm while 12 clients renew through all three replicas: no certificate of a removed node stays good (8 trials)', async () => {
+    const admin = adminId(a.dir);
+    const cfg = await api(a.url, 'PATCH', '/v1/config', { renewalIntervalMs: 0 }, admin); // no per-node limit: renew as fast as possible
+    assert.equal(cfg.status, 200, JSON.stringify(cfg.body));
+    await sleep(2200); // every replica picks the setting up (2 s refresh)
+    try {
+      let renewals = 0;
+      for (let trial = 0; trial < 8; trial++) {
+        const nodes = await Promise.all(Array.from({ length: 12 }, (_, i) => joinAny([endpoints[i % 3], ...endpoints], a.tokens.worker)));
+        const loops = nodes.map(async (n, i) => {
+          for (let k = 0; ; k++) {
+            const next = csr();
+            const r = await api(endpoints[(i + k) % 3], 'POST', '/v1/renew', { csr: next.csr }, n.id);
+            if (r.status !== 200) return r.body?.error?.code as string;
+            n.id = { key: next.key, cert: r.body.certificate, ca: r.body.trustBundle };
+            renewals++;
+          }
+        });
+        await sleep(300);
+        // remove every node while its renewals are in flight, through different replicas
+        const rm = await Promise.all(nodes.map((n, i) => api(endpoints[(i + 1) % 3], 'DELETE', `/v1/nodes/${n.nodeId}`, undefined, admin)));
+        for (const r of rm) assert.equal(r.status, 200, JSON.stringify(r.body));
+        const ends = await Promise.all(loops);
+        for (const e of ends) assert.ok(['node_removed', 'certificate_revoked'].includes(e), `a renewal loop ended with ${e}`);
+        const good = await pgQuery(db.url, "select serial from certificates where node_id = any($1) and status = 'good'", [nodes.map((n) => n.nodeId)]);
+        assert.deepEqual(good, [], `trial ${trial}: certificates of removed nodes are still good`);
+      }
+      assert.ok(renewals > 8 * 12, `only ${renewals} renewals ran: the race was not exercised`);
+    } finally {
+      await api(a.url, 'PATCH', '/v1/config', { renewalIntervalMs: 60_000 }, admin);
+    }
+  });
+
   test('SIGKILL one replica mid-load: the others carry on, retries succeed, its range is never reused', async () => {
     const victim = replicas[1];
     const before = await storedSerials(db.url);
