@@ -4,7 +4,9 @@
  *
  *  join.https      joins per second, a new TLS connection per join (handshake included)
  *  join.p99_ms     99th percentile latency of those joins
- *  renew.https     renewals per second over keep-alive mutual-TLS connections (one per node)
+ *  renew.https     renewals per second, each with the node's newest certificate on a new
+ *                  mutual-TLS connection (only the newest certificate may renew, so a
+ *                  connection made with the old one is of no further use after a renewal)
  *  tls.new_conn_ceiling  GET /healthz with a new TLS connection each: what the machine allows
  *                  for any request that needs its own handshake (the ceiling of join.https)
  *
@@ -14,7 +16,7 @@
 import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../src/pki/index.js';
-import { startCluster } from '../test/integration/cluster.js';
+import { adminId, startCluster } from '../test/integration/cluster.js';
 import { BenchContext, BenchGroup, Row } from './harness.js';
 
 export const CONCURRENCY = 50;
@@ -96,27 +98,33 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     await load(ctx.warmupSeconds, CONCURRENCY, join);
     const j = await load(seconds, CONCURRENCY, join);
 
+    // the benchmark renews far more often than the per-node budget allows a real node
+    const admin = adminId(c.dir);
+    const cfg = await post(c.url, '/v1/config', { renewalIntervalMs: 0 }, { method: 'PATCH', agent: false, key: admin.key, cert: admin.cert });
+    if (cfg.status !== 200) throw new Error(`config: ${cfg.status} ${JSON.stringify(cfg.body)}`);
     const nodes = await Promise.all(
       Array.from({ length: CONCURRENCY }, async (_, w) => {
         const k = pool[w];
         const r = await post(c.url, '/v1/join', { token, csr: k.csr }, { agent: false });
-        const agent = new https.Agent({ keepAlive: true, maxSockets: 1, key: k.key, cert: r.body.certificate, rejectUnauthorized: false });
-        return { agent, csr: k.csr };
+        return { key: k.key, cert: r.body.certificate as string, n: 0 };
       }),
     );
     const renew = async (w: number) => {
-      const r = await post(c.url, '/v1/renew', { csr: nodes[w].csr }, { agent: nodes[w].agent });
+      const node = nodes[w];
+      const next = pool[(w + CONCURRENCY * ++node.n) % pool.length];
+      const r = await post(c.url, '/v1/renew', { csr: next.csr }, { agent: false, key: node.key, cert: node.cert });
       if (r.status !== 200) throw new Error(`renew: ${r.status} ${JSON.stringify(r.body)}`);
+      node.key = next.key;
+      node.cert = r.body.certificate;
     };
-    ctx.log(`renew.https: warm-up, then ${seconds}s with ${CONCURRENCY} keep-alive mTLS clients`);
+    ctx.log(`renew.https: warm-up, then ${seconds}s with ${CONCURRENCY} mTLS clients, a new connection per renewal`);
     await load(ctx.warmupSeconds, CONCURRENCY, renew);
     const rn = await load(seconds, CONCURRENCY, renew);
-    for (const n of nodes) n.agent.destroy();
     return [
       { name: 'tls.new_conn_ceiling', value: Math.round(ceiling.perSecond), unit: 'req/s', note: `GET /healthz, new TLS connection each, ${CONCURRENCY} clients, p99 ${ceiling.p99.toFixed(1)} ms` },
       { name: 'join.https', value: Math.round(j.perSecond), unit: 'joins/s', baseline: 'tls.new_conn_ceiling', note: `goal ≥ 1000; ${CONCURRENCY} clients, new TLS connection each, p50 ${j.p50.toFixed(1)} ms` },
       { name: 'join.p99_ms', value: Math.round(j.p99 * 10) / 10, unit: 'ms', note: 'goal < 50' },
-      { name: 'renew.https', value: Math.round(rn.perSecond), unit: 'renewals/s', note: `goal ≥ 2000; ${CONCURRENCY} keep-alive mTLS clients, p50 ${rn.p50.toFixed(1)} ms, p99 ${rn.p99.toFixed(1)} ms` },
+      { name: 'renew.https', value: Math.round(rn.perSecond), unit: 'renewals/s', note: `goal ≥ 2000; ${CONCURRENCY} mTLS clients, new connection per renewal, p50 ${rn.p50.toFixed(1)} ms, p99 ${rn.p99.toFixed(1)} ms` },
     ];
   } finally {
     await c.cleanup();
