@@ -487,6 +487,23 @@ export class Authority {
     });
   }
 
+  // ---- replicas
+
+  /**
+   * Remove another replica: it may not serve again, and its server certificates are revoked
+   * (agents holding the CRL stop trusting it). Not the replica answering: ask another one.
+   */
+  async removeReplica(id: string, actor = 'admin'): Promise<{ id: string; revoked: string[] }> {
+    if (id === this.replicaId) throw new CairnError('bad_request', `replica ${id} is the one answering this request: remove it through another replica`);
+    return this.store.transaction(async (trx) => {
+      const r = ID_RE.test(id) ? await this.store.getReplica(id, trx) : undefined;
+      if (!r || r.removed_at !== null) throw new CairnError('not_found', `no replica "${id}"`);
+      const revoked = await this.store.removeReplica(id, `CN=${id},OU=ca-replica,O=${this.clusterId}`, trx);
+      await this.store.audit(actor, 'replica.remove', { replica: id, revoked }, trx);
+      return { id, revoked };
+    });
+  }
+
   // ---- certificates and revocation
 
   async findCertificates(f: { nodeId?: string; status?: string; kind?: string }) {

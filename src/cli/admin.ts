@@ -38,6 +38,18 @@ export function replicaCommand(): Command {
       if (f.json) return printJson(r.replicas);
       table([['ID', 'ADDRESS', 'VERSION', 'LAST HEARTBEAT'], ...r.replicas.map((x: any) => [x.id, x.address, x.version, x.heartbeatAt])]);
     });
+  replica
+    .command('rm')
+    .description('remove another replica: it may not serve again and its server certificate is revoked (agents holding the CRL stop trusting it)')
+    .argument('<id>', 'replica ID, as "cairn replica ls" prints it')
+    .addOption(adminStateDir())
+    .addOption(serverOption())
+    .addOption(jsonOption())
+    .action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
+      const r = await adminCall(f.stateDir, f.server, 'DELETE', `v1/replicas/${encodeURIComponent(id)}`);
+      if (f.json) return printJson(r);
+      out(`Replica ${r.id} removed; revoked its server certificate${r.revoked.length === 1 ? '' : 's'} ${r.revoked.join(', ') || '(none good)'}.`);
+    });
   return replica;
 }
 

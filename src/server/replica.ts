@@ -286,6 +286,9 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
     if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
     const auth = new Authority(store, cfg.replicaId, unlockKey);
     await auth.load();
+    if ((await store.getReplica(cfg.replicaId))?.removed_at) {
+      throw new CairnError('replica_removed', `replica ${cfg.replicaId} was removed from the cluster ("cairn replica rm"); prepare a new one with "cairn replica add"`);
+    }
     await store.upsertReplica({ id: cfg.replicaId, address: cfg.advertiseAddr, version: VERSION });
     // renew this replica's own server certificate when a third of its life is left
     let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';

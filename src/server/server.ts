@@ -263,6 +263,13 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     };
   });
 
+  app.delete<{ Params: { id: string } }>('/v1/replicas/:id', async (req) => {
+    const p = await admin(req);
+    const r = await authority.removeReplica(req.params.id, actor(p));
+    req.log.info({ replica: r.id, revoked: r.revoked.length }, 'replica removed');
+    return r;
+  });
+
   app.get('/v1/config', async (req) => {
     await admin(req);
     return authority.config;

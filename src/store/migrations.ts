@@ -111,6 +111,8 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('nodes').addColumn('renewed_at', 'bigint').execute();
       await db.schema.alterTable('nodes').addColumn('renew_budget', 'double precision').execute();
       await db.schema.alterTable('nodes').addColumn('renew_budget_at', 'bigint').execute();
+      // a removed replica stays recorded, so that it cannot come back by restarting
+      await db.schema.alterTable('replicas').addColumn('removed_at', 'bigint').execute();
       await db.schema.createIndex('certificates_kind_status').on('certificates').columns(['kind', 'status']).execute();
     },
   },

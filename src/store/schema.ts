@@ -83,6 +83,8 @@ export interface ReplicaTable {
   version: string;
   started_at: number;
   heartbeat_at: number;
+  /** set by `cairn replica rm`: the replica may not serve again */
+  removed_at: number | null;
 }
 
 export interface LeaseTable {

@@ -272,7 +272,7 @@ export class Store {
     const now = Date.now();
     await db
       .insertInto('replicas')
-      .values({ ...r, started_at: now, heartbeat_at: now })
+      .values({ ...r, started_at: now, heartbeat_at: now, removed_at: null })
       .onConflict((oc) => oc.column('id').doUpdateSet({ address: r.address, version: r.version, started_at: now, heartbeat_at: now }))
       .execute();
   }
@@ -281,8 +281,31 @@ export class Store {
     await db.updateTable('replicas').set({ heartbeat_at: Date.now() }).where('id', '=', id).execute();
   }
 
+  /** Replicas that have not been removed. */
   async listReplicas(db: Db = this.db) {
-    return db.selectFrom('replicas').selectAll().orderBy('started_at').execute();
+    return db.selectFrom('replicas').selectAll().where('removed_at', 'is', null).orderBy('started_at').execute();
+  }
+
+  async getReplica(id: string, db: Db = this.db) {
+    return db.selectFrom('replicas').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /**
+   * Mark a replica removed and revoke its server certificates (subject
+   * `CN=<id>,OU=ca-replica,O=<cluster>`), so agents holding the CRL stop trusting it.
+   */
+  async removeReplica(id: string, serverSubject: string, db: Db = this.db): Promise<string[]> {
+    await db.updateTable('replicas').set({ removed_at: Date.now() }).where('id', '=', id).execute();
+    const rows = await db
+      .updateTable('certificates')
+      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: 'cessationOfOperation' })
+      .where('kind', '=', 'server')
+      .where('subject', '=', serverSubject)
+      .where('status', '=', 'good')
+      .returning('serial')
+      .execute();
+    if (rows.length) await this.bumpRevocationMark(db);
+    return rows.map((r) => r.serial);
   }
 
   // ---- revocation and CRLs

@@ -331,6 +331,35 @@ describe('HA: three replicas on one PostgreSQL', () => {
     await load;
     await assertAllReceivedStored(db.url, nodes);
   });
+
+  test('replica rm: the replica leaves replica ls, its server certificate is on the CRL, and it cannot serve again', async () => {
+    const victim = replicas[1];
+    const id = JSON.parse(fs.readFileSync(path.join(victim.dir, 'replica.json'), 'utf8')).replicaId;
+    const self = cli(['replica', 'rm', id, '--state-dir', a.dir, '--server', victim.url]);
+    assert.equal(self.code, 1);
+    assert.match(self.stderr, /the one answering this request/);
+    const r = cli(['replica', 'rm', id, '--state-dir', a.dir, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const { revoked } = JSON.parse(r.stdout);
+    const serverSerial = certificateInfo(certificateFromPem(fs.readFileSync(path.join(victim.dir, 'server.crt'), 'utf8'), 'server.crt')).serialHex;
+    assert.ok(revoked.includes(serverSerial), `${serverSerial} not in ${revoked}`);
+    const ls = JSON.parse(cli(['replica', 'ls', '--state-dir', a.dir, '--json']).stdout);
+    assert.ok(!ls.some((x: { id: string }) => x.id === id));
+    assert.equal(cli(['replica', 'rm', id, '--state-dir', a.dir]).code, 1); // already gone
+    // the CRL leader lists it within a few cycles
+    const crlFile = path.join(mkTemp(), 'crl.pem');
+    let text = '';
+    for (let i = 0; i < 50 && !text.includes(serverSerial); i++) {
+      await sleep(200);
+      assert.equal(cli(['crl', '--state-dir', a.dir, '-o', crlFile]).code, 0);
+      text = spawnSync('openssl', ['crl', '-in', crlFile, '-noout', '-text'], { encoding: 'utf8' }).stdout;
+    }
+    assert.ok(text.includes(serverSerial), 'the removed replica is not on the CRL');
+    await victim.server.kill('SIGKILL');
+    const again = cli(['serve', '--state-dir', victim.dir, '--unlock-key-file', unlockKey()]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /was removed from the cluster/);
+  });
 });
 
 describe('store migrations', () => {
