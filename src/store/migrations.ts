@@ -103,7 +103,7 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
-  '0003_renewal_guards': {
+  '0004_renewal_guards': {
     async up(db: Kysely<any>) {
       // the certificate the node renewed from (it may renew once more within the grace
       // window), when the newest was issued, and the per-node renewal budget (a token bucket)
