@@ -509,7 +509,8 @@ export class Authority {
   async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
     const allowed: Partial<ClusterConfig> = {};
     for (const [k, v] of Object.entries(patch)) {
-      const bounds = CONFIG_BOUNDS[k as keyof ClusterConfig];
+      // own keys only: "toString", "constructor" and the like are not settings
+      const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
       if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
       if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
       if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);

@@ -5,6 +5,9 @@ import { Kysely, Migrator, PostgresDialect, SqliteDialect, Transaction } from 'k
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
+import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
+
+export { StoreUnavailableError } from './unavailable.js';
 import type { CaTable, CertificateTable, CrlTable, Database, NodeTable } from './schema.js';
 
 export type Db = Kysely<Database> | Transaction<Database>;
@@ -50,7 +53,7 @@ export class Store {
         sqlite.pragma('busy_timeout = 5000');
         sqlite.pragma('foreign_keys = ON');
       } catch (e) {
-        throw new CairnError('store_unavailable', `cannot open SQLite store ${location}: ${(e as Error).message}`);
+        throw new StoreUnavailableError(`cannot open SQLite store ${location}: ${(e as Error).message}`);
       }
       // kysely prepares every query anew; cache prepared statements by SQL text (bounded)
       const statements = new Map<string, SqliteDatabase.Statement>();
@@ -69,13 +72,13 @@ export class Store {
           sqlite.close();
         },
       };
-      db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }) });
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database })) });
     } else {
       const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
       pool.on('error', () => {
         /* idle client errors (server restart) are surfaced on the next query */
       });
-      db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
     const store = new Store(db, kind);
     if (opts.migrate !== false) await store.migrate(location);
@@ -88,10 +91,10 @@ export class Store {
     try {
       res = await migrator.migrateToLatest();
     } catch (e) {
-      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`);
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`, { cause: e });
     }
     if (res.error) {
-      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`);
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`, { cause: res.error });
     }
   }
 
