@@ -13,6 +13,7 @@ import type { CaTable, NodeTable } from '../store/schema.js';
 import { Db, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import { adoptNodeCertificate } from './clone.js';
+import { page, PageRequest } from './pages.js';
 import { unseal } from './seal.js';
 import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
 
@@ -397,9 +398,24 @@ export class Authority {
     };
   }
 
-  async listNodes(): Promise<NodeView[]> {
-    const nodes = await this.store.listNodes();
-    return Promise.all(nodes.map((n) => this.nodeView(n)));
+  /** One page of nodes, oldest first, with their current certificate (one query per page). */
+  async listNodes(req: PageRequest = {}): Promise<{ nodes: NodeView[]; next: string | null }> {
+    const r = await page(
+      req,
+      (after, limit) => this.store.listNodesPage({ after, limit }),
+      (n) => ({ t: Number(n.created_at), k: n.id }),
+      (n): NodeView => ({
+        id: n.id,
+        role: n.role,
+        status: n.status,
+        createdAt: new Date(Number(n.created_at)).toISOString(),
+        updatedAt: new Date(Number(n.updated_at)).toISOString(),
+        certificate: n.cert_serial
+          ? { serial: n.cert_serial, notBefore: new Date(Number(n.cert_not_before)).toISOString(), notAfter: new Date(Number(n.cert_not_after)).toISOString(), issuerKeyId: n.cert_issuer_key_id! }
+          : null,
+      }),
+    );
+    return { nodes: r.items, next: r.next };
   }
 
   private async requireNode(id: string, db: Db = this.store.db): Promise<NodeTable> {
@@ -439,10 +455,16 @@ export class Authority {
 
   // ---- certificates and revocation
 
-  async findCertificates(f: { nodeId?: string; status?: string; kind?: string }) {
+  /** One page of certificates, oldest first. */
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string } & PageRequest) {
     if (f.status && !['good', 'revoked'].includes(f.status)) throw new CairnError('bad_request', 'status must be good or revoked');
-    const rows = await this.store.findCertificates(f);
-    return rows.map((r) => this.certificateView(r));
+    const r = await page(
+      f,
+      (after, limit) => this.store.findCertificatesPage({ nodeId: f.nodeId, status: f.status, kind: f.kind, after, limit }),
+      (c) => ({ t: Number(c.created_at), k: c.serial }),
+      (c) => this.certificateView(c),
+    );
+    return { certificates: r.items, next: r.next };
   }
 
   certificateView(r: import('../store/schema.js').CertificateTable) {

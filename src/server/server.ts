@@ -78,6 +78,13 @@ function peerCn(req: FastifyRequest): string | undefined {
   return typeof cn === 'string' ? cn : undefined;
 }
 
+/** A decimal integer query parameter (absent: undefined). */
+function intParam(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(v)) throw new CairnError('bad_request', `${name} must be a positive integer`);
+  return Number(v);
+}
+
 const isUnavailable = (e: unknown) => e instanceof CairnError && e.code === 'store_unavailable';
 
 /** Refuse unknown or repeated query parameters (the route's config.query lists those it takes). */
@@ -228,9 +235,9 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return { role: req.params.role, token };
   });
 
-  app.get('/v1/nodes', async (req) => {
+  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/nodes', { config: { query: ['limit', 'after'] } }, async (req) => {
     await admin(req);
-    return { nodes: await authority.listNodes() };
+    return authority.listNodes({ limit: intParam(req.query.limit, 'limit'), after: req.query.after });
   });
   app.get<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
     await admin(req);
@@ -263,9 +270,10 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return hit.der;
   });
 
-  app.get<{ Querystring: { node?: string; status?: string; kind?: string } }>('/v1/certificates', { config: { query: ['node', 'status', 'kind'] } }, async (req) => {
+  app.get<{ Querystring: { node?: string; status?: string; kind?: string; limit?: string; after?: string } }>('/v1/certificates', { config: { query: ['node', 'status', 'kind', 'limit', 'after'] } }, async (req) => {
     await admin(req);
-    return { certificates: await authority.findCertificates({ nodeId: req.query.node, status: req.query.status, kind: req.query.kind }) };
+    const q = req.query;
+    return authority.findCertificates({ nodeId: q.node, status: q.status, kind: q.kind, limit: intParam(q.limit, 'limit'), after: q.after });
   });
   app.get<{ Params: { serial: string } }>('/v1/certificates/:serial', async (req) => {
     await admin(req);
