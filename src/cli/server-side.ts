@@ -58,9 +58,10 @@ export function serveCommand(): Command {
     .option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)')
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
     .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-    .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string }) => {
+    .option('--proxy-protocol', 'behind a TCP load balancer that sends the PROXY protocol (HAProxy send-proxy-v2): every connection must start with its header, the client address is taken from it (default: "proxyProtocol" in replica.json)')
+    .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string; proxyProtocol?: boolean }) => {
       const { serveReplica } = await import('../server/replica.js');
-      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
+      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel, proxyProtocol: f.proxyProtocol });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {

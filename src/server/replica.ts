@@ -247,6 +247,8 @@ export interface ServeOptions {
   unlockKeyFile?: string;
   logLevel?: string;
   logger?: Logger;
+  /** require a PROXY protocol header on every connection (default: replica.json's proxyProtocol) */
+  proxyProtocol?: boolean;
 }
 
 export interface RunningServer {
@@ -286,13 +288,14 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
     }
     const key = readKeyFile(p.serverKey);
     checkServerKey(key, certPem, p.serverKey, p.serverCert);
-    const { app } = buildServer({ authority: auth, logger, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
+    const proxyProtocol = o.proxyProtocol ?? cfg.proxyProtocol === true;
+    const { app } = buildServer({ authority: auth, logger, proxyProtocol, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
     const { host, port } = parseHostPort(o.listen ?? cfg.listen);
     await app.listen({ host, port });
     const addr = app.server.address();
     const boundPort = typeof addr === 'object' && addr ? addr.port : port;
     const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
-    logger.info({ url, store: kind, cluster: cfg.clusterId }, 'cairn serving');
+    logger.info({ url, store: kind, cluster: cfg.clusterId, proxyProtocol }, 'cairn serving');
     const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
     crl.start();
     const timers = [

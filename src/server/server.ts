@@ -1,6 +1,7 @@
 /**
  * The HTTPS API. Routes are thin: parse, authenticate, call the authority, answer.
  */
+import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
@@ -10,6 +11,7 @@ import { CairnError } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
+import { requireProxyProtocol } from './proxy-protocol.js';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -33,6 +35,8 @@ export interface ServerOptions {
   authority: Authority;
   logger: Logger;
   tls: { key: string; cert: string; ca: string[] };
+  /** every connection starts with a PROXY protocol header (v1 or v2) giving the real client address */
+  proxyProtocol?: boolean;
   /** failed joins allowed per client address per minute */
   joinFailuresPerMinute?: number;
 }
@@ -129,6 +133,15 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     },
   });
 
+  // behind a TCP load balancer speaking the PROXY protocol, the client is the address in the
+  // header, not the balancer: the failed-join limiter and the logs key on it
+  const realAddress = o.proxyProtocol
+    ? requireProxyProtocol(app.server as unknown as net.Server, {
+        onDrop: (reason, peer) => o.logger.warn({ peer, reason }, 'connection dropped: no valid PROXY protocol header'),
+      })
+    : null;
+  const clientAddr = (req: FastifyRequest): string => (realAddress ? realAddress(req.raw.socket) ?? req.ip : req.ip);
+
   app.setErrorHandler((err: unknown, req, reply) => {
     const e = err as { code?: string; statusCode?: number; message?: string };
     if (isUnavailable(err)) {
@@ -187,7 +200,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   app.get('/v1/ca', async () => authority.caInfo());
 
   app.post('/v1/join', async (req, reply) => {
-    const addr = req.ip;
+    const addr = clientAddr(req);
     const wait = limiter.blocked(addr);
     if (wait) {
       metrics.joinRejected.inc({ reason: 'rate_limited' });
@@ -218,7 +231,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
       peer = await node(req);
       r = await authority.renew(peer, body(req).csr);
     } catch (e) {
-      if (e instanceof CairnError && !isUnavailable(e)) req.log.warn({ code: e.code, client: req.ip, node: peer?.nodeId ?? peerCn(req) }, 'renewal refused');
+      if (e instanceof CairnError && !isUnavailable(e)) req.log.warn({ code: e.code, client: clientAddr(req), node: peer?.nodeId ?? peerCn(req) }, 'renewal refused');
       throw e;
     }
     metrics.issued.inc({ kind: 'renew' });
