@@ -91,6 +91,12 @@ export class Store {
       pool.on('error', () => {
         /* idle client errors (server restart) are surfaced on the next query */
       });
+      // a checked-out client between two queries (inside a transaction) has no error listener
+      // of the pool's: a backend killed then would be an unhandled 'error' event, ending the
+      // process. The failure surfaces on the client's next query instead (store_unavailable).
+      pool.on('connect', (client) => {
+        client.on('error', () => {});
+      });
       db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
     const store = new Store(db, kind);
