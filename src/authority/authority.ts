@@ -14,6 +14,7 @@ import { Db, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import { admitRenewal } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
+import { page, PageRequest } from './pages.js';
 import { unseal } from './seal.js';
 import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
 
@@ -342,7 +343,12 @@ export class Authority {
       if (adopted) return adopted;
       throw denied('forbidden', 'the client certificate was not issued by this cluster');
     }
-    if (rec.status !== 'good') throw denied('certificate_revoked', 'the client certificate is revoked');
+    if (rec.status !== 'good') {
+      // a removed node's certificates are revoked: say what happened to the node
+      const n = rec.kind === 'node' && rec.node_id ? await this.store.getNode(rec.node_id) : undefined;
+      if (n && n.status !== 'active') throw denied('node_removed', `node ${n.id} has been removed from the cluster`);
+      throw denied('certificate_revoked', 'the client certificate is revoked');
+    }
     if (rec.not_after <= Date.now()) throw denied('certificate_expired', 'the client certificate has expired');
     if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw denied('forbidden', 'this certificate cannot use the API');
     return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
@@ -446,9 +452,24 @@ export class Authority {
     };
   }
 
-  async listNodes(): Promise<NodeView[]> {
-    const nodes = await this.store.listNodes();
-    return Promise.all(nodes.map((n) => this.nodeView(n)));
+  /** One page of nodes, oldest first, with their current certificate (one query per page). */
+  async listNodes(req: PageRequest = {}): Promise<{ nodes: NodeView[]; next: string | null }> {
+    const r = await page(
+      req,
+      (after, limit) => this.store.listNodesPage({ after, limit }),
+      (n) => ({ t: Number(n.created_at), k: n.id }),
+      (n): NodeView => ({
+        id: n.id,
+        role: n.role,
+        status: n.status,
+        createdAt: new Date(Number(n.created_at)).toISOString(),
+        updatedAt: new Date(Number(n.updated_at)).toISOString(),
+        certificate: n.cert_serial
+          ? { serial: n.cert_serial, notBefore: new Date(Number(n.cert_not_before)).toISOString(), notAfter: new Date(Number(n.cert_not_after)).toISOString(), issuerKeyId: n.cert_issuer_key_id! }
+          : null,
+      }),
+    );
+    return { nodes: r.items, next: r.next };
   }
 
   /** The node, or not_found; with `lock`, its row stays locked until the transaction ends. */
@@ -506,10 +527,16 @@ export class Authority {
 
   // ---- certificates and revocation
 
-  async findCertificates(f: { nodeId?: string; status?: string; kind?: string }) {
+  /** One page of certificates, oldest first. */
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string } & PageRequest) {
     if (f.status && !['good', 'revoked'].includes(f.status)) throw new CairnError('bad_request', 'status must be good or revoked');
-    const rows = await this.store.findCertificates(f);
-    return rows.map((r) => this.certificateView(r));
+    const r = await page(
+      f,
+      (after, limit) => this.store.findCertificatesPage({ nodeId: f.nodeId, status: f.status, kind: f.kind, after, limit }),
+      (c) => ({ t: Number(c.created_at), k: c.serial }),
+      (c) => this.certificateView(c),
+    );
+    return { certificates: r.items, next: r.next };
   }
 
   certificateView(r: import('../store/schema.js').CertificateTable) {
@@ -595,7 +622,8 @@ export class Authority {
   async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
     const allowed: Partial<ClusterConfig> = {};
     for (const [k, v] of Object.entries(patch)) {
-      const bounds = CONFIG_BOUNDS[k as keyof ClusterConfig];
+      // own keys only: "toString", "constructor" and the like are not settings
+      const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
       if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
       if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
       if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);

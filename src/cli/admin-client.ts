@@ -29,3 +29,25 @@ export async function adminCall(stateDir: string, server: string | undefined, me
     throw e;
   }
 }
+
+/**
+ * Follow a paged listing (`{ <field>: [...], next }`) to its end, handing each page to
+ * `onPage` as it arrives: memory and answer size stay bounded whatever the list's length.
+ */
+export async function adminPages<T>(stateDir: string, server: string | undefined, path: string, field: string, onPage: (items: T[]) => void, limit = 1000): Promise<number> {
+  let after: string | null = null;
+  let total = 0;
+  for (;;) {
+    const u = new URL(path, 'https://x/');
+    u.searchParams.set('limit', String(limit));
+    if (after) u.searchParams.set('after', after);
+    const r = await adminCall(stateDir, server, 'GET', `${u.pathname.slice(1)}${u.search}`);
+    const items = r?.[field];
+    if (!Array.isArray(items)) throw new CairnError('bad_response', `the answer of ${path} has no "${field}" list`);
+    onPage(items as T[]);
+    total += items.length;
+    if (r.next === null || r.next === undefined) return total;
+    if (typeof r.next !== 'string' || r.next === after) throw new CairnError('bad_response', `the answer of ${path} has an invalid "next" cursor`);
+    after = r.next;
+  }
+}

@@ -3,8 +3,8 @@ import { REVOCATION_REASONS } from '../pki/index.js';
 import { DEFAULT_LISTEN } from '../server/state.js';
 import { CairnError } from '../util/errors.js';
 import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
-import { adminCall } from './admin-client.js';
-import { jsonOption, out, printJson, serverOption, stateDirOption, table } from './common.js';
+import { adminCall, adminPages } from './admin-client.js';
+import { jsonOption, out, printJson, serverOption, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
 const adminStateDir = () => stateDirOption('a replica state directory (its admin bundle is used)');
 
@@ -101,7 +101,7 @@ export function certCommand(): Command {
   const cert = new Command('cert').description('find and inspect issued certificates');
   cert
     .command('ls')
-    .description('list certificates recorded in the store')
+    .description('list certificates recorded in the store, oldest first (printed page by page as they arrive; --json: a JSON array, one certificate per line)')
     .option('--node <id>', 'only this node\'s certificates')
     .addOption(new Option('--status <status>', 'only good or revoked certificates').choices(['good', 'revoked']))
     .addOption(new Option('--kind <kind>', 'only this kind').choices(['node', 'admin', 'server', 'client']))
@@ -113,9 +113,17 @@ export function certCommand(): Command {
       if (f.node) q.set('node', f.node);
       if (f.status) q.set('status', f.status);
       if (f.kind) q.set('kind', f.kind);
-      const r = await adminCall(f.stateDir, f.server, 'GET', `v1/certificates?${q}`);
-      if (f.json) return printJson(r.certificates);
-      table([['SERIAL', 'KIND', 'NODE', 'ROLE', 'STATUS', 'NOT AFTER'], ...r.certificates.map((c: any) => [c.serial, c.kind, c.nodeId ?? '-', c.role ?? '-', c.status, c.notAfter])]);
+      const path = `v1/certificates?${q}`;
+      if (f.json) {
+        const arr = streamJsonArray();
+        await adminPages<any>(f.stateDir, f.server, path, 'certificates', (certs) => certs.forEach((c) => arr.push(c)));
+        return arr.end();
+      }
+      let row: ((r: string[]) => void) | null = null;
+      await adminPages<any>(f.stateDir, f.server, path, 'certificates', (certs) => {
+        row ??= streamTable(['SERIAL', 'KIND', 'NODE', 'ROLE', 'STATUS', 'NOT AFTER'], [32, 6, 25, 7, 7, 24]);
+        for (const c of certs) row([c.serial, c.kind, c.nodeId ?? '-', c.role ?? '-', c.status, c.notAfter]);
+      });
     });
   cert
     .command('inspect')

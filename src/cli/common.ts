@@ -32,6 +32,33 @@ export function table(rows: string[][]): void {
   for (const r of rows) out(r.map((c, i) => (c ?? '').padEnd(widths[i])).join('  ').trimEnd());
 }
 
+/**
+ * Print rows as they come, in columns of fixed widths (a long value widens its own row only):
+ * the header first, then `row()` for each row.
+ */
+export function streamTable(header: string[], widths: number[]): (row: string[]) => void {
+  const line = (r: string[]) => out(r.map((c, i) => (c ?? '').padEnd(i < widths.length ? widths[i] : 0)).join('  ').trimEnd());
+  line(header);
+  return line;
+}
+
+/**
+ * Print a JSON array element by element (one element per line) as they come: valid JSON
+ * once `end()` is called, readable line by line before.
+ */
+export function streamJsonArray(): { push(v: unknown): void; end(): void } {
+  let n = 0;
+  process.stdout.write('[');
+  return {
+    push(v) {
+      process.stdout.write((n++ ? ',\n' : '\n') + JSON.stringify(v));
+    },
+    end() {
+      process.stdout.write(n ? '\n]\n' : ']\n');
+    },
+  };
+}
+
 export const jsonOption = () => new Option('--json', 'print JSON instead of text');
 
 /** Print a line to stdout. */

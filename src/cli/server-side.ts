@@ -5,9 +5,9 @@ import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { exists, readKeyFile, writeFilesAtomic, KEY_MODE } from '../util/files.js';
-import { adminCall, serverUrl } from './admin-client.js';
+import { adminCall, adminPages, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup.js';
-import { jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, table } from './common.js';
+import { jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
 
 
 function joinCommand(token: string, url: string): string {
@@ -58,9 +58,10 @@ export function serveCommand(): Command {
     .option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)')
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
     .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
-    .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string }) => {
+    .option('--proxy-protocol', 'behind a TCP load balancer that sends the PROXY protocol (HAProxy send-proxy-v2): every connection must start with its header, the client address is taken from it (default: "proxyProtocol" in replica.json)')
+    .action(async (f: { stateDir: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string; proxyProtocol?: boolean }) => {
       const { serveReplica } = await import('../server/replica.js');
-      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel });
+      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel, proxyProtocol: f.proxyProtocol });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {
@@ -114,17 +115,22 @@ interface NodeJson {
   certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
 }
 
-function nodeTable(nodes: NodeJson[]): void {
-  table([['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], ...nodes.map((n) => [n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-'])]);
-}
 
 export function nodeCommand(): Command {
   const node = new Command('node').description('list and manage the nodes of the cluster (through the API, with the admin bundle)');
   const common = (c: Command) => c.addOption(stateDirOption()).addOption(serverOption()).addOption(jsonOption());
-  common(node.command('ls').description('list nodes')).action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
-    const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/nodes');
-    if (f.json) return printJson(r.nodes);
-    nodeTable(r.nodes);
+  common(node.command('ls').description('list nodes, oldest first (printed page by page as they arrive; --json: a JSON array, one node per line)')).action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
+    if (f.json) {
+      const arr = streamJsonArray();
+      await adminPages<NodeJson>(f.stateDir, f.server, 'v1/nodes', 'nodes', (nodes) => nodes.forEach((n) => arr.push(n)));
+      return arr.end();
+    }
+    let row: ((r: string[]) => void) | null = null;
+    await adminPages<NodeJson>(f.stateDir, f.server, 'v1/nodes', 'nodes', (nodes) => {
+      // the header only once the first page arrived: an error prints no half table
+      row ??= streamTable(['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], [25, 7, 7, 24, 32]);
+      for (const n of nodes) row([n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-']);
+    });
   });
   common(node.command('inspect').description('show one node').argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
     const n: NodeJson = await adminCall(f.stateDir, f.server, 'GET', `v1/nodes/${encodeURIComponent(id)}`);

@@ -2,6 +2,7 @@
  * Bootstrapping a replica: `init` (create the cluster and this replica's state directory)
  * and `serve` (load the authority from the store and run the HTTPS API).
  */
+import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -35,6 +36,27 @@ export function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
     }
   }
   return out;
+}
+
+/**
+ * Check that the server key parses and belongs to the server certificate, so a damaged or
+ * swapped file gives one line naming it instead of an OpenSSL decoder string.
+ */
+export function checkServerKey(keyPem: string, certPem: string, keyFile: string, certFile: string): void {
+  const fix = `remove ${keyFile} and ${certFile} to have a new server identity issued at start`;
+  let pub: Buffer;
+  try {
+    pub = createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'der' });
+  } catch {
+    throw new CairnError('bad_server_key', `${keyFile} is not a readable private key (PEM): ${fix}`);
+  }
+  let certPub: Buffer;
+  try {
+    certPub = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' });
+  } catch {
+    throw new CairnError('bad_server_key', `${certFile} is not a readable certificate (PEM): ${fix}`);
+  }
+  if (!pub.equals(certPub)) throw new CairnError('bad_server_key', `${keyFile} does not match ${certFile}: ${fix}`);
 }
 
 /** Issue this replica's server key and certificate, and the files that hold them. */
@@ -263,6 +285,8 @@ export interface ServeOptions {
   unlockKeyFile?: string;
   logLevel?: string;
   logger?: Logger;
+  /** require a PROXY protocol header on every connection (default: replica.json's proxyProtocol) */
+  proxyProtocol?: boolean;
 }
 
 export interface RunningServer {
@@ -304,13 +328,15 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
       logger.info('issued a new server certificate for this replica');
     }
     const key = readKeyFile(p.serverKey);
-    const { app } = buildServer({ authority: auth, logger, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
+    checkServerKey(key, certPem, p.serverKey, p.serverCert);
+    const proxyProtocol = o.proxyProtocol ?? cfg.proxyProtocol === true;
+    const { app } = buildServer({ authority: auth, logger, proxyProtocol, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
     const { host, port } = parseHostPort(o.listen ?? cfg.listen);
     await app.listen({ host, port });
     const addr = app.server.address();
     const boundPort = typeof addr === 'object' && addr ? addr.port : port;
     const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
-    logger.info({ url, store: kind, cluster: cfg.clusterId }, 'cairn serving');
+    logger.info({ url, store: kind, cluster: cfg.clusterId, proxyProtocol }, 'cairn serving');
     const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
     crl.start();
     const timers = [

@@ -1,6 +1,7 @@
 /**
  * The HTTPS API. Routes are thin: parse, authenticate, call the authority, answer.
  */
+import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
@@ -10,20 +11,32 @@ import { CairnError, RetryLater } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
+import { requireProxyProtocol } from './proxy-protocol.js';
 
 export const BODY_LIMIT = 64 * 1024;
 
-const STATUS: Record<string, number> = {
+/** HTTP status of every error code the API answers (docs/api.md lists the same table; a test compares them). */
+export const STATUS: Readonly<Record<string, number>> = {
   bad_request: 400, bad_csr: 400, bad_csr_signature: 400, bad_der: 400, bad_pem: 400, weak_key: 400, unsupported_key: 400,
   invalid_token: 401, client_certificate_required: 401,
   forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403, renewal_superseded: 403,
-  not_found: 404, already_revoked: 409, last_admin: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429, unavailable: 503, store_unavailable: 503,
+  not_found: 404, already_revoked: 409, last_admin: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429,
+  internal: 500, unavailable: 503,
 };
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** the query parameters a route takes: any other, or one given twice, is a 400 */
+    query?: readonly string[];
+  }
+}
 
 export interface ServerOptions {
   authority: Authority;
   logger: Logger;
   tls: { key: string; cert: string; ca: string[] };
+  /** every connection starts with a PROXY protocol header (v1 or v2) giving the real client address */
+  proxyProtocol?: boolean;
   /** failed joins allowed per client address per minute */
   joinFailuresPerMinute?: number;
 }
@@ -61,12 +74,36 @@ function peerCert(req: FastifyRequest): PeerCertificate | undefined {
   return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o, raw: c.raw };
 }
 
-function isStoreError(e: unknown): boolean {
-  const err = e as { code?: string; message?: string };
-  return (
-    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', '57P01', '57P03', '08006', '08001', '08003', 'SQLITE_BUSY', 'SQLITE_IOERR'].includes(String(err?.code)) ||
-    /Connection terminated|timeout exceeded when trying to connect|database is locked/i.test(String(err?.message))
-  );
+/** The node ID (CN) of a chain-verified client certificate, for logs; undefined without one. */
+function peerCn(req: FastifyRequest): string | undefined {
+  const sock = req.raw.socket as TLSSocket;
+  if (!sock.authorized) return undefined;
+  const cn = sock.getPeerCertificate(false)?.subject?.CN;
+  return typeof cn === 'string' ? cn : undefined;
+}
+
+/** A decimal integer query parameter (absent: undefined). */
+function intParam(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]{1,9}$/.test(v)) throw new CairnError('bad_request', `${name} must be a positive integer`);
+  return Number(v);
+}
+
+const isUnavailable = (e: unknown) => e instanceof CairnError && e.code === 'store_unavailable';
+
+/** Refuse unknown or repeated query parameters (the route's config.query lists those it takes). */
+function checkQuery(req: FastifyRequest): void {
+  const i = req.url.indexOf('?');
+  if (i < 0 || !req.routeOptions.url) return; // no query, or no route (404 answers that)
+  const allowed = req.routeOptions.config?.query ?? [];
+  const seen = new Set<string>();
+  for (const k of new URLSearchParams(req.url.slice(i + 1)).keys()) {
+    if (!allowed.includes(k)) {
+      throw new CairnError('bad_request', allowed.length ? `unknown query parameter "${k.slice(0, 64)}": use ${allowed.join(', ')}` : `${req.routeOptions.url} takes no query parameters`);
+    }
+    if (seen.has(k)) throw new CairnError('bad_request', `query parameter "${k}" is given more than once`);
+    seen.add(k);
+  }
 }
 
 export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics } {
@@ -96,8 +133,21 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     },
   });
 
+  // behind a TCP load balancer speaking the PROXY protocol, the client is the address in the
+  // header, not the balancer: the failed-join limiter and the logs key on it
+  const realAddress = o.proxyProtocol
+    ? requireProxyProtocol(app.server as unknown as net.Server, {
+        onDrop: (reason, peer) => o.logger.warn({ peer, reason }, 'connection dropped: no valid PROXY protocol header'),
+      })
+    : null;
+  const clientAddr = (req: FastifyRequest): string => (realAddress ? realAddress(req.raw.socket) ?? req.ip : req.ip);
+
   app.setErrorHandler((err: unknown, req, reply) => {
     const e = err as { code?: string; statusCode?: number; message?: string };
+    if (isUnavailable(err)) {
+      req.log.warn({ code: 'store_unavailable', err: (err as Error).message }, 'store unavailable');
+      return reply.code(503).header('retry-after', '1').send({ error: { code: 'unavailable', message: 'the store is unavailable; retry' } });
+    }
     if (err instanceof CairnError) {
       const status = STATUS[err.code] ?? 400;
       if (err instanceof RetryLater) reply.header('retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000))));
@@ -108,13 +158,12 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
       return reply.code(e.statusCode).send({ error: { code: 'bad_request', message: e.message ?? 'bad request' } });
     }
-    if (isStoreError(err)) {
-      req.log.warn({ err }, 'store unavailable');
-      return reply.code(503).header('retry-after', '1').send({ error: { code: 'unavailable', message: 'the store is unavailable; retry' } });
-    }
     req.log.error({ err }, 'internal error');
-    return reply.code(500).send({ error: { code: 'internal', message: 'internal error' } });
+    return reply.code(STATUS.internal).send({ error: { code: 'internal', message: 'internal error' } });
   });
+  app.addHook('onRequest', async (req) => checkQuery(req));
+  // bodies are JSON only: a text/plain body is a 415 like any other media type
+  app.removeContentTypeParser('text/plain');
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'not_found', message: `no route ${req.method} ${req.url}` } }));
 
   const body = (req: FastifyRequest): Record<string, unknown> => {
@@ -159,10 +208,11 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
 
   app.post('/v1/join', async (req, reply) => {
-    const addr = req.ip;
+    const addr = clientAddr(req);
     const wait = limiter.blocked(addr);
     if (wait) {
       metrics.joinRejected.inc({ reason: 'rate_limited' });
+      req.log.warn({ code: 'rate_limited', client: addr, retryAfter: wait }, 'join rate limited');
       reply.header('retry-after', String(wait));
       throw new CairnError('rate_limited', `too many failed joins from ${addr}; retry in ${wait}s`);
     }
@@ -173,17 +223,25 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
       req.log.info({ node: r.nodeId, role: r.role, serial: r.serial }, 'node joined');
       return reply.code(201).send({ nodeId: r.nodeId, role: r.role, clusterId: r.clusterId, certificate: r.certificate, trustBundle: r.trustBundle });
     } catch (e) {
-      if (e instanceof CairnError) {
+      if (e instanceof CairnError && !isUnavailable(e)) {
         limiter.fail(addr);
         metrics.joinRejected.inc({ reason: e.code });
+        req.log.warn({ code: e.code, client: addr }, 'join refused');
       }
       throw e;
     }
   });
 
   app.post('/v1/renew', async (req) => {
-    const peer = await node(req);
-    const r = await authority.renew(peer, body(req).csr);
+    let peer: PeerIdentity | undefined;
+    let r;
+    try {
+      peer = await node(req);
+      r = await authority.renew(peer, body(req).csr);
+    } catch (e) {
+      if (e instanceof CairnError && !isUnavailable(e)) req.log.warn({ code: e.code, client: clientAddr(req), node: peer?.nodeId ?? peerCn(req) }, 'renewal refused');
+      throw e;
+    }
     metrics.issued.inc({ kind: 'renew' });
     metrics.renewed.inc();
     req.log.debug({ node: r.nodeId, role: r.role, serial: r.serial }, 'node renewed');
@@ -198,9 +256,9 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return { role: req.params.role, token };
   });
 
-  app.get('/v1/nodes', async (req) => {
+  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/nodes', { config: { query: ['limit', 'after'] } }, async (req) => {
     await admin(req);
-    return { nodes: await authority.listNodes() };
+    return authority.listNodes({ limit: intParam(req.query.limit, 'limit'), after: req.query.after });
   });
   app.get<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
     await admin(req);
@@ -217,7 +275,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
 
   // CRLs: every replica serves the newest stored CRL (cached for a second)
   const crlCache = new Map<string, { at: number; der: Buffer | null }>();
-  app.get<{ Params: { ca: string }; Querystring: { format?: string } }>('/v1/crl/:ca', async (req, reply) => {
+  app.get<{ Params: { ca: string }; Querystring: { format?: string } }>('/v1/crl/:ca', { config: { query: ['format'] } }, async (req, reply) => {
     let hit = crlCache.get(req.params.ca);
     if (!hit || Date.now() - hit.at > 1000) {
       hit = { at: Date.now(), der: await authority.latestCrl(req.params.ca) };
@@ -233,9 +291,10 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return hit.der;
   });
 
-  app.get<{ Querystring: { node?: string; status?: string; kind?: string } }>('/v1/certificates', async (req) => {
+  app.get<{ Querystring: { node?: string; status?: string; kind?: string; limit?: string; after?: string } }>('/v1/certificates', { config: { query: ['node', 'status', 'kind', 'limit', 'after'] } }, async (req) => {
     await admin(req);
-    return { certificates: await authority.findCertificates({ nodeId: req.query.node, status: req.query.status, kind: req.query.kind }) };
+    const q = req.query;
+    return authority.findCertificates({ nodeId: q.node, status: q.status, kind: q.kind, limit: intParam(q.limit, 'limit'), after: q.after });
   });
   app.get<{ Params: { serial: string } }>('/v1/certificates/:serial', async (req) => {
     await admin(req);

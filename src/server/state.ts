@@ -21,6 +21,8 @@ export interface ReplicaConfig {
   listen: string;
   advertiseAddr: string;
   sans: string[];
+  /** every connection starts with a PROXY protocol header from a load balancer (cairn serve --proxy-protocol) */
+  proxyProtocol?: boolean;
 }
 
 export function statePaths(dir: string) {

@@ -103,6 +103,13 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003_listing_order': {
+    // listings page in (created_at, key) order
+    async up(db: Kysely<any>) {
+      await db.schema.createIndex('nodes_created').on('nodes').columns(['created_at', 'id']).execute();
+      await db.schema.createIndex('certificates_created').on('certificates').columns(['created_at', 'serial']).execute();
+    },
+  },
   '0004_renewal_guards': {
     async up(db: Kysely<any>) {
       // the certificate the node renewed from (it may renew once more within the grace

@@ -5,9 +5,25 @@ import { Kysely, Migrator, PostgresDialect, SqliteDialect, Transaction } from 'k
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
+import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
+
+export { StoreUnavailableError } from './unavailable.js';
 import type { CaTable, CertificateTable, CrlTable, Database, NodeTable } from './schema.js';
 
 export type Db = Kysely<Database> | Transaction<Database>;
+
+/** Where a page of a listing starts: after the row with this (created_at, key). */
+export interface PageKey {
+  t: number;
+  k: string;
+}
+
+export type NodeWithCertificate = Pick<NodeTable, 'id' | 'role' | 'status' | 'created_at' | 'updated_at' | 'current_serial'> & {
+  cert_serial: string | null;
+  cert_not_before: number | null;
+  cert_not_after: number | null;
+  cert_issuer_key_id: string | null;
+};
 export type StoreKind = 'sqlite' | 'postgres';
 
 // PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
@@ -50,7 +66,7 @@ export class Store {
         sqlite.pragma('busy_timeout = 5000');
         sqlite.pragma('foreign_keys = ON');
       } catch (e) {
-        throw new CairnError('store_unavailable', `cannot open SQLite store ${location}: ${(e as Error).message}`);
+        throw new StoreUnavailableError(`cannot open SQLite store ${location}: ${(e as Error).message}`);
       }
       // kysely prepares every query anew; cache prepared statements by SQL text (bounded)
       const statements = new Map<string, SqliteDatabase.Statement>();
@@ -69,13 +85,19 @@ export class Store {
           sqlite.close();
         },
       };
-      db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }) });
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database })) });
     } else {
       const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
       pool.on('error', () => {
         /* idle client errors (server restart) are surfaced on the next query */
       });
-      db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+      // a checked-out client between two queries (inside a transaction) has no error listener
+      // of the pool's: a backend killed then would be an unhandled 'error' event, ending the
+      // process. The failure surfaces on the client's next query instead (store_unavailable).
+      pool.on('connect', (client) => {
+        client.on('error', () => {});
+      });
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
     const store = new Store(db, kind);
     if (opts.migrate !== false) await store.migrate(location);
@@ -88,10 +110,10 @@ export class Store {
     try {
       res = await migrator.migrateToLatest();
     } catch (e) {
-      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`);
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`, { cause: e });
     }
     if (res.error) {
-      throw new CairnError('store_unavailable', `cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`);
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`, { cause: res.error });
     }
   }
 
@@ -222,6 +244,24 @@ export class Store {
     return q.executeTakeFirst();
   }
 
+  /**
+   * One page of nodes in (created_at, id) order, after the key `after`, each with its current
+   * certificate's validity joined in (one query, not one per node).
+   */
+  async listNodesPage(o: { after?: PageKey; limit: number }, db: Db = this.db): Promise<NodeWithCertificate[]> {
+    let q = db
+      .selectFrom('nodes')
+      .leftJoin('certificates', 'certificates.serial', 'nodes.current_serial')
+      .select([
+        'nodes.id as id', 'nodes.role as role', 'nodes.status as status', 'nodes.created_at as created_at', 'nodes.updated_at as updated_at',
+        'nodes.current_serial as current_serial', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
+        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id',
+      ]);
+    const a = o.after;
+    if (a) q = q.where((eb) => eb.or([eb('nodes.created_at', '>', a.t), eb.and([eb('nodes.created_at', '=', a.t), eb('nodes.id', '>', a.k)])]));
+    return q.orderBy('nodes.created_at').orderBy('nodes.id').limit(o.limit).execute();
+  }
+
   async listNodes(db: Db = this.db): Promise<NodeTable[]> {
     return db.selectFrom('nodes').selectAll().orderBy('created_at').orderBy('id').execute();
   }
@@ -335,7 +375,19 @@ export class Store {
     if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
     if (f.status) q = q.where('status', '=', f.status);
     if (f.kind) q = q.where('kind', '=', f.kind);
-    return q.orderBy('created_at').orderBy('serial').limit(f.limit ?? 10_000).execute();
+    q = q.orderBy('created_at').orderBy('serial');
+    return (f.limit === undefined ? q : q.limit(f.limit)).execute();
+  }
+
+  /** One page of certificates in (created_at, serial) order, after the key `after`. */
+  async findCertificatesPage(f: { nodeId?: string; status?: string; kind?: string; after?: PageKey; limit: number }, db: Db = this.db): Promise<CertificateTable[]> {
+    let q = db.selectFrom('certificates').selectAll();
+    if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
+    if (f.status) q = q.where('status', '=', f.status);
+    if (f.kind) q = q.where('kind', '=', f.kind);
+    const a = f.after;
+    if (a) q = q.where((eb) => eb.or([eb('created_at', '>', a.t), eb.and([eb('created_at', '=', a.t), eb('serial', '>', a.k)])]));
+    return q.orderBy('created_at').orderBy('serial').limit(f.limit).execute();
   }
 
   /** Revoked, unexpired certificates issued by a CA key: the entries of its CRL. */
