@@ -370,7 +370,7 @@ describe('store migrations', () => {
       const stores = await Promise.all([Store.open('postgres', db.url), Store.open('postgres', db.url), Store.open('postgres', db.url)]);
       for (const s of stores) await s.close();
       const rows = await pgQuery(db.url, 'select name from kysely_migration order by name');
-      assert.deepEqual(rows.map((r) => r.name), ['0001_initial', '0002_crls']);
+      assert.deepEqual(rows.map((r) => r.name), ['0001_initial', '0002_crls', '0003_listing_order', '0004_renewal_guards']);
     } finally {
       await db.drop();
     }
