@@ -242,8 +242,8 @@ export class Authority {
   }
 
   private nodeSubject(nodeId: string, role: Role): { subject: NameAttrs; sans: SubjectAltName[] } {
+    // never DNS:ca: only a CA replica's certificate speaks for the CA (managers hold no CA key)
     const sans: SubjectAltName[] = [{ dns: role }, { dns: nodeId }];
-    if (role === 'manager') sans.push({ dns: 'ca' });
     return { subject: { O: this.clusterId, OU: role, CN: nodeId }, sans };
   }
 
