@@ -50,7 +50,10 @@ export function storeCrl(dir: string, crl: CrlInfo): void {
  * and store it if it is newer than crl.pem. Never throws for network or CA trouble: the
  * previous CRL stays, and the result says 'unavailable' (logged at warn).
  */
-export async function refreshCrl(id: NodeIdentity, o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger } = {}): Promise<CrlRefresh> {
+export async function refreshCrl(
+  id: NodeIdentity,
+  o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger; keepAlive?: boolean } = {},
+): Promise<CrlRefresh> {
   const stored = readNodeCrl(id.dir, (e) => o.logger?.warn({ err: e.message }, 'stored CRL unusable'));
   const problems: string[] = [];
   for (const ep of id.config.endpoints) {
@@ -58,6 +61,7 @@ export async function refreshCrl(id: NodeIdentity, o: { timeoutMs?: number; sign
     try {
       der = await request<Buffer>(ep, 'GET', CRL_API_PATH, undefined, clientTlsOf(id), {
         raw: true,
+        keepAlive: o.keepAlive,
         timeoutMs: o.timeoutMs,
         signal: o.signal,
         maxResponseBytes: MAX_CRL_BYTES,

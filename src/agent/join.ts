@@ -194,7 +194,7 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     // 4. the CRL, best effort: the agent fetches it again at every trust refresh
     let crl = false;
     try {
-      crl = (await refreshCrl(readNodeIdentity(stateDir), { timeoutMs: opts.timeoutMs })) !== 'unavailable';
+      crl = (await refreshCrl(readNodeIdentity(stateDir), { timeoutMs: opts.timeoutMs, keepAlive: false })) !== 'unavailable';
     } catch {
       /* best effort */
     }
