@@ -2,16 +2,19 @@
  * The node agent: keeps the node's identity fresh. It renews at a random point in the 50–80%
  * window of the current certificate's lifetime (at once if already past it), retries with
  * exponential backoff and jitter across the endpoints, picks up trust-bundle changes by
- * polling GET /v1/ca over verified TLS, and stops with a clear error when the CA refuses the
- * node for good (removed, revoked, expired).
+ * polling GET /v1/ca over verified TLS (accepting them only as acceptTrustBundle allows: trust
+ * only widens through a chain), keeps the cluster CRL in crl.pem, and stops with a clear error
+ * when the CA refuses the node for good (removed, revoked, expired).
  */
 import pino, { Logger } from 'pino';
-import { certificatesFromPem, PkiError, verifyChain } from '../pki/index.js';
+import { certificatesFromPem, PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { closeAgents, request, RetryableError } from './client.js';
+import { refreshCrl } from './crl.js';
 import { pemOf } from './issued.js';
-import { backoffDelay, clientTlsOf, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
-import { NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
+import { clientTlsOf, NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { acceptTrustBundle } from './trust.js';
 
 /** Renewal happens between these fractions of a certificate's lifetime (notBefore → notAfter). */
 export const RENEW_WINDOW = { from: 0.5, to: 0.8 } as const;
@@ -55,18 +58,44 @@ export interface AgentOptions {
   onRenew?: (r: RenewResult) => void;
   /** called after ca.crt was rewritten with a changed trust bundle */
   onTrustUpdate?: () => void;
+  /** called after crl.pem was replaced by a newer CRL */
+  onCrlUpdate?: () => void;
+  /** root digests the operator vouches for (`cairn agent --trust-token`): such a root may be added to ca.crt */
+  trustDigests?: string[];
+}
+
+/** PEM certificates from a field of GET /v1/ca that may hold one PEM text or a list of them; anything unusable is ignored. */
+function pemField(v: unknown): Buffer[] {
+  const texts = typeof v === 'string' ? [v] : Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  const out: Buffer[] = [];
+  for (const t of texts) {
+    try {
+      out.push(...certificatesFromPem(t, 'a vouching certificate'));
+    } catch {
+      /* a voucher that does not parse vouches for nothing */
+    }
+  }
+  return out;
 }
 
 /**
- * Fetch the CA's trust bundle over TLS verified with the current one; if it changed, rewrite
- * ca.crt. If our own certificate would no longer verify against the new bundle (the root was
- * rotated away), ca.crt is left alone and 'renew' is returned: a renewal brings both.
+ * Fetch the CA's trust bundle over TLS verified with the current one and apply it as
+ * acceptTrustBundle decides: a new root only if a trusted root vouches for it (a cross-signed
+ * certificate in `intermediates` or `crossSigned` of the answer, in the bundle itself, or in
+ * our chain) or `trustDigests` names it; otherwise ca.crt is left alone, the refusal is logged
+ * (warn, with the endpoint and the root's fingerprint) and 'refused' is returned. If our own
+ * certificate would no longer verify against the new bundle (the root was rotated away), ca.crt
+ * is left alone and 'renew' is returned: a renewal brings both. 'renew' is also returned when
+ * the CA says this node's role changed (the answer's `node.renew`).
  */
-export async function refreshTrustBundle(id: NodeIdentity, o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger } = {}): Promise<'unchanged' | 'updated' | 'renew'> {
+export async function refreshTrustBundle(
+  id: NodeIdentity,
+  o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger; trustDigests?: string[] } = {},
+): Promise<'unchanged' | 'updated' | 'renew' | 'refused'> {
   const ep = id.config.endpoints;
   let last: unknown;
   for (const e of ep) {
-    let ca: { clusterId?: unknown; trustBundle?: unknown };
+    let ca: { clusterId?: unknown; trustBundle?: unknown; intermediates?: unknown; crossSigned?: unknown; node?: { id?: unknown; role?: unknown; renew?: unknown } };
     try {
       ca = await request(e, 'GET', '/v1/ca', undefined, clientTlsOf(id), { timeoutMs: o.timeoutMs, signal: o.signal });
     } catch (err) {
@@ -83,19 +112,29 @@ export async function refreshTrustBundle(id: NodeIdentity, o: { timeoutMs?: numb
       if (err instanceof PkiError) throw new CairnError('bad_response', `the CA at ${e} answered with an unusable trust bundle: ${err.message}`);
       throw err;
     }
-    const pem = pemOf(trust);
-    if (pem === pemOf(id.trust)) return 'unchanged';
-    try {
-      verifyChain(id.chain[0], id.chain.slice(1), trust);
-    } catch (err) {
-      if (err instanceof PkiError) {
+    // the CA tells a node whose role changed (promote, demote) to renew now: the renewal
+    // brings the certificate of its new role, and revokes a demoted node's manager certificates
+    if (ca.node?.renew === true && ca.node.id === id.config.nodeId) {
+      o.logger?.info({ endpoint: e, from: id.config.role, to: ca.node.role }, 'the CA says this node\'s role changed: renewing now');
+      return 'renew';
+    }
+    if (pemOf(trust) === pemOf(id.trust)) return 'unchanged';
+    const vouchers = [...id.chain.slice(1), ...pemField(ca.intermediates), ...pemField(ca.crossSigned)];
+    const d = acceptTrustBundle(id.trust, trust, { vouchers, digests: o.trustDigests, chain: id.chain });
+    if (!d.ok) {
+      if (d.reason === 'breaks_own_chain') {
         o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
         return 'renew';
       }
-      throw err;
+      o.logger?.warn(
+        { endpoint: e, reason: d.reason, refused: d.refused, fingerprints: d.refused.map((r) => r.fingerprint) },
+        `trust bundle from ${e} refused, ca.crt unchanged: ${d.message}`,
+      );
+      return 'refused';
     }
-    replaceIdentity(id.dir, { caPem: pem });
-    o.logger?.info({ endpoint: e, roots: trust.length }, 'trust bundle updated');
+    if (!d.changed) return 'unchanged';
+    replaceIdentity(id.dir, { caPem: pemOf(d.bundle) });
+    o.logger?.info({ endpoint: e, roots: d.bundle.length, added: d.added.length, removed: d.removed.length, how: d.how }, 'trust bundle updated');
     return 'updated';
   }
   throw last;
@@ -145,7 +184,7 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
 
       if (renewNow || now >= plan.at) {
         try {
-          const r = await renewOnce(stateDir, { rounds: 1, signal, logger: log, timeoutMs: opts.timeoutMs });
+          const r = await renewOnce(stateDir, { rounds: 1, signal, logger: log, timeoutMs: opts.timeoutMs, trustDigests: opts.trustDigests });
           failures = 0;
           renewNow = false;
           lastRenewal = Date.now();
@@ -171,12 +210,19 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
       if (now >= nextCaCheck) {
         nextCaCheck = now + caRefreshMs;
         try {
-          const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log });
+          const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log, trustDigests: opts.trustDigests });
           if (r === 'renew') renewNow = true;
           if (r === 'updated') opts.onTrustUpdate?.();
         } catch (e) {
           if (signal?.aborted) break;
           log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the trust bundle; will try again');
+        }
+        try {
+          // with the trust bundle as it now is: the CRL must be signed by a root we trust
+          if ((await refreshCrl(await rereadIdentity(stateDir), { timeoutMs: opts.timeoutMs, signal, logger: log })) === 'updated') opts.onCrlUpdate?.();
+        } catch (e) {
+          if (signal?.aborted) break;
+          log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the CRL; will try again');
         }
         continue;
       }

@@ -1,15 +1,19 @@
 /**
  * A small HTTPS JSON client for the CA's API (node:https, no other dependency).
  *
- * The server is verified against a trust bundle with server name `ca` (every replica's
- * certificate carries `DNS:ca`), so replica addresses can change freely. Only the first
- * contact of a join (`insecure`) skips verification, and the caller then checks the root it
- * got against the digest in its token. Keep-alive agents are pooled per endpoint and TLS
+ * The server is verified against a trust bundle, and as a CA replica: only a replica's server
+ * certificate speaks for the CA, so it must carry subject OU=ca-replica AND the SAN DNS:ca,
+ * both (a node certificate never passes, whatever its SANs), O=<cluster ID> when the caller
+ * knows the cluster, and a serial that is not on the node's stored CRL when one is given.
+ * Addresses are not checked, so replicas can move freely. Only the first contact of a join
+ * (`insecure`) skips verification, and the caller then checks the root it got against the
+ * digest in its token. Keep-alive agents are pooled per endpoint and TLS
  * identity, so a node (or a benchmark) renewing over mutual TLS reuses its connections.
  */
 import { createHash } from 'node:crypto';
 import https from 'node:https';
 import tls from 'node:tls';
+import { normalizeSerialHex } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 
 /** How to authenticate the server, and ourselves. */
@@ -22,6 +26,10 @@ export interface ClientTls {
   key?: string;
   /** Skip server verification: only for a join's first `GET /v1/ca`, whose answer is checked against the token's digest. */
   insecure?: boolean;
+  /** The cluster the CA replica must belong to (its certificate's O), when the caller knows it. */
+  clusterId?: string;
+  /** The node's stored CRL: a replica whose certificate serial is on it is refused. */
+  crl?: { number: bigint; revoked: ReadonlySet<string> } | null;
 }
 
 export interface RequestOptions {
@@ -40,6 +48,28 @@ export const DEFAULT_TIMEOUT_MS = 10_000;
 export const MAX_RESPONSE_BYTES = 1024 * 1024;
 /** Server name used to verify a CA replica: its certificate carries `DNS:ca`. */
 export const CA_SERVER_NAME = 'ca';
+/** The OU of a CA replica's server certificate (Authority.issueServerCertificate). */
+export const CA_REPLICA_OU = 'ca-replica';
+
+const one = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? (v.length === 1 ? v[0] : undefined) : v);
+
+/**
+ * Whether a (chain-verified) server certificate is a CA replica's: DNS:ca and OU=ca-replica
+ * together, O = the expected cluster, not revoked. Returns the reason it is not, or undefined.
+ */
+export function checkCaServer(cert: tls.PeerCertificate, t: Pick<ClientTls, 'clusterId' | 'crl'> = {}): CairnError | undefined {
+  const untrusted = (why: string) => new CairnError('untrusted_server', `the server is not a CA replica of this cluster: ${why}`);
+  const nameErr = tls.checkServerIdentity(CA_SERVER_NAME, cert);
+  if (nameErr) return untrusted(`its certificate does not carry DNS:${CA_SERVER_NAME} (${nameErr.message})`);
+  const ou = one(cert.subject?.OU);
+  if (ou !== CA_REPLICA_OU) return untrusted(`its certificate has OU=${String(cert.subject?.OU)}, not OU=${CA_REPLICA_OU} (a node certificate never speaks for the CA)`);
+  const o = one(cert.subject?.O);
+  if (t.clusterId && o !== t.clusterId) return untrusted(`its certificate is of cluster ${String(cert.subject?.O)}, not ${t.clusterId}`);
+  if (t.crl && cert.serialNumber && t.crl.revoked.has(normalizeSerialHex(cert.serialNumber))) {
+    return untrusted(`its certificate (serial ${cert.serialNumber.toUpperCase()}) is revoked (CRL number ${t.crl.number})`);
+  }
+  return undefined;
+}
 
 /** An error answer of the API: `{ error: { code, message } }`, with the HTTP status. */
 export class ApiError extends CairnError {
@@ -82,7 +112,8 @@ const agents = new Map<string, https.Agent>();
 
 function identityKey(t: ClientTls): string {
   const h = createHash('sha256');
-  for (const part of [t.insecure ? 'insecure' : 'verify', t.ca ?? '', t.cert ?? '', t.key ?? '']) h.update(part).update('\0');
+  const crl = t.crl ? `${t.crl.number}:${t.crl.revoked.size}` : '';
+  for (const part of [t.insecure ? 'insecure' : 'verify', t.ca ?? '', t.cert ?? '', t.key ?? '', t.clusterId ?? '', crl]) h.update(part).update('\0');
   return h.digest('hex');
 }
 
@@ -100,7 +131,7 @@ function tlsOptions(t: ClientTls): https.AgentOptions {
   } else {
     if (!t.ca) throw new CairnError('internal', 'a trust bundle is required to verify the CA server');
     o.rejectUnauthorized = true;
-    o.checkServerIdentity = (_host, cert) => tls.checkServerIdentity(CA_SERVER_NAME, cert);
+    o.checkServerIdentity = (_host, cert) => checkCaServer(cert, t);
   }
   return o;
 }
@@ -150,14 +181,38 @@ const TLS_VERIFY_CODES = new Set([
   'ERR_TLS_CERT_ALTNAME_INVALID', 'INVALID_CA', 'INVALID_PURPOSE', 'PATH_LENGTH_EXCEEDED',
 ]);
 
+/**
+ * Network trouble (code `unreachable`). `dropped` says the server accepted the connection and
+ * then lost it (reset, closed mid-handshake or mid-answer): a replica dying behind a load
+ * balancer looks like this, and the same address may well answer the next attempt.
+ */
+export class NetworkError extends CairnError {
+  readonly dropped: boolean;
+  constructor(message: string, dropped: boolean) {
+    super('unreachable', message);
+    this.name = 'NetworkError';
+    this.dropped = dropped;
+  }
+}
+
+const DROPPED_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
+
 function networkError(endpoint: string, e: NodeJS.ErrnoException): CairnError {
-  if (e instanceof CairnError) return e;
+  if (e instanceof CairnError) {
+    if (e.code === 'untrusted_server') return new CairnError(e.code, e.message.replace('the server is', `the server at ${endpoint} is`));
+    return e;
+  }
   const code = String(e.code ?? '');
   if (TLS_VERIFY_CODES.has(code)) {
     return new CairnError('untrusted_server', `the server at ${endpoint} is not a CA of this cluster: its certificate does not verify (${e.message})`);
   }
   const why = code === 'ECONNREFUSED' ? 'connection refused' : code === 'ENOTFOUND' ? 'host not found' : e.message;
-  return new CairnError('unreachable', `cannot reach the CA at ${endpoint}: ${why}`);
+  return new NetworkError(`cannot reach the CA at ${endpoint}: ${why}`, DROPPED_CODES.has(code));
+}
+
+/** Whether an error is a connection the server accepted and then dropped (worth the same address again). */
+export function isDroppedConnection(e: unknown): boolean {
+  return e instanceof NetworkError && e.dropped;
 }
 
 function retryAfter(h: string | string[] | undefined): number | null {
@@ -213,7 +268,7 @@ export function request<T = any>(endpoint: string, method: string, path: string,
         chunks.push(c);
       });
       res.on('error', (e) => finish(networkError(base, e)));
-      res.on('aborted', () => finish(new CairnError('unreachable', `the connection to ${base} was closed during the answer`)));
+      res.on('aborted', () => finish(new NetworkError(`the connection to ${base} was closed during the answer`, true)));
       res.on('end', () => {
         if (settled) return;
         const status = res.statusCode ?? 0;

@@ -20,9 +20,11 @@ export interface CheckedIssue {
   leaf: CertificateInfo;
   /** node.crt to write: leaf then CA certificates, normalized PEM */
   certPem: string;
-  /** ca.crt to write, normalized PEM */
+  /** the trust bundle that came with it, normalized PEM (subject to acceptTrustBundle before it is written) */
   caPem: string;
   trust: Buffer[];
+  /** DER of the issued chain, leaf first */
+  chain: Buffer[];
 }
 
 const ID = /^[0-9a-z]{25}$/;
@@ -78,5 +80,5 @@ export function checkIssued(
       throw e;
     }
   }
-  return { nodeId: a.nodeId, role: a.role as NodeRole, clusterId: a.clusterId, leaf, certPem: pemOf(chain), caPem: pemOf(trust), trust };
+  return { nodeId: a.nodeId, role: a.role as NodeRole, clusterId: a.clusterId, leaf, certPem: pemOf(chain), caPem: pemOf(trust), trust, chain };
 }

@@ -5,19 +5,26 @@
  * and write the identity into the node's state directory.
  */
 import fs from 'node:fs';
-import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
+import { certificateFromPem, certificatesFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists } from '../util/files.js';
-import { isRetryable, normalizeEndpoint, request } from './client.js';
-import { checkIssued } from './issued.js';
-import { nodePaths, NodeRole, replaceIdentity, writeNewIdentity } from './state.js';
+import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions } from './client.js';
+import { refreshCrl } from './crl.js';
+import { checkIssued, pemOf } from './issued.js';
+import { nodePaths, NodeRole, readNodeIdentity, replaceIdentity, writeNewIdentity } from './state.js';
 import { JoinToken, parseJoinToken } from './token.js';
+import { acceptTrustBundle } from './trust.js';
+
+/** How many times the same address is tried again after it dropped the connection. */
+export const JOIN_DROPPED_RETRIES = 2;
 
 export interface JoinOptions {
   /** replace an identity already in the state directory */
   force?: boolean;
   /** per-request deadline, default 10 s */
   timeoutMs?: number;
+  /** pause before trying an address again after it dropped the connection, default 200 ms */
+  retryDelayMs?: number;
 }
 
 export interface JoinResult {
@@ -29,12 +36,47 @@ export interface JoinResult {
   endpoint: string;
   serial: string;
   notAfter: Date;
+  /** things the user should know that did not stop the join (e.g. roots refused from the trust bundle) */
+  warnings: string[];
+  /** whether a CRL was fetched into crl.pem (best effort) */
+  crl: boolean;
 }
 
 /** The part of `GET /v1/ca` a joining node uses. */
 interface CaAnswer {
   clusterId?: unknown;
   roots?: { cluster?: unknown };
+  intermediates?: unknown;
+  crossSigned?: unknown;
+}
+
+function pemField(v: unknown): Buffer[] {
+  const texts = typeof v === 'string' ? [v] : Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  const out: Buffer[] = [];
+  for (const t of texts) {
+    try {
+      out.push(...certificatesFromPem(t, 'a vouching certificate'));
+    } catch {
+      /* vouches for nothing */
+    }
+  }
+  return out;
+}
+
+/**
+ * One request; if the address accepted the connection and dropped it (a replica dying behind
+ * a load balancer, a reset), the same address is tried again, up to JOIN_DROPPED_RETRIES times.
+ * Answers (4xx, 5xx), refused connections and timeouts are not retried here.
+ */
+async function requestRetryingDrops<T>(ep: string, method: string, path: string, body: unknown, t: ClientTls, o: RequestOptions & { retryDelayMs?: number }): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await request<T>(ep, method, path, body, t, o);
+    } catch (e) {
+      if (!isDroppedConnection(e) || attempt >= JOIN_DROPPED_RETRIES) throw e;
+      await new Promise((r) => setTimeout(r, o.retryDelayMs ?? 200));
+    }
+  }
 }
 
 /** Validate and de-duplicate a list of CA endpoints, keeping their order. */
@@ -76,13 +118,13 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
   const kp = generateKeyPair('ec-p256');
   const csr = csrToPem(createCsr(kp.privateKey));
   const failures: { endpoint: string; error: CairnError }[] = [];
-  const req = { timeoutMs: opts.timeoutMs, keepAlive: false };
+  const req = { timeoutMs: opts.timeoutMs, keepAlive: false, retryDelayMs: opts.retryDelayMs };
 
   for (const ep of eps) {
     // 1. first contact, unverified: the answer is trusted only if its root matches the digest
     let ca: CaAnswer;
     try {
-      ca = await request<CaAnswer>(ep, 'GET', '/v1/ca', undefined, { insecure: true }, req);
+      ca = await requestRetryingDrops<CaAnswer>(ep, 'GET', '/v1/ca', undefined, { insecure: true }, req);
     } catch (e) {
       if (!(e instanceof CairnError)) throw e;
       failures.push({ endpoint: ep, error: e });
@@ -110,11 +152,13 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
       continue;
     }
     const rootPem = certificateToPem(rootDer);
+    const expectCluster = typeof ca.clusterId === 'string' ? ca.clusterId : undefined;
 
-    // 2. the join itself, over TLS verified against that root (server name "ca")
+    // 2. the join itself, over TLS verified against that root, to a CA replica (OU=ca-replica
+    //    and DNS:ca) of the cluster it named: a node certificate never receives the token
     let answer: unknown;
     try {
-      answer = await request(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem }, req);
+      answer = await requestRetryingDrops(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem, clusterId: expectCluster }, req);
     } catch (e) {
       if (!(e instanceof CairnError)) throw e;
       if (!isRetryable(e)) {
@@ -127,18 +171,34 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
       continue;
     }
 
-    // 3. check what came back, then write it
-    const expectCluster = typeof ca.clusterId === 'string' ? ca.clusterId : undefined;
+    // 3. check what came back, then write it. The token's root is what we trust; the bundle
+    //    that came with the certificate may add roots only as acceptTrustBundle allows.
     const got = checkIssued(answer, kp.privateKey, ep, { clusterId: expectCluster, anchors: [rootDer] });
+    const warnings: string[] = [];
+    const decision = acceptTrustBundle([rootDer], got.trust, {
+      vouchers: [...got.chain.slice(1), ...pemField(ca.intermediates), ...pemField(ca.crossSigned)],
+      digests: [t.digest],
+      chain: got.chain,
+    });
+    if (!decision.ok) warnings.push(`the trust bundle from ${ep} was not accepted as is, ca.crt holds only the token's root: ${decision.message}`);
     const files = {
       keyPem: privateKeyToPem(kp.privateKey),
       certPem: got.certPem,
-      caPem: got.caPem,
+      caPem: decision.ok ? pemOf(decision.bundle) : rootPem,
       config: { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, endpoints: eps },
     };
-    if (opts.force) replaceIdentity(stateDir, files);
-    else writeNewIdentity(stateDir, files);
-    return { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, stateDir, endpoint: ep, serial: got.leaf.serialHex, notAfter: got.leaf.notAfter };
+    if (opts.force) {
+      replaceIdentity(stateDir, files);
+      fs.rmSync(nodePaths(stateDir).crl, { force: true }); // the previous identity's CRL says nothing about this one
+    } else writeNewIdentity(stateDir, files);
+    // 4. the CRL, best effort: the agent fetches it again at every trust refresh
+    let crl = false;
+    try {
+      crl = (await refreshCrl(readNodeIdentity(stateDir), { timeoutMs: opts.timeoutMs, keepAlive: false })) !== 'unavailable';
+    } catch {
+      /* best effort */
+    }
+    return { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, stateDir, endpoint: ep, serial: got.leaf.serialHex, notAfter: got.leaf.notAfter, warnings, crl };
   }
 
   // Nobody issued. A digest mismatch is the failure that matters most: say it first.

@@ -5,6 +5,8 @@
  *   node.crt   its certificate followed by any CA certificates between it and a root
  *   ca.crt     the trust bundle: every root the node trusts
  *   node.json  { nodeId, role, clusterId, endpoints }
+ *   crl.pem    the newest cluster CRL the agent fetched and verified (optional; replaced
+ *              atomically, never by an older one): peers and CA replicas on it are refused
  *
  * Replacing the identity (renewal, `join --force`) goes through a small journal so that key
  * and certificate are never left mismatched, even by a crash: the new files are written and
@@ -16,9 +18,10 @@ import { KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  CertificateInfo, certificateInfo, certificatesFromPem, keysMatch, PkiError, privateKeyFromPem,
+  CertificateInfo, certificateInfo, certificatesFromPem, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem,
 } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
+import type { ClientTls } from './client.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 
 export type NodeRole = 'worker' | 'manager';
@@ -43,6 +46,7 @@ export function nodePaths(dir: string) {
     cert: path.join(dir, 'node.crt'),
     ca: path.join(dir, 'ca.crt'),
     config: path.join(dir, 'node.json'),
+    crl: path.join(dir, 'crl.pem'),
     pending: path.join(dir, PENDING),
   };
 }
@@ -97,6 +101,27 @@ export interface NodeIdentity {
   caPem: string;
   /** DER of ca.crt's certificates */
   trust: Buffer[];
+  /** crl.pem, if the agent stored one (see readNodeCrl) */
+  crl: CrlInfo | null;
+}
+
+/**
+ * The stored CRL (crl.pem), or null if there is none. It was verified against the trust bundle
+ * before it was written (agent/crl.ts). A file that cannot be parsed counts as none (the agent
+ * replaces it at its next fetch) but `onError` hears about it.
+ */
+export function readNodeCrl(dir: string, onError?: (e: CairnError) => void): CrlInfo | null {
+  const file = nodePaths(dir).crl;
+  if (!exists(file)) return null;
+  try {
+    return parseCrl(pemBlockOf(readText(file), ['X509 CRL'], file));
+  } catch (e) {
+    if (e instanceof PkiError || e instanceof CairnError) {
+      onError?.(new CairnError('bad_state', `${file} is not a usable CRL (${e.message}); it is ignored until the agent fetches a new one`));
+      return null;
+    }
+    throw e;
+  }
 }
 
 /**
@@ -120,7 +145,7 @@ export function readNodeIdentity(dir: string): NodeIdentity {
   if (s.CN !== config.nodeId || s.O !== config.clusterId) {
     throw new CairnError('bad_state', `${p.cert} is not the certificate of node ${config.nodeId} of cluster ${config.clusterId} (it is CN=${s.CN}, O=${s.O})`);
   }
-  return { dir, config, keyPem, key, certPem, chain, leaf, caPem, trust };
+  return { dir, config, keyPem, key, certPem, chain, leaf, caPem, trust, crl: readNodeCrl(dir) };
 }
 
 /** Finish (or discard) an identity replacement interrupted by a crash. Returns true if one was finished. */
@@ -193,4 +218,12 @@ export function replaceIdentity(dir: string, f: IdentityFiles): void {
     throw e;
   }
   recoverPendingCommit(dir);
+}
+
+/**
+ * The TLS identity a node uses to call the CA: its trust bundle, certificate and key; the
+ * replica must be of the node's cluster and not on its stored CRL.
+ */
+export function clientTlsOf(id: NodeIdentity): ClientTls {
+  return { ca: id.caPem, cert: id.certPem, key: id.keyPem, clusterId: id.config.clusterId, crl: id.crl };
 }

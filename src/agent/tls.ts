@@ -7,10 +7,17 @@
  * carries SANs DNS:<role> and DNS:<node id>. A client that wants a manager connects with
  * server name "manager" and checks DNS:manager, OU=manager and our cluster ID; a server checks
  * the client's OU against the roles it accepts.
+ *
+ * Revocation works without the CA: the cluster CRL the agent keeps in NODEDIR/crl.pem is
+ * loaded with the rest (and reloaded when it changes); a peer whose certificate serial is on
+ * it is refused, as a server (checkPeer, attach) and as a client (clientOptions). The serials
+ * are checked here rather than through OpenSSL's CRL option, which would demand a CRL for
+ * every CA of every chain (and so break chains through a rotation's cross-signed certificate).
  */
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import tls from 'node:tls';
+import { normalizeSerialHex } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { NODE_ROLES, nodePaths, NodeIdentity, NodeRole, readNodeIdentity } from './state.js';
 
@@ -52,6 +59,11 @@ interface Material {
   ca: string;
   identity: LocalIdentity;
   context: tls.SecureContext;
+  /** revoked serials from crl.pem (empty without one) */
+  revoked: ReadonlySet<string>;
+  /** crl.pem's CRL number, or null without one */
+  crlNumber: bigint | null;
+  crlDer: Buffer | null;
 }
 
 const MIN_VERSION: tls.SecureVersion = 'TLSv1.2';
@@ -69,13 +81,16 @@ function material(id: NodeIdentity): Material {
     ca: id.caPem,
     identity: { nodeId: s.CN!, role: s.OU as PeerRole, clusterId: s.O!, serial: id.leaf.serialHex, notBefore: id.leaf.notBefore, notAfter: id.leaf.notAfter },
     context,
+    revoked: id.crl?.revoked ?? new Set(),
+    crlNumber: id.crl?.number ?? null,
+    crlDer: id.crl?.der ?? null,
   };
 }
 
 /** A fingerprint of the files' metadata: any rename or rewrite changes it. */
 function filesSignature(dir: string): string {
   const p = nodePaths(dir);
-  return [p.key, p.cert, p.ca, p.config]
+  return [p.key, p.cert, p.ca, p.config, p.crl]
     .map((f) => {
       try {
         const st = fs.statSync(f);
@@ -98,6 +113,13 @@ function checkSubject(subject: tls.PeerCertificate['subject'] | undefined, clust
     throw new CairnError('peer_role_not_allowed', `the ${what} (node ${cn}) is a ${ou}; only ${roles.join(' or ')} nodes are allowed`);
   }
   return { nodeId: cn, role: ou as PeerRole, clusterId: o };
+}
+
+/** Refuse a peer certificate whose serial is on the CRL. */
+function checkNotRevoked(cert: tls.PeerCertificate | undefined, m: Material, what: string): void {
+  if (!cert?.serialNumber || !m.revoked.has(normalizeSerialHex(cert.serialNumber))) return;
+  const cn = one(cert.subject?.CN);
+  throw new CairnError('peer_revoked', `the ${what}${cn ? ` (node ${cn})` : ''} presents certificate ${cert.serialNumber.toUpperCase()}, which is revoked (CRL number ${m.crlNumber})`);
 }
 
 /**
@@ -173,6 +195,7 @@ export class NodeTls extends EventEmitter {
         if (err) return err;
         try {
           const peer = checkSubject(cert.subject, clusterId, [target.role], 'server');
+          checkNotRevoked(cert, this.current, 'server');
           if (target.nodeId && peer.nodeId !== target.nodeId) {
             return new CairnError('peer_wrong_node', `the server is node ${peer.nodeId}, not ${target.nodeId}`);
           }
@@ -187,13 +210,22 @@ export class NodeTls extends EventEmitter {
   /**
    * Identify the peer of a connection: its certificate must have verified against our trust
    * bundle, be of our cluster, and have one of `roles` (default: the context's peerRoles).
-   * Throws a CairnError (code peer_unauthorized, peer_wrong_cluster, peer_role_not_allowed...).
+   * Throws a CairnError (code peer_unauthorized, peer_wrong_cluster, peer_role_not_allowed,
+   * peer_revoked: its serial is on the stored CRL...).
    */
   checkPeer(socket: tls.TLSSocket, roles: readonly PeerRole[] = this.peerRoles): PeerIdentity {
     if (!socket.authorized) {
       throw new CairnError('peer_unauthorized', `the peer's certificate was not verified: ${socket.authorizationError ?? 'no certificate'}`);
     }
-    return checkSubject(socket.getPeerCertificate()?.subject, this.current.identity.clusterId, roles, 'peer');
+    const cert = socket.getPeerCertificate();
+    const peer = checkSubject(cert?.subject, this.current.identity.clusterId, roles, 'peer');
+    checkNotRevoked(cert, this.current, 'peer');
+    return peer;
+  }
+
+  /** The CRL number of the loaded crl.pem, or null if the node holds no CRL. */
+  get crlNumber(): bigint | null {
+    return this.current.crlNumber;
   }
 
   /**
@@ -236,7 +268,8 @@ export class NodeTls extends EventEmitter {
     if (next.identity.clusterId !== this.current.identity.clusterId) {
       throw new CairnError('bad_state', `${this.stateDir} now holds an identity of cluster ${next.identity.clusterId}, not ${this.current.identity.clusterId}`);
     }
-    const changed = next.key !== this.current.key || next.cert !== this.current.cert || next.ca !== this.current.ca;
+    const sameCrl = next.crlDer === this.current.crlDer || (!!next.crlDer && !!this.current.crlDer && next.crlDer.equals(this.current.crlDer));
+    const changed = next.key !== this.current.key || next.cert !== this.current.cert || next.ca !== this.current.ca || !sameCrl;
     this.signature = sig;
     if (!changed) return false;
     this.current = next;

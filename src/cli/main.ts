@@ -45,8 +45,33 @@ export function buildProgram(): Command {
   return program;
 }
 
+let stdoutGuarded = false;
+
+/**
+ * A reader that stops reading (`cairn … | head -1`) closes our stdout: the next write fails
+ * with EPIPE, emitted as an 'error' event that would otherwise crash the process with a stack
+ * trace. A closed stdout is not an error of the command: what follows is not written, and the
+ * command ends with its own exit code. Other stdout errors get one line on stderr.
+ */
+function guardStdout(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  let reported = false;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE' || e.code === 'ERR_STREAM_DESTROYED') return;
+    if (reported) return;
+    reported = true;
+    try {
+      process.stderr.write(`cairn: error: cannot write to standard output: ${e.message}\n`);
+    } catch {
+      /* nowhere left to say it */
+    }
+  });
+}
+
 /** Run the CLI; resolves to the process exit code. Never lets a stack trace reach the user. */
 export async function main(argv: string[]): Promise<number> {
+  guardStdout();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

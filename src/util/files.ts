@@ -25,13 +25,33 @@ function describe(e: unknown): string {
   }
 }
 
-/** Create a directory (and parents) with mode 0700 if it does not exist. */
+/**
+ * Create a directory (and parents) with mode 0700 if it does not exist.
+ *
+ * Not fs.mkdirSync({ recursive: true }): on a file system that refuses new entries with ENOENT
+ * although the parent exists (/proc, /sys), Node's recursive mkdir retries forever at 100% CPU.
+ * Here each missing component is created once, parent first, and the first failure is final.
+ */
 export function ensureDir(dir: string, mode = DIR_MODE): void {
-  try {
-    fs.mkdirSync(dir, { recursive: true, mode });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CairnError('io', `${dir} exists and is not a directory`);
-    throw new CairnError('io', `cannot create directory ${dir}: ${describe(e)}`);
+  const missing: string[] = [];
+  for (let cur = path.resolve(dir); !exists(cur); ) {
+    missing.push(cur);
+    const parent = path.dirname(cur);
+    if (parent === cur) break;
+    cur = parent;
+  }
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d, { mode });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') {
+        if (d === path.resolve(dir)) break; // created meanwhile by someone else: checked below
+        continue;
+      }
+      const why = code === 'ENOENT' && exists(path.dirname(d)) ? `${path.dirname(d)} does not allow creating entries in it` : describe(e);
+      throw new CairnError('io', `cannot create directory ${dir}: ${d === path.resolve(dir) ? '' : `${d}: `}${why}`);
+    }
   }
   let st: fs.Stats;
   try {

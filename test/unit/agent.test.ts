@@ -5,7 +5,6 @@
  * context with real TLS servers and clients.
  */
 import assert from 'node:assert/strict';
-import { KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -13,91 +12,16 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
-import {
-  certificateToPem, csrDerFrom, generateKeyPair, Issuer, issueCertificate, KeyPair, leafProfile, makeIssuer, makeSerial, parseCsr,
-  privateKeyToPem, randomId, rootCaProfile, rootDigest, selfSignCertificate, spkiDer, SubjectAltName,
-} from '../../src/pki/index.js';
+import { generateKeyPair, privateKeyToPem, randomId, rootDigest } from '../../src/pki/index.js';
 import { refreshTrustBundle, renewalTime, renewalWindow, runAgent } from '../../src/agent/agent.js';
 import { ApiError, closeAgents, isRetryable, normalizeEndpoint, request } from '../../src/agent/client.js';
 import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult } from '../../src/agent/renew.js';
-import { NodeConfig, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity, writeNewIdentity } from '../../src/agent/state.js';
+import { NodeConfig, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from '../../src/agent/state.js';
 import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { parseJoinToken } from '../../src/agent/token.js';
 import { CairnError } from '../../src/util/errors.js';
+import { close, FakeCa, fakeCa, HOUR, issueLeaf, listen, makeNodeDir, makeRoot, rejectsWith } from './agent-fixtures.js';
 import { fileMode, tmpDir } from '../helpers.js';
-
-// ---------------------------------------------------------------------------------------------
-// A small test PKI
-
-let seq = 1n;
-const HOUR = 3600_000;
-
-interface TestCa {
-  der: Buffer;
-  pem: string;
-  issuer: Issuer;
-}
-
-function makeRoot(cn = 'test-root'): TestCa {
-  const kp = generateKeyPair();
-  const der = selfSignCertificate(rootCaProfile({ CN: cn }, spkiDer(kp.publicKey), makeSerial(seq++)), kp.privateKey);
-  return { der, pem: certificateToPem(der), issuer: makeIssuer(der, kp.privateKey) };
-}
-
-function issueLeaf(
-  ca: TestCa,
-  o: { cn: string; ou: string; clusterId: string; sans?: SubjectAltName[]; pub?: { der: Buffer; key: KeyObject }; lifetimeMs?: number; now?: Date },
-): { kp: KeyPair | undefined; der: Buffer; pem: string } {
-  const kp = o.pub ? undefined : generateKeyPair();
-  const publicKeyDer = o.pub?.der ?? spkiDer(kp!.publicKey);
-  const publicKey = o.pub?.key ?? kp!.publicKey;
-  const der = issueCertificate(
-    leafProfile({
-      subject: { O: o.clusterId, OU: o.ou, CN: o.cn },
-      publicKeyDer,
-      publicKey,
-      serial: makeSerial(seq++),
-      lifetimeMs: o.lifetimeMs ?? 90 * 24 * HOUR,
-      extKeyUsage: ['serverAuth', 'clientAuth'],
-      sans: o.sans ?? [{ dns: o.ou }, { dns: o.cn }],
-      now: o.now,
-    }),
-    ca.issuer,
-  );
-  return { kp, der, pem: certificateToPem(der) };
-}
-
-/** Write a node state directory for a node certificate issued by `ca`. */
-function makeNodeDir(
-  dir: string,
-  ca: TestCa,
-  o: { role: 'worker' | 'manager'; clusterId: string; nodeId?: string; endpoints?: string[]; lifetimeMs?: number; now?: Date; ou?: string; trust?: string },
-): { config: NodeConfig; serial: string } {
-  const nodeId = o.nodeId ?? randomId();
-  const leaf = issueLeaf(ca, { cn: nodeId, ou: o.ou ?? o.role, clusterId: o.clusterId, lifetimeMs: o.lifetimeMs, now: o.now });
-  const config: NodeConfig = { nodeId, role: o.role, clusterId: o.clusterId, endpoints: o.endpoints ?? ['https://127.0.0.1:1'] };
-  writeNewIdentity(dir, { keyPem: privateKeyToPem(leaf.kp!.privateKey), certPem: leaf.pem, caPem: o.trust ?? ca.pem, config });
-  return { config, serial: readNodeIdentity(dir).leaf.serialHex };
-}
-
-function listen(server: net.Server): Promise<number> {
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as net.AddressInfo).port)));
-}
-
-function close(server: net.Server): Promise<void> {
-  return new Promise((resolve) => {
-    (server as http.Server).closeAllConnections?.();
-    server.close(() => resolve());
-  });
-}
-
-const rejectsWith = async (p: Promise<unknown>, code: string, re?: RegExp) =>
-  assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof CairnError, `expected a CairnError, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    if (re) assert.match(e.message, re);
-    return true;
-  });
 
 // ---------------------------------------------------------------------------------------------
 
@@ -349,73 +273,6 @@ describe('node state directory', () => {
   });
 });
 
-// ---------------------------------------------------------------------------------------------
-// Renewal and the agent loop against an in-process CA
-
-interface FakeCa {
-  url: string;
-  clusterId: string;
-  root: TestCa;
-  /** what GET /v1/ca says the trust bundle is */
-  bundle: string;
-  /** role given at the next renewals */
-  role: 'worker' | 'manager';
-  lifetimeMs: number;
-  /** answers to give to the next renewals before issuing: [status, code] */
-  failures: [number, string][];
-  renewals: number;
-  caCalls: number;
-  close(): Promise<void>;
-}
-
-async function fakeCa(root: TestCa, clusterId: string): Promise<FakeCa> {
-  const serverLeaf = issueLeaf(root, { cn: randomId(), ou: 'ca-replica', clusterId, sans: [{ dns: 'ca' }] });
-  const st: FakeCa = {
-    url: '',
-    clusterId,
-    root,
-    bundle: root.pem,
-    role: 'worker',
-    lifetimeMs: 90 * 24 * HOUR,
-    failures: [],
-    renewals: 0,
-    caCalls: 0,
-    close: async () => close(server),
-  };
-  const server = https.createServer(
-    { key: privateKeyToPem(serverLeaf.kp!.privateKey), cert: serverLeaf.pem, ca: root.pem, requestCert: true, rejectUnauthorized: false },
-    (req, res) => {
-      const send = (status: number, body: unknown) => {
-        res.writeHead(status, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(body));
-      };
-      let raw = '';
-      req.on('data', (d) => (raw += d));
-      req.on('end', () => {
-        if (req.method === 'GET' && req.url === '/v1/ca') {
-          st.caCalls++;
-          return send(200, { clusterId, roots: { cluster: root.pem, client: root.pem }, trustBundle: st.bundle, digest: rootDigest(root.der), rotation: null });
-        }
-        if (req.method === 'POST' && req.url === '/v1/renew') {
-          const sock = req.socket as tls.TLSSocket;
-          if (!sock.authorized) return send(401, { error: { code: 'client_certificate_required', message: 'a client certificate is required' } });
-          const f = st.failures.shift();
-          if (f) return send(f[0], { error: { code: f[1], message: `refused: ${f[1]}` } });
-          const peer = sock.getPeerCertificate();
-          const nodeId = String(peer.subject.CN);
-          const csr = parseCsr(csrDerFrom(JSON.parse(raw).csr));
-          const leaf = issueLeaf(root, { cn: nodeId, ou: st.role, clusterId, pub: { der: csr.publicKeyDer, key: csr.publicKey }, lifetimeMs: st.lifetimeMs });
-          st.renewals++;
-          return send(200, { nodeId, role: st.role, clusterId, certificate: leaf.pem, trustBundle: st.bundle });
-        }
-        send(404, { error: { code: 'not_found', message: 'no route' } });
-      });
-    },
-  );
-  st.url = `https://127.0.0.1:${await listen(server)}`;
-  return st;
-}
-
 describe('renewal', () => {
   const clusterId = randomId();
   const root = makeRoot();
@@ -503,18 +360,18 @@ describe('renewal', () => {
     }
   });
 
-  test('the trust bundle is refreshed from GET /v1/ca; one our certificate does not chain to asks for a renewal', async (t) => {
+  test('the trust bundle is polled from GET /v1/ca; a new root nobody vouches for is refused and ca.crt stays', async (t) => {
     const dir = path.join(tmpDir(t), 'node');
     makeNodeDir(dir, root, { role: 'worker', clusterId, endpoints: [ca.url] });
     assert.equal(await refreshTrustBundle(readNodeIdentity(dir)), 'unchanged');
+    const before = fs.readFileSync(nodePaths(dir).ca, 'utf8');
     const extra = makeRoot('next-root');
-    ca.bundle = root.pem + extra.pem;
     try {
-      assert.equal(await refreshTrustBundle(readNodeIdentity(dir)), 'updated');
-      assert.equal(readNodeIdentity(dir).trust.length, 2);
-      ca.bundle = extra.pem;
-      assert.equal(await refreshTrustBundle(readNodeIdentity(dir)), 'renew');
-      assert.equal(readNodeIdentity(dir).trust.length, 2, 'ca.crt left alone');
+      for (const bundle of [root.pem + extra.pem, extra.pem]) {
+        ca.bundle = bundle;
+        assert.equal(await refreshTrustBundle(readNodeIdentity(dir)), 'refused');
+        assert.equal(fs.readFileSync(nodePaths(dir).ca, 'utf8'), before, 'ca.crt left alone');
+      }
     } finally {
       ca.bundle = root.pem;
     }
