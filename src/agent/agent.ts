@@ -14,7 +14,7 @@ import { refreshCrl } from './crl.js';
 import { pemOf } from './issued.js';
 import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
 import { clientTlsOf, NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
-import { acceptTrustBundle } from './trust.js';
+import { acceptTrustBundle, vouchersFrom } from './trust.js';
 
 /** Renewal happens between these fractions of a certificate's lifetime (notBefore → notAfter). */
 export const RENEW_WINDOW = { from: 0.5, to: 0.8 } as const;
@@ -64,20 +64,6 @@ export interface AgentOptions {
   trustDigests?: string[];
 }
 
-/** PEM certificates from a field of GET /v1/ca that may hold one PEM text or a list of them; anything unusable is ignored. */
-function pemField(v: unknown): Buffer[] {
-  const texts = typeof v === 'string' ? [v] : Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-  const out: Buffer[] = [];
-  for (const t of texts) {
-    try {
-      out.push(...certificatesFromPem(t, 'a vouching certificate'));
-    } catch {
-      /* a voucher that does not parse vouches for nothing */
-    }
-  }
-  return out;
-}
-
 /**
  * Fetch the CA's trust bundle over TLS verified with the current one and apply it as
  * acceptTrustBundle decides: a new root only if a trusted root vouches for it (a cross-signed
@@ -119,7 +105,7 @@ export async function refreshTrustBundle(
       return 'renew';
     }
     if (pemOf(trust) === pemOf(id.trust)) return 'unchanged';
-    const vouchers = [...id.chain.slice(1), ...pemField(ca.intermediates), ...pemField(ca.crossSigned)];
+    const vouchers = [...id.chain.slice(1), ...vouchersFrom(ca.intermediates), ...vouchersFrom(ca.crossSigned)];
     const d = acceptTrustBundle(id.trust, trust, { vouchers, digests: o.trustDigests, chain: id.chain });
     if (!d.ok) {
       if (d.reason === 'breaks_own_chain') {

@@ -5,7 +5,7 @@
  * and write the identity into the node's state directory.
  */
 import fs from 'node:fs';
-import { certificateFromPem, certificatesFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
+import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists } from '../util/files.js';
 import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions } from './client.js';
@@ -13,7 +13,7 @@ import { refreshCrl } from './crl.js';
 import { checkIssued, pemOf } from './issued.js';
 import { nodePaths, NodeRole, readNodeIdentity, replaceIdentity, writeNewIdentity } from './state.js';
 import { JoinToken, parseJoinToken } from './token.js';
-import { acceptTrustBundle } from './trust.js';
+import { acceptTrustBundle, vouchersFrom } from './trust.js';
 
 /** How many times the same address is tried again after it dropped the connection. */
 export const JOIN_DROPPED_RETRIES = 2;
@@ -48,19 +48,6 @@ interface CaAnswer {
   roots?: { cluster?: unknown };
   intermediates?: unknown;
   crossSigned?: unknown;
-}
-
-function pemField(v: unknown): Buffer[] {
-  const texts = typeof v === 'string' ? [v] : Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-  const out: Buffer[] = [];
-  for (const t of texts) {
-    try {
-      out.push(...certificatesFromPem(t, 'a vouching certificate'));
-    } catch {
-      /* vouches for nothing */
-    }
-  }
-  return out;
 }
 
 /**
@@ -176,7 +163,7 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     const got = checkIssued(answer, kp.privateKey, ep, { clusterId: expectCluster, anchors: [rootDer] });
     const warnings: string[] = [];
     const decision = acceptTrustBundle([rootDer], got.trust, {
-      vouchers: [...got.chain.slice(1), ...pemField(ca.intermediates), ...pemField(ca.crossSigned)],
+      vouchers: [...got.chain.slice(1), ...vouchersFrom(ca.intermediates), ...vouchersFrom(ca.crossSigned)],
       digests: [t.digest],
       chain: got.chain,
     });

@@ -14,7 +14,7 @@
  * (GET /v1/ca) and renewal (the bundle that comes with the certificate).
  */
 import { X509Certificate } from 'node:crypto';
-import { fingerprint256, PkiError, rootDigest, verifyChain } from '../pki/index.js';
+import { certificatesFromPem, fingerprint256, PkiError, rootDigest, verifyChain } from '../pki/index.js';
 
 export interface TrustOffer {
   /** Certificates that may vouch for new roots: the node's chain, `intermediates`/`crossSigned` of GET /v1/ca, non-self-signed CA certificates of the offered bundle. */
@@ -141,4 +141,21 @@ export function acceptTrustBundle(current: Buffer[], offered: Buffer[], o: Trust
     }
   }
   return { ok: true, bundle, added, removed, changed: added.length > 0 || removed.length > 0 || bundle.length !== current.length, how };
+}
+
+/**
+ * The certificates a field of `GET /v1/ca` offers as vouchers (`intermediates`, `crossSigned`):
+ * one PEM text or a list of them. Anything unusable is ignored: it vouches for nothing.
+ */
+export function vouchersFrom(v: unknown): Buffer[] {
+  const texts = typeof v === 'string' ? [v] : Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  const out: Buffer[] = [];
+  for (const t of texts) {
+    try {
+      out.push(...certificatesFromPem(t, 'a vouching certificate'));
+    } catch (e) {
+      if (!(e instanceof PkiError)) throw e;
+    }
+  }
+  return out;
 }
