@@ -174,18 +174,10 @@ export class Store {
 
   /**
    * Revoke every good certificate of a node (optionally only those carrying `role`); no limit
-   * on how many. Returns the serials revoked. Bumps the revocation mark when any changed.
+   * on how many. Returns the serials revoked.
    */
   async revokeNodeCertificates(nodeId: string, reason: string, db: Db = this.db, only: { role?: string } = {}): Promise<string[]> {
-    let q = db
-      .updateTable('certificates')
-      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
-      .where('node_id', '=', nodeId)
-      .where('status', '=', 'good');
-    if (only.role) q = q.where('role', '=', only.role);
-    const rows = await q.returning('serial').execute();
-    if (rows.length) await this.bumpRevocationMark(db);
-    return rows.map((r) => r.serial);
+    return this.revokeGood({ nodeId, role: only.role }, reason, db);
   }
 
   /**
@@ -336,16 +328,7 @@ export class Store {
    */
   async removeReplica(id: string, serverSubject: string, db: Db = this.db): Promise<string[]> {
     await db.updateTable('replicas').set({ removed_at: Date.now() }).where('id', '=', id).execute();
-    const rows = await db
-      .updateTable('certificates')
-      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: 'cessationOfOperation' })
-      .where('kind', '=', 'server')
-      .where('subject', '=', serverSubject)
-      .where('status', '=', 'good')
-      .returning('serial')
-      .execute();
-    if (rows.length) await this.bumpRevocationMark(db);
-    return rows.map((r) => r.serial);
+    return this.revokeGood({ kind: 'server', subject: serverSubject }, 'cessationOfOperation', db);
   }
 
   // ---- revocation and CRLs
@@ -356,16 +339,33 @@ export class Store {
     return r ? Number(r.next) : 0;
   }
 
-  /** Mark certificates revoked (only those still good); bumps the revocation mark when any changed. */
+  /** Mark certificates revoked (only those still good). */
   async revokeCertificates(serials: string[], reason: string, db: Db = this.db): Promise<string[]> {
     if (serials.length === 0) return [];
-    const rows = await db
+    return this.revokeGood({ serials }, reason, db);
+  }
+
+  /**
+   * The one revocation statement: mark the good certificates that match every given filter
+   * revoked, and bump the revocation mark when any changed (the CRL leader then publishes).
+   */
+  private async revokeGood(
+    f: { serials?: string[]; nodeId?: string; role?: string; kind?: string; subject?: string },
+    reason: string,
+    db: Db,
+  ): Promise<string[]> {
+    // never "every good certificate": a selection by serials, node or kind is required
+    if (f.serials === undefined && f.nodeId === undefined && f.kind === undefined) throw new Error('revokeGood: no selection');
+    let q = db
       .updateTable('certificates')
       .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
-      .where('serial', 'in', serials)
-      .where('status', '=', 'good')
-      .returning('serial')
-      .execute();
+      .where('status', '=', 'good');
+    if (f.serials !== undefined) q = q.where('serial', 'in', f.serials);
+    if (f.nodeId !== undefined) q = q.where('node_id', '=', f.nodeId);
+    if (f.role !== undefined) q = q.where('role', '=', f.role);
+    if (f.kind !== undefined) q = q.where('kind', '=', f.kind);
+    if (f.subject !== undefined) q = q.where('subject', '=', f.subject);
+    const rows = await q.returning('serial').execute();
     if (rows.length) await this.bumpRevocationMark(db);
     return rows.map((r) => r.serial);
   }
