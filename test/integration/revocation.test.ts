@@ -13,27 +13,14 @@ import { runAgent } from '../../src/agent/agent.js';
 import { closeAgents } from '../../src/agent/client.js';
 import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { CairnError } from '../../src/util/errors.js';
+import { listen, nodeTlsServer, talk } from '../unit/agent-fixtures.js';
 import { cli, cliAsync, Cluster, mkTemp, startCluster } from './cluster.js';
 
 const readJson = (f: string) => JSON.parse(fs.readFileSync(f, 'utf8'));
 
-function serve(ctx: NodeTls): Promise<{ server: tls.Server; port: number }> {
-  const server = tls.createServer(ctx.serverOptions(), (s) => {
-    if (s.destroyed) return;
-    s.end(`hello ${ctx.checkPeer(s).nodeId}\n`);
-  });
-  ctx.attach(server);
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, port: (server.address() as { port: number }).port })));
-}
-
-function talk(ctx: NodeTls, port: number, role: 'worker' | 'manager'): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect(ctx.clientOptions({ host: '127.0.0.1', port, role }));
-    let text = '';
-    s.on('data', (d) => (text += d));
-    s.on('error', reject);
-    s.on('close', () => (text ? resolve(text) : reject(new Error('connection closed without an answer'))));
-  });
+async function serve(ctx: NodeTls): Promise<{ server: tls.Server; port: number }> {
+  const server = nodeTlsServer(ctx);
+  return { server, port: await listen(server) };
 }
 
 describe('revocation reaches peers through the agent\'s CRL', () => {

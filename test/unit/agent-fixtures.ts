@@ -14,6 +14,7 @@ import {
   privateKeyToPem, randomId, RevokedEntry, rootCaProfile, rootDigest, selfSignCertificate, spkiDer, SubjectAltName, toPem,
 } from '../../src/pki/index.js';
 import { NodeConfig, readNodeIdentity, writeNewIdentity } from '../../src/agent/state.js';
+import type { NodeTls } from '../../src/agent/tls.js';
 import { CairnError } from '../../src/util/errors.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -68,6 +69,27 @@ export function makeNodeDir(
   const config: NodeConfig = { nodeId, role: o.role, clusterId: o.clusterId, endpoints: o.endpoints ?? ['https://127.0.0.1:1'] };
   writeNewIdentity(dir, { keyPem: privateKeyToPem(leaf.kp!.privateKey), certPem: leaf.pem, caPem: o.trust ?? ca.pem, config });
   return { config, serial: readNodeIdentity(dir).leaf.serialHex };
+}
+
+/** A TLS server with a node's context that answers "hello <peer node id>" to accepted peers. */
+export function nodeTlsServer(ctx: NodeTls): tls.Server {
+  const server = tls.createServer(ctx.serverOptions(), (s) => {
+    if (s.destroyed) return;
+    s.end(`hello ${ctx.checkPeer(s).nodeId}\n`);
+  });
+  ctx.attach(server);
+  return server;
+}
+
+/** Connect with a node's context to a server that must have `role`; resolves to its answer. */
+export function talk(ctx: NodeTls, port: number, role: 'worker' | 'manager'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect(ctx.clientOptions({ host: '127.0.0.1', port, role }));
+    let text = '';
+    s.on('data', (d) => (text += d));
+    s.on('error', reject);
+    s.on('close', () => (text ? resolve(text) : reject(new Error('connection closed without an answer'))));
+  });
 }
 
 export function listen(server: net.Server): Promise<number> {

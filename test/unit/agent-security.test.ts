@@ -25,7 +25,7 @@ import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { acceptTrustBundle } from '../../src/agent/trust.js';
 import { CairnError } from '../../src/util/errors.js';
 import { CAIRN_BIN, runCli, tmpDir } from '../helpers.js';
-import { close, fakeCa, FakeCa, HOUR, issueLeaf, listen, makeCrl, makeNodeDir, makeRoot, rejectsWith, TestCa, tokenFor } from './agent-fixtures.js';
+import { close, fakeCa, FakeCa, HOUR, issueLeaf, listen, makeCrl, makeNodeDir, makeRoot, nodeTlsServer, rejectsWith, talk, TestCa, tokenFor } from './agent-fixtures.js';
 
 let seq = 1000n;
 
@@ -223,25 +223,6 @@ describe('trust bundle updates from a CA endpoint', () => {
 
 // ---------------------------------------------------------------------------------------------
 
-function tlsServer(ctx: NodeTls): tls.Server {
-  const server = tls.createServer(ctx.serverOptions(), (s) => {
-    if (s.destroyed) return;
-    s.end(`hello ${ctx.checkPeer(s).nodeId}\n`);
-  });
-  ctx.attach(server);
-  return server;
-}
-
-function talk(ctx: NodeTls, port: number, role: 'worker' | 'manager'): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect(ctx.clientOptions({ host: '127.0.0.1', port, role }));
-    let text = '';
-    s.on('data', (d) => (text += d));
-    s.on('error', reject);
-    s.on('close', () => (text ? resolve(text) : reject(new Error('connection closed without an answer'))));
-  });
-}
-
 describe('revocation without the CA: crl.pem', () => {
   const clusterId = randomId();
   const root = makeRoot();
@@ -282,10 +263,10 @@ describe('revocation without the CA: crl.pem', () => {
     const a = await loadNodeTls(dirs.a, { pollIntervalMs: 20 });
     const bad = await loadNodeTls(dirs.revoked, { pollIntervalMs: 0 });
     ctxs.push(a, bad);
-    const aServer = tlsServer(a);
+    const aServer = nodeTlsServer(a);
     servers.push(aServer);
     const aPort = await listen(aServer);
-    const badServer = tlsServer(bad);
+    const badServer = nodeTlsServer(bad);
     servers.push(badServer);
     const badPort = await listen(badServer);
     // before: all is well
