@@ -14,7 +14,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { buildCrl, makeSerial } from '../src/pki/index.js';
-import { Store } from '../src/store/store.js';
+import { openStore } from '../src/store/store.js';
 import { addReplica, startCluster } from '../test/integration/cluster.js';
 import { createDb } from '../test/integration/pg.js';
 import { fixtures } from './fixtures.js';
@@ -62,7 +62,7 @@ async function runIssue(ctx: BenchContext): Promise<Row[]> {
     await a.cleanup();
   }
   // range claims under contention: three stores (three pools) claim on the same row at once
-  const stores = await Promise.all([0, 1, 2].map(() => Store.open('postgres', db.url)));
+  const stores = await Promise.all([0, 1, 2].map(() => openStore('postgres', db.url)));
   try {
     await stores[0].ensureSequence('bench', 1);
     const times: number[] = [];

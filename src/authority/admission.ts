@@ -1,22 +1,126 @@
 /**
- * Who may renew, as pure rules over a node's stored row: read top to bottom.
+ * Admission: who may do what, read top to bottom (step-ca's authorize.go is the model).
  *
- * A renewal is admitted when, in this order:
- *  1. the node is active (not removed);
- *  2. the certificate it presents is good (not revoked);
- *  3. the certificate is the node's newest (`current_serial`), or the one the newest was
- *     renewed from (`previous_serial`) while the newest is younger than the grace window, so a
- *     node that crashed before saving its new certificate can still renew (the unused newest
- *     is then revoked as superseded) — but never once the newest is revoked;
- *  4. the node has renewal budget left: a token bucket of `renewalBurst` renewals, refilled
- *     with one renewal every `renewalIntervalMs` (0 = no limit).
+ * 1. Join (`admitJoin`): a join token `CAIRN-1-<root digest>-<secret>` whose digest is the
+ *    current cluster root's and whose secret matches a role's stored hash (constant time,
+ *    every hash compared); one answer, "invalid token", for every way it can be wrong.
+ *    Repeated failures from one address are limited by the HTTP layer (server.ts).
  *
- * The caller holds the node's row lock (see Store.lockNode) from reading the row to recording
- * the new certificate, so a removal, a revocation or another renewal of the same node can
- * never interleave with it.
+ * 2. Identification (`identifyPeer`): the TLS layer has verified the client certificate's
+ *    chain to one of our roots; here it must also be of this cluster (subject O), recorded by
+ *    this CA (or adoptable: a node certificate issued by another controller holding the same
+ *    CA keys, see clone.ts), good, and unexpired. What it may call depends on its kind
+ *    (`requireKind`): node certificates renew, admin certificates administer, CA replica
+ *    certificates neither.
+ *
+ * 3. Renewal (`admitRenewal`), as pure rules over a node's stored row, in this order:
+ *    a. the node is active (not removed);
+ *    b. the certificate it presents is good (not revoked);
+ *    c. the certificate is the node's newest (`current_serial`), or the one the newest was
+ *       renewed from (`previous_serial`) while the newest is younger than the grace window, so
+ *       a node that crashed before saving its new certificate can still renew (the unused
+ *       newest is then revoked as superseded) — but never once the newest is revoked;
+ *    d. the node has renewal budget left (`takeRenewalBudget`): a token bucket of
+ *       `renewalBurst` renewals, refilled with one every `renewalIntervalMs` (0 = no limit).
+ *    The caller (Authority.renew) holds the node's row lock (Store.lockNode) from reading the
+ *    row to recording the new certificate, so a removal, a revocation or another renewal of
+ *    the same node never interleaves with it. The role of the new certificate is the node's
+ *    role now, not the one in the certificate presented (`renewalHint` tells a node when they
+ *    differ, so it renews at once).
  */
-import type { NodeTable } from '../store/schema.js';
+import type { NodeTable, Store } from '../store/store.js';
 import { CairnError, RetryLater } from '../util/errors.js';
+import { matchSecret, parseToken, Role } from './tokens.js';
+
+// ---------------------------------------------------------------- 1. join
+
+/** The role a join token admits, or the one refusal for every bad token. */
+export async function admitJoin(store: Store, rootDigest: string, token: unknown): Promise<Role> {
+  if (typeof token !== 'string' || token.length === 0) throw new CairnError('bad_request', 'missing field "token"');
+  const parsed = parseToken(token);
+  // same answer for a malformed token, another cluster's digest and a wrong secret
+  if (!parsed) throw new CairnError('invalid_token', 'invalid token');
+  const role = matchSecret(parsed.secret, await store.getTokenHashes());
+  if (parsed.digest !== rootDigest || !role) throw new CairnError('invalid_token', 'invalid token');
+  return role;
+}
+
+// ---------------------------------------------------------------- 2. identification
+
+/** What the TLS layer tells about a verified client certificate. */
+export interface PeerCertificate {
+  serialHex: string;
+  /** the subject's O */
+  clusterId: string | undefined;
+  /** the certificate (DER): lets a controller sharing our CA keys adopt a node it does not know */
+  raw?: Buffer;
+}
+
+export interface PeerIdentity {
+  kind: 'node' | 'admin' | 'server';
+  nodeId: string | null;
+  role: string | null;
+  serial: string;
+}
+
+/** Adopt a certificate this store has no record of (clone.ts), or null. */
+export type Adopter = (der: Buffer, serial: string) => Promise<PeerIdentity | null>;
+
+/** Serial as the store records it: uppercase hex, no DER sign padding. */
+export const storedSerial = (hex: string) => hex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '');
+
+export async function identifyPeer(store: Store, clusterId: string, peer: PeerCertificate | undefined, adopt: Adopter): Promise<PeerIdentity> {
+  if (!peer) throw new CairnError('client_certificate_required', 'a client certificate is required');
+  if (peer.clusterId !== clusterId) throw new CairnError('forbidden', 'the client certificate is not of this cluster');
+  const serial = storedSerial(peer.serialHex);
+  const rec = await store.getCertificate(serial);
+  if (!rec) {
+    const adopted = peer.raw ? await adopt(peer.raw, serial) : null;
+    if (adopted) return adopted;
+    throw new CairnError('forbidden', 'the client certificate was not issued by this cluster');
+  }
+  if (rec.status !== 'good') {
+    // a removed node's certificates are revoked: say what happened to the node
+    const n = rec.kind === 'node' && rec.node_id ? await store.getNode(rec.node_id) : undefined;
+    if (n && n.status !== 'active') throw new CairnError('node_removed', `node ${n.id} has been removed from the cluster`);
+    throw new CairnError('certificate_revoked', 'the client certificate is revoked');
+  }
+  if (rec.not_after <= Date.now()) throw new CairnError('certificate_expired', 'the client certificate has expired');
+  if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw new CairnError('forbidden', 'this certificate cannot use the API');
+  return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
+}
+
+const KIND_REFUSALS = {
+  node: 'this endpoint is for node certificates',
+  admin: 'this endpoint needs an admin client certificate',
+} as const;
+
+/** What an API endpoint needs: a node certificate (renewal) or an admin certificate (everything administrative). */
+export function requireKind(peer: PeerIdentity, kind: keyof typeof KIND_REFUSALS): PeerIdentity {
+  if (peer.kind !== kind) throw new CairnError('forbidden', KIND_REFUSALS[kind]);
+  return peer;
+}
+
+/**
+ * For a node calling with its certificate: its current role, and whether it should renew now
+ * because the role in its certificate is no longer its role. Null for anything else (a node
+ * not in good standing learns why when it renews).
+ */
+export async function renewalHint(store: Store, identify: () => Promise<PeerIdentity>): Promise<{ id: string; role: string; renew: boolean } | null> {
+  let id: PeerIdentity;
+  try {
+    id = await identify();
+  } catch (e) {
+    if (e instanceof CairnError) return null;
+    throw e;
+  }
+  if (id.kind !== 'node' || !id.nodeId) return null;
+  const n = await store.getNode(id.nodeId);
+  if (!n || n.status !== 'active') return null;
+  return { id: n.id, role: n.role, renew: n.role !== id.role };
+}
+
+// ---------------------------------------------------------------- 3. renewal
 
 export interface RenewalLimits {
   /** how long after a renewal the certificate it replaced may still renew (ms) */

@@ -5,18 +5,21 @@
 import { KeyObject } from 'node:crypto';
 import {
   certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
-  makeIssuer, makeSerial, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
+  makeIssuer, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
   certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
-import { RangeAllocator } from '../store/ranges.js';
-import type { CaTable, NodeTable } from '../store/schema.js';
-import { Db, Store } from '../store/store.js';
+import type { CaTable, CertificateTable, NodeTable } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
-import { admitRenewal } from './admission.js';
+import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
+
+export type { PeerCertificate, PeerIdentity } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { page, PageRequest } from './pages.js';
 import { unseal } from './seal.js';
-import { formatToken, hashSecret, isRole, matchSecret, newSecret, parseToken, Role } from './tokens.js';
+import { adminPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
+import { SerialSource } from './serials.js';
+import { isRole, mintJoinTokens, Role } from './tokens.js';
 
 export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
 export const MIN_CERT_EXPIRY_MS = HOUR_MS;
@@ -93,22 +96,6 @@ export interface IssuedNode {
   notAfter: Date;
 }
 
-/** What the TLS layer tells about a verified client certificate. */
-export interface PeerCertificate {
-  serialHex: string;
-  /** the subject's O */
-  clusterId: string | undefined;
-  /** the certificate (DER): lets a controller sharing our CA keys adopt a node it does not know */
-  raw?: Buffer;
-}
-
-export interface PeerIdentity {
-  kind: 'node' | 'admin' | 'server';
-  nodeId: string | null;
-  role: string | null;
-  serial: string;
-}
-
 export interface NodeView {
   id: string;
   role: string;
@@ -121,7 +108,6 @@ export interface NodeView {
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
 export const MAX_LISTED_SERIALS = 1000;
 
-const denied = (code: string, message: string) => new CairnError(code, message);
 
 function pkiToCairn<T>(fn: () => T): T {
   try {
@@ -141,19 +127,14 @@ export class Authority {
   private clientCa!: LoadedCa;
   /** derived from the CAs once per load(): every join and renewal answers with them */
   private cached = { digest: '', trustBundle: '' };
-  private serials: RangeAllocator;
+  private serials: SerialSource;
 
   constructor(
     readonly store: Store,
     readonly replicaId: string,
     private readonly unlockKey: Buffer,
   ) {
-    this.serials = new RangeAllocator(
-      store,
-      'serial',
-      () => this.config.serialRangeIncrement,
-      () => this.config.serialRangeLowWater,
-    );
+    this.serials = new SerialSource(store, () => this.config);
   }
 
   /** Load cluster identity, CA material (unsealed with the unlock key) and configuration. */
@@ -186,8 +167,8 @@ export class Authority {
     await this.refreshConfig();
   }
 
-  async refreshConfig(db: Db = this.store.db): Promise<ClusterConfig> {
-    const stored = await this.store.getConfig(db);
+  async refreshConfig(s: Store = this.store): Promise<ClusterConfig> {
+    const stored = await s.getConfig();
     this.config = { ...DEFAULT_CONFIG, ...(stored as Partial<ClusterConfig>) };
     return this.config;
   }
@@ -239,13 +220,9 @@ export class Authority {
 
   // ---- issuance
 
-  private async nextSerial(): Promise<Buffer> {
-    return makeSerial(BigInt(await this.serials.take()));
-  }
-
   /** Sign a leaf under a CA; nothing is recorded here (callers record in their transaction). */
   private async sign(ca: LoadedCa, o: SignRequest) {
-    return this.signWith(ca, await this.nextSerial(), o);
+    return this.signWith(ca, await this.serials.next(), o);
   }
 
   /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
@@ -256,12 +233,6 @@ export class Authority {
     const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
     const notBefore = new Date(Math.floor(profile.notBefore.getTime() / 1000) * 1000);
     return { der, serial: serialHex(serial), notBefore, notAfter: new Date(Math.floor(notAfter.getTime() / 1000) * 1000), issuerKeyId: ca.row.key_id };
-  }
-
-  private nodeSubject(nodeId: string, role: Role): { subject: NameAttrs; sans: SubjectAltName[] } {
-    // never DNS:ca: only a CA replica's certificate (OU=ca-replica) speaks for the CA
-    const sans: SubjectAltName[] = [{ dns: role }, { dns: nodeId }];
-    return { subject: { O: this.clusterId, OU: role, CN: nodeId }, sans };
   }
 
   private parseRequest(csr: unknown) {
@@ -287,7 +258,7 @@ export class Authority {
       kind,
       node_id: nodeId,
       role,
-      subject: `CN=${subject.CN},OU=${subject.OU},O=${subject.O}`,
+      subject: subjectString(subject),
       issuer_key_id: c.issuerKeyId,
       not_before: c.notBefore.getTime(),
       not_after: c.notAfter.getTime(),
@@ -306,24 +277,15 @@ export class Authority {
    * one transaction, and only then return it.
    */
   async join(token: unknown, csr: unknown): Promise<IssuedNode> {
-    if (typeof token !== 'string' || token.length === 0) throw new CairnError('bad_request', 'missing field "token"');
-    const parsed = parseToken(token);
-    // same answer for a malformed token, another cluster's digest and a wrong secret
-    if (!parsed) throw denied('invalid_token', 'invalid token');
-    const hashes = await this.store.getTokenHashes();
-    const role = matchSecret(parsed.secret, hashes);
-    if (parsed.digest !== this.digest || !role) throw denied('invalid_token', 'invalid token');
+    const role = await admitJoin(this.store, this.digest, token);
     const req = this.parseRequest(csr);
     const nodeId = randomId();
-    const { subject, sans } = this.nodeSubject(nodeId, role);
-    const c = await this.sign(this.clusterCa, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
+    const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
+    const c = await this.sign(this.clusterCa, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
     const now = Date.now();
-    await this.store.transaction(async (trx) => {
-      await this.store.insertNode(
-        { id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null },
-        trx,
-      );
-      await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
+    await this.store.transaction(async (tx) => {
+      await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null });
+      await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
     });
     return this.issued(nodeId, role, c);
   }
@@ -333,43 +295,15 @@ export class Authority {
    * layer): it must be from this cluster, recorded by this CA, good and unexpired.
    */
   async identifyPeer(peer: PeerCertificate | undefined): Promise<PeerIdentity> {
-    if (!peer) throw denied('client_certificate_required', 'a client certificate is required');
-    if (peer.clusterId !== this.clusterId) throw denied('forbidden', 'the client certificate is not of this cluster');
-    const serial = peer.serialHex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '');
-    const rec = await this.store.getCertificate(serial);
-    if (!rec) {
-      // a node that joined through another controller holding the same CA (see clone.ts)
-      const adopted = peer.raw ? await adoptNodeCertificate(this, peer.raw, serial) : null;
-      if (adopted) return adopted;
-      throw denied('forbidden', 'the client certificate was not issued by this cluster');
-    }
-    if (rec.status !== 'good') {
-      // a removed node's certificates are revoked: say what happened to the node
-      const n = rec.kind === 'node' && rec.node_id ? await this.store.getNode(rec.node_id) : undefined;
-      if (n && n.status !== 'active') throw denied('node_removed', `node ${n.id} has been removed from the cluster`);
-      throw denied('certificate_revoked', 'the client certificate is revoked');
-    }
-    if (rec.not_after <= Date.now()) throw denied('certificate_expired', 'the client certificate has expired');
-    if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw denied('forbidden', 'this certificate cannot use the API');
-    return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
+    return identifyPeer(this.store, this.clusterId, peer, this.adopt);
   }
 
-  /**
-   * For a node calling with its certificate: its current role, and whether it should renew now
-   * because the role in its certificate is no longer its role. Null for anything else.
-   */
+  /** A node certificate issued by another controller holding the same CA keys (see clone.ts). */
+  private adopt: Adopter = (der, serial) => adoptNodeCertificate(this, der, serial);
+
+  /** For a node calling with its certificate: its role, and whether it should renew now (admission.ts). */
   async nodeRenewalHint(peer: PeerCertificate): Promise<{ id: string; role: string; renew: boolean } | null> {
-    let id: PeerIdentity;
-    try {
-      id = await this.identifyPeer(peer);
-    } catch (e) {
-      if (e instanceof CairnError) return null; // not a node in good standing: it learns why when it renews
-      throw e;
-    }
-    if (id.kind !== 'node' || !id.nodeId) return null;
-    const n = await this.store.getNode(id.nodeId);
-    if (!n || n.status !== 'active') return null;
-    return { id: n.id, role: n.role, renew: n.role !== id.role };
+    return renewalHint(this.store, () => this.identifyPeer(peer));
   }
 
   /**
@@ -379,27 +313,27 @@ export class Authority {
    * wins and one committed after also revokes what this renewal issued.
    */
   async renew(peer: PeerIdentity, csr: unknown): Promise<IssuedNode> {
-    if (peer.kind !== 'node' || !peer.nodeId) throw denied('forbidden', 'only node certificates can renew');
+    if (peer.kind !== 'node' || !peer.nodeId) throw new CairnError('forbidden', 'only node certificates can renew');
     const req = this.parseRequest(csr);
     const nodeId = peer.nodeId;
-    const serial = await this.nextSerial();
-    const issued = await this.store.transaction(async (trx) => {
-      const node = await this.store.lockNode(nodeId, trx);
+    const serial = await this.serials.next();
+    const issued = await this.store.transaction(async (tx) => {
+      const node = await tx.lockNode(nodeId);
       const now = Date.now();
-      const presented = await this.store.getCertificate(peer.serial, trx);
-      const newest = node?.current_serial && node.current_serial !== peer.serial ? await this.store.getCertificate(node.current_serial, trx) : undefined;
+      const presented = await tx.getCertificate(peer.serial);
+      const newest = node?.current_serial && node.current_serial !== peer.serial ? await tx.getCertificate(node.current_serial) : undefined;
       const admitted = admitRenewal(nodeId, node, presented, newest, now, this.config);
       const role = node!.role as Role;
-      const { subject, sans } = this.nodeSubject(nodeId, role);
-      const c = this.signWith(this.clusterCa, serial, { subject, sans, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey, lifetimeMs: this.config.certExpiryMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
-      await this.store.insertCertificate(this.certRecord(c, 'node', subject, nodeId, role), trx);
-      await this.store.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now }, trx);
+      const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
+      const c = this.signWith(this.clusterCa, serial, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
+      await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
+      await tx.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now });
       // the grace path: the newest certificate never reached the node (or someone else holds it)
-      if (admitted.abandoned) await this.store.revokeCertificates([admitted.abandoned], 'superseded', trx);
+      if (admitted.abandoned) await tx.revokeCertificates([admitted.abandoned], 'superseded');
       // a demoted node's manager certificates lose their privilege once its worker certificate exists
-      const withdrawn = role === 'worker' ? await this.store.revokeNodeCertificates(nodeId, 'privilegeWithdrawn', trx, { role: 'manager' }) : [];
+      const withdrawn = role === 'worker' ? await tx.revokeNodeCertificates(nodeId, 'privilegeWithdrawn', { role: 'manager' }) : [];
       if (admitted.abandoned || withdrawn.length) {
-        await this.store.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn }, trx);
+        await tx.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn });
       }
       return { role, c };
     });
@@ -407,18 +341,18 @@ export class Authority {
   }
 
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
-  async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs = 365 * DAY_MS) {
-    const subject = { O: this.clusterId, OU: 'ca-replica', CN: this.replicaId };
-    const c = await this.sign(this.clusterCa, { subject, sans: [{ dns: 'ca' }, ...names], publicKey, publicKeyDer, lifetimeMs, extKeyUsage: ['serverAuth', 'clientAuth'] });
-    await this.store.insertCertificate(this.certRecord(c, 'server', subject, null, null));
+  async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
+    const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
+    const c = await this.sign(this.clusterCa, { ...policy, publicKey, publicKeyDer });
+    await this.store.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
   }
 
   /** An admin client certificate (issued by the cluster root, OU=admin). */
-  async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs = 365 * DAY_MS) {
-    const subject = { O: this.clusterId, OU: 'admin', CN: name };
-    const c = await this.sign(this.clusterCa, { subject, publicKey, publicKeyDer, lifetimeMs, extKeyUsage: ['clientAuth'] });
-    await this.store.insertCertificate(this.certRecord(c, 'admin', subject, null, null));
+  async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
+    const policy = adminPolicy(this.clusterId, name, lifetimeMs);
+    const c = await this.sign(this.clusterCa, { ...policy, publicKey, publicKeyDer });
+    await this.store.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
     await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
   }
@@ -428,18 +362,17 @@ export class Authority {
   /** Replace the secret of a role's join token; the old one stops working at once. */
   async rotateToken(role: string, actor = 'admin'): Promise<string> {
     if (!isRole(role)) throw new CairnError('bad_request', `unknown role "${role}": use worker or manager`);
-    const secret = newSecret();
-    await this.store.transaction(async (trx) => {
-      await this.store.setTokenHash(role, hashSecret(secret), trx);
-      await this.store.audit(actor, 'token.rotate', { role }, trx);
+    return this.store.transaction(async (tx) => {
+      const tokens = await mintJoinTokens(tx, this.digest, [role]);
+      await tx.audit(actor, 'token.rotate', { role });
+      return tokens[role]!;
     });
-    return formatToken(this.digest, secret);
   }
 
   // ---- nodes
 
-  async nodeView(n: NodeTable, db: Db = this.store.db): Promise<NodeView> {
-    const cert = n.current_serial ? await this.store.getCertificate(n.current_serial, db) : undefined;
+  async nodeView(n: NodeTable, s: Store = this.store): Promise<NodeView> {
+    const cert = n.current_serial ? await s.getCertificate(n.current_serial) : undefined;
     return {
       id: n.id,
       role: n.role,
@@ -473,9 +406,9 @@ export class Authority {
   }
 
   /** The node, or not_found; with `lock`, its row stays locked until the transaction ends. */
-  private async requireNode(id: string, db: Db = this.store.db, lock = false): Promise<NodeTable> {
+  private async requireNode(id: string, s: Store = this.store, lock = false): Promise<NodeTable> {
     if (!ID_RE.test(id)) throw new CairnError('not_found', `no node "${id}"`);
-    const n = lock ? await this.store.lockNode(id, db) : await this.store.getNode(id, db);
+    const n = lock ? await s.lockNode(id) : await s.getNode(id);
     if (!n) throw new CairnError('not_found', `no node ${id}`);
     return n;
   }
@@ -486,25 +419,25 @@ export class Authority {
 
   /** Change a node's role; it takes effect at the node's next renewal. */
   async setRole(id: string, role: Role, actor = 'admin'): Promise<NodeView> {
-    return this.store.transaction(async (trx) => {
-      const n = await this.requireNode(id, trx, true);
+    return this.store.transaction(async (tx) => {
+      const n = await this.requireNode(id, tx, true);
       if (n.status !== 'active') throw new CairnError('node_removed', `node ${id} has been removed`);
       if (n.role !== role) {
-        await this.store.updateNode(id, { role }, trx);
-        await this.store.audit(actor, role === 'manager' ? 'node.promote' : 'node.demote', { node: id }, trx);
+        await tx.updateNode(id, { role });
+        await tx.audit(actor, role === 'manager' ? 'node.promote' : 'node.demote', { node: id });
       }
-      return this.nodeView({ ...n, role }, trx);
+      return this.nodeView({ ...n, role }, tx);
     });
   }
 
   /** Remove a node: it can no longer renew, and its certificates are recorded as revoked. */
   async removeNode(id: string, actor = 'admin'): Promise<NodeView> {
-    return this.store.transaction(async (trx) => {
-      const n = await this.requireNode(id, trx, true); // waits for a renewal in flight, whose certificate is then revoked too
-      await this.store.updateNode(id, { status: 'removed' }, trx);
-      const revoked = await this.store.revokeNodeCertificates(id, 'cessationOfOperation', trx);
-      await this.store.audit(actor, 'node.remove', { node: id, revoked: revoked.length }, trx);
-      return this.nodeView({ ...n, status: 'removed' }, trx);
+    return this.store.transaction(async (tx) => {
+      const n = await this.requireNode(id, tx, true); // waits for a renewal in flight, whose certificate is then revoked too
+      await tx.updateNode(id, { status: 'removed' });
+      const revoked = await tx.revokeNodeCertificates(id, 'cessationOfOperation');
+      await tx.audit(actor, 'node.remove', { node: id, revoked: revoked.length });
+      return this.nodeView({ ...n, status: 'removed' }, tx);
     });
   }
 
@@ -516,11 +449,11 @@ export class Authority {
    */
   async removeReplica(id: string, actor = 'admin'): Promise<{ id: string; revoked: string[] }> {
     if (id === this.replicaId) throw new CairnError('bad_request', `replica ${id} is the one answering this request: remove it through another replica`);
-    return this.store.transaction(async (trx) => {
-      const r = ID_RE.test(id) ? await this.store.getReplica(id, trx) : undefined;
+    return this.store.transaction(async (tx) => {
+      const r = ID_RE.test(id) ? await tx.getReplica(id) : undefined;
       if (!r || r.removed_at !== null) throw new CairnError('not_found', `no replica "${id}"`);
-      const revoked = await this.store.removeReplica(id, `CN=${id},OU=ca-replica,O=${this.clusterId}`, trx);
-      await this.store.audit(actor, 'replica.remove', { replica: id, revoked }, trx);
+      const revoked = await tx.removeReplica(id, subjectString(replicaSubject(this.clusterId, id)));
+      await tx.audit(actor, 'replica.remove', { replica: id, revoked });
       return { id, revoked };
     });
   }
@@ -539,7 +472,7 @@ export class Authority {
     return { certificates: r.items, next: r.next };
   }
 
-  certificateView(r: import('../store/schema.js').CertificateTable) {
+  certificateView(r: CertificateTable) {
     return {
       serial: r.serial,
       kind: r.kind,
@@ -556,7 +489,7 @@ export class Authority {
   }
 
   async getCertificate(serial: string) {
-    const r = await this.getCertificateIn(serial, this.store.db);
+    const r = await this.getCertificateIn(serial, this.store);
     return { ...this.certificateView(r), pem: r.cert_pem };
   }
 
@@ -572,17 +505,17 @@ export class Authority {
     if (typeof why !== 'string' || !isRevocationReason(why)) {
       throw new CairnError('bad_request', `unknown revocation reason "${String(why)}": use one of ${Object.keys(REVOCATION_REASONS).join(', ')}`);
     }
-    return this.store.transaction(async (trx) => {
+    return this.store.transaction(async (tx) => {
       let revoked: string[];
       if (target.serial) {
-        let c = await this.getCertificateIn(target.serial, trx);
+        let c = await this.getCertificateIn(target.serial, tx);
         if (c.node_id) {
-          await this.store.lockNode(c.node_id, trx);
-          c = await this.getCertificateIn(c.serial, trx); // as it is now that we hold the lock
+          await tx.lockNode(c.node_id);
+          c = await this.getCertificateIn(c.serial, tx); // as it is now that we hold the lock
         }
         if (c.status === 'revoked') throw new CairnError('already_revoked', `certificate ${c.serial} is already revoked`);
         if (c.kind === 'admin' && !opts.force) {
-          const admins = await this.store.lockGoodAdminCertificates(Date.now(), trx);
+          const admins = await tx.lockGoodAdminCertificates(Date.now());
           if (admins.length === 1 && admins[0] === c.serial) {
             throw new CairnError(
               'last_admin',
@@ -591,21 +524,21 @@ export class Authority {
             );
           }
         }
-        revoked = await this.store.revokeCertificates([c.serial], why, trx);
+        revoked = await tx.revokeCertificates([c.serial], why);
       } else if (target.nodeId) {
-        await this.requireNode(target.nodeId, trx, true);
-        revoked = await this.store.revokeNodeCertificates(target.nodeId, why, trx);
+        await this.requireNode(target.nodeId, tx, true);
+        revoked = await tx.revokeNodeCertificates(target.nodeId, why);
       } else {
         throw new CairnError('bad_request', 'give a serial or a node');
       }
-      await this.store.audit(actor, 'certificate.revoke', { count: revoked.length, serials: revoked.slice(0, MAX_LISTED_SERIALS), reason: why, node: target.nodeId ?? null }, trx);
+      await tx.audit(actor, 'certificate.revoke', { count: revoked.length, serials: revoked.slice(0, MAX_LISTED_SERIALS), reason: why, node: target.nodeId ?? null });
       return { revoked: revoked.length, serials: revoked.slice(0, MAX_LISTED_SERIALS), reason: why };
     });
   }
 
-  private async getCertificateIn(serial: string, db: Db) {
+  private async getCertificateIn(serial: string, store: Store) {
     const s = serial.replace(/:/g, '').toUpperCase();
-    const r = /^[0-9A-F]{2,40}$/.test(s) ? await this.store.getCertificate(s, db) : undefined;
+    const r = /^[0-9A-F]{2,40}$/.test(s) ? await store.getCertificate(s) : undefined;
     if (!r) throw new CairnError('not_found', `no certificate with serial ${serial}`);
     return r;
   }
@@ -630,9 +563,9 @@ export class Authority {
       allowed[k as keyof ClusterConfig] = v;
     }
     if (Object.keys(allowed).length === 0) throw new CairnError('bad_request', 'no setting to change');
-    await this.store.transaction(async (trx) => {
-      await this.store.setConfig(allowed, trx);
-      await this.store.audit(actor, 'config.update', allowed, trx);
+    await this.store.transaction(async (tx) => {
+      await tx.setConfig(allowed);
+      await tx.audit(actor, 'config.update', allowed);
     });
     return this.refreshConfig();
   }

@@ -15,19 +15,18 @@
  * Per-replica and transient tables (replicas, leases) are left out. Everything is read in one
  * read transaction, so a backup taken while replicas keep issuing is a consistent snapshot.
  */
-import { createCipheriv, createDecipheriv, createHash, KeyObject, randomBytes, randomInt, scryptSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, KeyObject, randomBytes, scryptSync } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Identity, Recipient, Stanza } from 'age-encryption';
-import { sql, Transaction } from 'kysely';
 import {
   certificateFromPem, certificateInfo, ID_RE, keysMatch, parseSerial, PkiError, privateKeyFromPem, rootDigest, sequenceOf,
 } from '../pki/index.js';
-import type { CaTable, Database } from '../store/schema.js';
-import { Db, Store } from '../store/store.js';
+import type { CaTable, Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { seal, unseal } from './seal.js';
-import { formatToken, hashSecret, newSecret, ROLES } from './tokens.js';
+import { moveToOwnBlock } from './serials.js';
+import { mintJoinTokens, ROLES } from './tokens.js';
 
 // age-encryption and tar-stream are loaded when a backup is made or read, not at every start
 const loadAge = () => import('age-encryption');
@@ -81,42 +80,25 @@ type Row = Record<string, unknown>;
 
 // ---------------------------------------------------------------- reading the store
 
-/** Migration names recorded by kysely in the store. */
-async function appliedMigrations(db: Db): Promise<string[]> {
-  const r = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(db);
-  return r.rows.map((x) => x.name);
-}
-
 /** Tables of the store a full backup holds (every table cairn's migrations made, less the excluded ones). */
 async function backupTables(store: Store): Promise<string[]> {
-  const tables = (await store.db.introspection.getTables()).filter((t) => !t.isView);
-  const home = tables.find((t) => t.name === 'cluster')?.schema;
-  return tables
-    .filter((t) => t.schema === home && !EXCLUDED_TABLES.includes(t.name))
-    .map((t) => t.name)
-    .sort();
-}
-
-/** A read transaction that sees one snapshot: REPEATABLE READ on PostgreSQL; one transaction on SQLite (WAL). */
-function snapshotTransaction<T>(store: Store, fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
-  const b = store.db.transaction();
-  return (store.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute(fn);
+  return (await store.tableNames()).filter((t) => !EXCLUDED_TABLES.includes(t));
 }
 
 /** Read what a backup holds, from one consistent snapshot of the store. CA keys are unsealed. */
 export async function readSnapshot(store: Store, unlockKey: Buffer, kind: BackupKind): Promise<BackupContent> {
   const tableNames = kind === 'full' ? await backupTables(store) : [];
-  return snapshotTransaction(store, async (trx) => {
-    const cluster = await store.getCluster(trx);
+  return store.snapshot(async (tx) => {
+    const cluster = await tx.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: nothing to back up');
-    const rows = await store.listCas(trx);
+    const rows = await tx.listCas();
     const cas: BackupCa[] = rows.map((r) => {
       const { key_sealed, ...row } = r;
       return { row, keyPem: key_sealed ? unseal(unlockKey, key_sealed, r.id).toString() : null };
     });
     const tables: Record<string, Row[]> = {};
     for (const t of tableNames) {
-      tables[t] = (await trx.selectFrom(t as keyof Database).selectAll().execute()) as Row[];
+      tables[t] = await tx.dumpTable(t);
     }
     const manifest: BackupManifest = {
       format: BACKUP_FORMAT,
@@ -126,8 +108,8 @@ export async function readSnapshot(store: Store, unlockKey: Buffer, kind: Backup
       clusterName: cluster.name,
       createdAt: new Date().toISOString(),
       cairnVersion: VERSION,
-      migrations: await appliedMigrations(trx),
-      serialSequence: await store.peekSequence('serial', trx),
+      migrations: await tx.appliedMigrations(),
+      serialSequence: await tx.peekSequence('serial'),
       cas: cas.map((c) => c.row.id),
       tables: Object.fromEntries(Object.entries(tables).map(([k, v]) => [k, v.length])),
       files: {},
@@ -389,18 +371,13 @@ export async function openBackup(data: Buffer, passphrase: string): Promise<Back
 
 // ---------------------------------------------------------------- restoring
 
-/** A Store whose every method runs inside `trx` (so that code written for a Store joins the transaction). */
-export function storeIn(store: Store, trx: Transaction<Database>): Store {
-  return Object.create(store, { db: { value: trx, enumerable: true } }) as Store;
-}
-
 function caRows(content: BackupContent, unlockKey: Buffer): CaTable[] {
   return content.cas.map((c) => ({ ...c.row, key_sealed: c.keyPem ? seal(unlockKey, c.keyPem, c.row.id) : null }) as CaTable);
 }
 
 /** Refuse a backup whose schema is newer than this cairn's. */
-async function checkMigrations(content: BackupContent, db: Db): Promise<void> {
-  const mine = new Set(await appliedMigrations(db));
+async function checkMigrations(content: BackupContent, store: Store): Promise<void> {
+  const mine = new Set(await store.appliedMigrations());
   const unknown = content.manifest.migrations.filter((m) => !mine.has(m));
   if (unknown.length) {
     throw new CairnError('unsupported_backup', `the backup was made by a newer cairn (schema ${unknown.join(', ')} is unknown here): restore it with cairn ${content.manifest.cairnVersion} or later`);
@@ -408,46 +385,23 @@ async function checkMigrations(content: BackupContent, db: Db): Promise<void> {
 }
 
 /**
- * Serial sequence numbers for a controller that shares CA keys with another: a random block
- * of 2^32 numbers above the other's (sequences stay exact in a double: below 2^53).
- */
-export function cloneSerialStart(above: number): number {
-  const BLOCK = 2 ** 32;
-  const start = (Math.floor(Math.max(above, 16) / BLOCK) + 1 + randomInt(2 ** 16)) * BLOCK;
-  if (start > 2 ** 52) throw new CairnError('serials_exhausted', 'the serial sequence is too far advanced to give this controller a block of its own');
-  return start;
-}
-
-async function insertRows(trx: Transaction<Database>, table: string, rows: object[]): Promise<void> {
-  const BATCH = 200;
-  for (let i = 0; i < rows.length; i += BATCH) {
-    try {
-      await trx.insertInto(table as keyof Database).values(rows.slice(i, i + BATCH) as never).execute();
-    } catch (e) {
-      throw new CairnError('restore_failed', `cannot restore table ${table}: ${(e as Error).message}`);
-    }
-  }
-}
-
-/**
- * Full restore into an empty store, inside `trx`: every table of the backup, the CA rows
+ * Full restore into an empty store, inside a transaction (`tx`): every table of the backup, the CA rows
  * with their keys sealed under this store's unlock key; then the integrity check. Throws
  * (and so rolls back) on any problem.
  */
-export async function restoreFullIn(trx: Transaction<Database>, store: Store, content: BackupContent, unlockKey: Buffer): Promise<void> {
+export async function restoreFullIn(tx: Store, content: BackupContent, unlockKey: Buffer): Promise<void> {
   if (content.manifest.kind !== 'full') throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller', 2);
-  await checkMigrations(content, trx);
+  await checkMigrations(content, tx);
   for (const t of Object.keys(content.tables)) {
-    const r = await trx.selectFrom(t as keyof Database).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst().catch(() => {
-      throw new CairnError('unsupported_backup', `the backup holds table ${t}, which this cairn's store does not have`);
-    });
-    if (Number(r?.n ?? 0) > 0) throw new CairnError('store_not_empty', `the store is not empty (table ${t} has rows): a full restore needs an empty store`);
+    const n = await tx.countRows(t);
+    if (n === null) throw new CairnError('unsupported_backup', `the backup holds table ${t}, which this cairn's store does not have`);
+    if (n > 0) throw new CairnError('store_not_empty', `the store is not empty (table ${t} has rows): a full restore needs an empty store`);
   }
-  const existing = await store.getCluster(trx);
+  const existing = await tx.getCluster();
   if (existing) throw new CairnError('store_not_empty', `the store already holds cluster ${existing.id}: a full restore needs an empty store`);
-  for (const [t, rows] of Object.entries(content.tables)) await insertRows(trx, t, rows);
-  await insertRows(trx, 'cas', caRows(content, unlockKey));
-  const problems = await checkStoreIntegrity(storeIn(store, trx), unlockKey);
+  for (const [t, rows] of Object.entries(content.tables)) await tx.insertRows(t, rows);
+  await tx.insertRows('cas', caRows(content, unlockKey));
+  const problems = await checkStoreIntegrity(tx, unlockKey);
   if (problems.length) throw new CairnError('corrupt_backup', `the restored store fails the integrity check: ${problems.slice(0, 5).join('; ')}`);
 }
 
@@ -460,50 +414,30 @@ export interface RootCaRestoreResult {
 }
 
 /**
- * Root-CA-only restore into an initialized store, inside `trx`: the CA rows are replaced by
+ * Root-CA-only restore into an initialized store, inside a transaction (`tx`): the CA rows are replaced by
  * the backup's (keys sealed under this store's unlock key), the cluster takes the backup's
  * cluster ID (node certificates carry it), certificates of the replaced CAs are recorded as
  * revoked (superseded), their CRLs are dropped, the serial sequence moves to a random block
  * far from the other controller's, and both join tokens get new secrets (their digest
  * changed with the root).
  */
-export async function restoreRootCaIn(trx: Transaction<Database>, store: Store, content: BackupContent, unlockKey: Buffer): Promise<RootCaRestoreResult> {
-  const cluster = await store.getCluster(trx);
+export async function restoreRootCaIn(tx: Store, content: BackupContent, unlockKey: Buffer): Promise<RootCaRestoreResult> {
+  const cluster = await tx.getCluster();
   if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first, or restore a full backup');
-  const previous = await store.listCas(trx);
+  const previous = await tx.listCas();
   const rows = caRows(content, unlockKey);
   const newKeyIds = new Set(rows.map((r) => r.key_id));
-  await trx.deleteFrom('cas').execute();
-  await insertRows(trx, 'cas', rows);
-  if (cluster.id !== content.manifest.clusterId) {
-    await trx.updateTable('cluster').set({ id: content.manifest.clusterId }).where('id', '=', cluster.id).execute();
-  }
-  const now = Date.now();
+  await tx.replaceCas(rows);
+  if (cluster.id !== content.manifest.clusterId) await tx.setClusterId(cluster.id, content.manifest.clusterId);
   const oldKeyIds = previous.map((p) => p.key_id).filter((k) => !newKeyIds.has(k));
-  let superseded = 0;
-  if (oldKeyIds.length) {
-    const r = await trx
-      .updateTable('certificates')
-      .set({ status: 'revoked', revoked_at: now, revocation_reason: 'superseded' })
-      .where('issuer_key_id', 'in', oldKeyIds)
-      .where('status', '=', 'good')
-      .executeTakeFirst();
-    superseded = Number(r.numUpdatedRows);
-    if (superseded) await store.bumpRevocationMark(trx);
-  }
+  const superseded = await tx.revokeIssuedBy(oldKeyIds, 'superseded');
   // CRLs signed by the replaced keys are worthless; the CRL leader publishes new ones
-  await trx.deleteFrom('crls').execute();
-  const seq = await store.peekSequence('serial', trx);
-  await trx.updateTable('sequences').set({ next: cloneSerialStart(Math.max(seq, content.manifest.serialSequence)) }).where('name', '=', 'serial').execute();
+  await tx.deleteCrls();
+  await moveToOwnBlock(tx, content.manifest.serialSequence);
   const rootDer = certificateFromPem(rows.filter((r) => r.name === 'cluster' && r.status === 'active').at(-1)!.cert_pem, 'the cluster CA');
   const digest = rootDigest(rootDer);
-  const tokens: Record<string, string> = {};
-  for (const role of ROLES) {
-    const secret = newSecret();
-    await store.setTokenHash(role, hashSecret(secret), trx);
-    tokens[role] = formatToken(digest, secret);
-  }
-  await store.audit('cli', 'ca.restore', { from: content.manifest.clusterId, previousCluster: cluster.id, cas: content.manifest.cas, superseded }, trx);
+  const tokens = (await mintJoinTokens(tx, digest)) as Record<string, string>;
+  await tx.audit('cli', 'ca.restore', { from: content.manifest.clusterId, previousCluster: cluster.id, cas: content.manifest.cas, superseded });
   return { clusterId: content.manifest.clusterId, previousClusterId: cluster.id, tokens, superseded };
 }
 
@@ -518,7 +452,7 @@ export async function restoreRootCaIn(trx: Transaction<Database>, store: Store, 
  */
 export async function checkStoreIntegrity(store: Store, unlockKey: Buffer): Promise<string[]> {
   const problems: string[] = [];
-  const clusters = await store.db.selectFrom('cluster').selectAll().execute();
+  const clusters = await store.listClusters();
   if (clusters.length !== 1) problems.push(`${clusters.length} cluster rows (expected 1)`);
   const cas = await store.listCas();
   for (const c of cas) {
@@ -533,7 +467,7 @@ export async function checkStoreIntegrity(store: Store, unlockKey: Buffer): Prom
   for (const name of ['cluster', 'client']) {
     if (!cas.some((c) => c.name === name && c.status === 'active' && c.key_sealed)) problems.push(`no active ${name} CA with a key`);
   }
-  const certs = await store.db.selectFrom('certificates').select(['serial', 'kind', 'node_id']).execute();
+  const certs = await store.listCertificateOwners();
   const bySerial = new Map(certs.map((c) => [c.serial, c]));
   const nodes = await store.listNodes();
   const nodeIds = new Set(nodes.map((n) => n.id));
@@ -559,7 +493,7 @@ export async function checkStoreIntegrity(store: Store, unlockKey: Buffer): Prom
   }
   const next = await store.peekSequence('serial');
   if (certs.length && BigInt(next) <= maxSeq) problems.push(`the serial sequence (${next}) is not past the highest recorded serial sequence (${maxSeq})`);
-  const seqs = new Set((await store.db.selectFrom('sequences').select('name').execute()).map((s) => s.name));
+  const seqs = new Set(await store.listSequenceNames());
   for (const s of ['serial', 'request', 'revocation']) if (!seqs.has(s)) problems.push(`sequence ${s} is missing`);
   const tokens = await store.getTokenHashes();
   for (const r of ROLES) if (!tokens[r]) problems.push(`the ${r} join token is missing`);

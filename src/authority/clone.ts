@@ -8,7 +8,7 @@ import {
   certificateFromPem, certificateInfo, certificatesFromPem, certificateToPem, ID_RE, keysMatch, PkiError, privateKeyToPem, verifyChain,
 } from '../pki/index.js';
 import type { Pkcs12Entry, Pkcs12Input } from '../pki/pkcs12.js';
-import type { CaTable } from '../store/schema.js';
+import type { CaTable } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import type { Authority, PeerIdentity } from './authority.js';
 import { unsealCaKey } from './backup.js';
@@ -118,36 +118,31 @@ export async function adoptNodeCertificate(auth: Authority, der: Buffer, serial:
   const issuerKeyId = info.authorityKeyId?.toString('hex');
   if (!issuerKeyId || !auth.caKeyIds('cluster').includes(issuerKeyId)) return null;
   const store = auth.store;
-  return store.transaction(async (trx) => {
-    const node = await store.lockNode(CN, trx);
+  return store.transaction(async (tx) => {
+    const node = await tx.lockNode(CN);
     if (node && node.status !== 'active') throw new CairnError('node_removed', `node ${CN} has been removed from the cluster`);
     const now = Date.now();
     if (!node) {
-      await trx
-        .insertInto('nodes')
-        .values({ id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null })
-        .onConflict((oc) => oc.column('id').doNothing())
-        .execute();
+      await tx.insertNode(
+        { id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null },
+        { ifAbsent: true },
+      );
     } else {
       // the node renewed through the other controller: what it presents becomes its newest
       // certificate here when it is newer than the newest we know (only the newest may renew)
-      const known = node.current_serial ? await store.getCertificate(node.current_serial, trx) : undefined;
+      const known = node.current_serial ? await tx.getCertificate(node.current_serial) : undefined;
       if (!known || info.notBefore.getTime() >= known.not_before) {
-        await store.updateNode(CN, { current_serial: serial, previous_serial: node.current_serial, renewed_at: now }, trx);
+        await tx.updateNode(CN, { current_serial: serial, previous_serial: node.current_serial, renewed_at: now });
       }
     }
-    await trx
-      .insertInto('certificates')
-      .values({
-        serial, kind: 'node', node_id: CN, role: OU, subject: `CN=${CN},OU=${OU},O=${O}`, issuer_key_id: issuerKeyId,
-        not_before: info.notBefore.getTime(), not_after: info.notAfter.getTime(), status: 'good', revoked_at: null, revocation_reason: null,
-        cert_pem: certificateToPem(der), created_at: now, replica_id: auth.replicaId,
-      })
-      .onConflict((oc) => oc.column('serial').doNothing())
-      .execute();
-    const rec = await store.getCertificate(serial, trx);
+    await tx.insertCertificateIfAbsent({
+      serial, kind: 'node', node_id: CN, role: OU, subject: `CN=${CN},OU=${OU},O=${O}`, issuer_key_id: issuerKeyId,
+      not_before: info.notBefore.getTime(), not_after: info.notAfter.getTime(), status: 'good', revoked_at: null, revocation_reason: null,
+      cert_pem: certificateToPem(der), created_at: now, replica_id: auth.replicaId,
+    });
+    const rec = await tx.getCertificate(serial);
     if (!rec || rec.status !== 'good') throw new CairnError('certificate_revoked', 'the client certificate is revoked');
-    await store.audit(`node:${CN}`, 'node.adopt', { node: CN, role: OU, serial, known: !!node }, trx);
+    await tx.audit(`node:${CN}`, 'node.adopt', { node: CN, role: OU, serial, known: !!node });
     return { kind: 'node', nodeId: CN, role: OU, serial };
   });
 }

@@ -90,16 +90,13 @@ export class CrlPublisher {
       reason: r.revocation_reason && isRevocationReason(r.revocation_reason) ? r.revocation_reason : undefined,
     }));
     const validity = this.settings().validityMs;
-    await store.transaction(async (trx) => {
-      if (!(await store.holdsLease(CRL_LEASE, this.auth.replicaId, term, trx))) throw new Error('lost the CRL lease before publishing');
-      await store.ensureSequence(`crl-${ca}`, 1, trx);
-      const { start: number } = await store.claimRange(`crl-${ca}`, 1, trx);
+    await store.transaction(async (tx) => {
+      if (!(await tx.holdsLease(CRL_LEASE, this.auth.replicaId, term))) throw new Error('lost the CRL lease before publishing');
+      await tx.ensureSequence(`crl-${ca}`, 1);
+      const { start: number } = await tx.claimRange(`crl-${ca}`, 1);
       const der = buildCrl({ issuer, number: BigInt(number), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + validity), revoked });
-      await store.insertCrl(
-        { ca_name: ca, number, der: der.toString('base64'), this_update: now - 60_000, next_update: now + validity, revocation_mark: mark, entries: revoked.length, replica_id: this.auth.replicaId, term },
-        trx,
-      );
-      await store.pruneCrls(ca, 10, trx);
+      await tx.insertCrl({ ca_name: ca, number, der: der.toString('base64'), this_update: now - 60_000, next_update: now + validity, revocation_mark: mark, entries: revoked.length, replica_id: this.auth.replicaId, term });
+      await tx.pruneCrls(ca, 10);
       this.log.info({ ca, number, entries: revoked.length }, 'published CRL');
     });
   }

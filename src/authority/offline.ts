@@ -1,23 +1,21 @@
 /**
  * The offline CA (flocker-ca parity): a root CA and leaf certificates as files in a
- * directory, no server. Policy (subjects, usages, lifetimes) is decided here; the
- * certificate bytes come from the pure `pki` core.
+ * directory, no server. What the certificates say is decided in policy.ts (as for the online
+ * CA), serials come from serials.ts (a counter file), the bytes from the pure `pki` core.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import {
-  certificateFromPem, certificateInfo, certificateToPem, DAY_MS, ExtKeyUsageName, generateKeyPair, ID_RE, issueCertificate,
-  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, NameAttrs, PkiError, privateKeyFromPem, privateKeyToPem, randomId,
-  randomUuid, rootCaProfile, sanFor, selfSignCertificate, spkiDer, SubjectAltName,
+  certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, ID_RE, issueCertificate,
+  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, PkiError, privateKeyFromPem, privateKeyToPem, randomId,
+  randomUuid, rootCaProfile, selfSignCertificate, spkiDer,
 } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
+import { LeafPolicy, offlineApiPolicy, offlineControlPolicy, offlineNodePolicy, offlineRootSubject, validateClusterName } from './policy.js';
+import { nextOfflineSequence, startOfflineCounter } from './serials.js';
 
 export const CA_CERT_FILE = 'cluster.crt';
 export const CA_KEY_FILE = 'cluster.key';
-export const SERIAL_FILE = 'cluster.serial';
-export const DEFAULT_LEAF_LIFETIME_MS = 365 * DAY_MS;
-
 export interface OfflineCa {
   dir: string;
   clusterId: string;
@@ -31,65 +29,12 @@ export interface IssuedFiles {
   serialHex: string;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._ -]{0,62}[A-Za-z0-9._-]$|^[A-Za-z0-9]$/;
-const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$/;
-
-export function validateClusterName(name: string): void {
-  if (!NAME_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid cluster name "${name}": use 1 to 64 letters, digits, spaces, ".", "_" or "-", starting with a letter or digit`, 2);
-  }
-}
-
-export function validateUserName(name: string): void {
-  if (!USER_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid user name "${name}": use 1 to 64 letters, digits, ".", "_", "@" or "-", not starting with "." or "-"`, 2);
-  }
-}
-
 function wrapPki<T>(fn: () => T, prefix?: string): T {
   try {
     return fn();
   } catch (e) {
     if (e instanceof PkiError) throw new CairnError(e.code, prefix ? `${prefix}: ${e.message}` : e.message);
     throw e;
-  }
-}
-
-/**
- * Next sequence number from the local counter file, under a lock directory so that two
- * concurrent invocations never hand out the same number. The counter is advanced before
- * the number is used: a crash wastes a number, never repeats one.
- */
-function nextSequence(dir: string): bigint {
-  const counter = path.join(dir, SERIAL_FILE);
-  const lock = counter + '.lock';
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      fs.mkdirSync(lock, { mode: 0o700 });
-      break;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new CairnError('io', `cannot lock ${counter}: ${(e as Error).message}`);
-      try {
-        if (Date.now() - fs.statSync(lock).mtimeMs > 30_000) fs.rmdirSync(lock); // stale lock from a crash
-      } catch {
-        /* raced with its owner */
-      }
-      if (Date.now() > deadline) throw new CairnError('locked', `${counter} is locked by another cairn process (remove ${lock} if none is running)`);
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
-    }
-  }
-  try {
-    let n = 1n;
-    if (exists(counter)) {
-      const t = readText(counter).trim();
-      if (!/^\d+$/.test(t)) throw new CairnError('corrupt', `${counter} is corrupt: expected a number`);
-      n = BigInt(t);
-    }
-    writeFilesAtomic([{ path: counter, data: `${n + 1n}\n`, mode: FILE_MODE }], { overwrite: true });
-    return n;
-  } finally {
-    fs.rmdirSync(lock);
   }
 }
 
@@ -110,8 +55,7 @@ export function initializeCa(clusterName: string, o: InitializeOptions): { certP
   }
   const clusterId = randomId();
   const kp = generateKeyPair(o.keyType);
-  const subject: NameAttrs = { O: clusterId, OU: 'cairn cluster CA', CN: clusterName };
-  const cert = wrapPki(() => selfSignCertificate(rootCaProfile(subject, spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
+  const cert = wrapPki(() => selfSignCertificate(rootCaProfile(offlineRootSubject(clusterId, clusterName), spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
   writeFilesAtomic(
     [
       { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
@@ -119,7 +63,7 @@ export function initializeCa(clusterName: string, o: InitializeOptions): { certP
     ],
     { overwrite: o.force },
   );
-  writeFilesAtomic([{ path: path.join(o.dir, SERIAL_FILE), data: '1\n', mode: FILE_MODE }], { overwrite: true });
+  startOfflineCounter(o.dir);
   return { certPath, keyPath, clusterId };
 }
 
@@ -141,11 +85,8 @@ export function loadCa(dir: string): OfflineCa {
 interface LeafRequest {
   outDir: string;
   baseName: string;
-  subject: NameAttrs;
-  extKeyUsage: ExtKeyUsageName[];
-  sans?: SubjectAltName[];
+  policy: LeafPolicy;
   keyType?: KeyType;
-  lifetimeMs?: number;
   force?: boolean;
 }
 
@@ -157,21 +98,8 @@ function issueLeafFiles(ca: OfflineCa, r: LeafRequest): IssuedFiles {
     for (const p of [certPath, keyPath]) if (exists(p)) throw new CairnError('exists', `${p} already exists; use --force to overwrite it`);
   }
   const kp = generateKeyPair(r.keyType);
-  const serial = makeSerial(nextSequence(ca.dir));
-  const der = wrapPki(() =>
-    issueCertificate(
-      leafProfile({
-        subject: r.subject,
-        publicKeyDer: spkiDer(kp.publicKey),
-        publicKey: kp.publicKey,
-        serial,
-        lifetimeMs: r.lifetimeMs ?? DEFAULT_LEAF_LIFETIME_MS,
-        extKeyUsage: r.extKeyUsage,
-        sans: r.sans,
-      }),
-      ca.issuer,
-    ),
-  );
+  const serial = makeSerial(nextOfflineSequence(ca.dir));
+  const der = wrapPki(() => issueCertificate(leafProfile({ ...r.policy, publicKeyDer: spkiDer(kp.publicKey), publicKey: kp.publicKey, serial }), ca.issuer));
   writeFilesAtomic(
     [
       { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
@@ -191,44 +119,18 @@ export interface LeafOptions {
 
 /** `control-<hostname>.crt/.key`: server and client auth, SAN with the host name or IP. */
 export function createControlCertificate(ca: OfflineCa, hostname: string, o: LeafOptions): IssuedFiles {
-  let san: SubjectAltName;
-  try {
-    san = sanFor(hostname);
-  } catch (e) {
-    // an invalid host name is a bad argument, like an invalid cluster or user name: exit 2
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message, 2);
-    throw e;
-  }
-  const name = 'dns' in san ? san.dns : san.ip;
-  return issueLeafFiles(ca, {
-    ...o,
-    baseName: `control-${name.replace(/:/g, '_')}`,
-    subject: { O: ca.clusterId, OU: 'control-service', CN: 'control-service' },
-    extKeyUsage: ['serverAuth', 'clientAuth'],
-    sans: [san],
-  });
+  const policy = offlineControlPolicy(ca.clusterId, hostname, o.lifetimeMs);
+  return issueLeafFiles(ca, { ...o, baseName: `control-${policy.name.replace(/:/g, '_')}`, policy });
 }
 
 /** `<uuid>.crt/.key`: a node identity named by a fresh UUID (CN), server and client auth. */
 export function createNodeCertificate(ca: OfflineCa, o: LeafOptions): IssuedFiles & { uuid: string } {
   const uuid = randomUuid();
-  const files = issueLeafFiles(ca, {
-    ...o,
-    baseName: uuid,
-    subject: { O: ca.clusterId, OU: 'node', CN: uuid },
-    extKeyUsage: ['serverAuth', 'clientAuth'],
-    sans: [{ dns: uuid }],
-  });
-  return { ...files, uuid };
+  return { ...issueLeafFiles(ca, { ...o, baseName: uuid, policy: offlineNodePolicy(ca.clusterId, uuid, o.lifetimeMs) }), uuid };
 }
 
 /** `<username>.crt/.key`: an API client certificate, client auth only. */
 export function createApiCertificate(ca: OfflineCa, username: string, o: LeafOptions): IssuedFiles {
-  validateUserName(username);
-  return issueLeafFiles(ca, {
-    ...o,
-    baseName: username,
-    subject: { O: ca.clusterId, OU: 'api-user', CN: username },
-    extKeyUsage: ['clientAuth'],
-  });
+  const policy = offlineApiPolicy(ca.clusterId, username, o.lifetimeMs);
+  return issueLeafFiles(ca, { ...o, baseName: username, policy });
 }

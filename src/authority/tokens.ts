@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomId } from '../pki/index.js';
+import type { Store } from '../store/store.js';
 
 export type Role = 'worker' | 'manager';
 export const ROLES: Role[] = ['worker', 'manager'];
@@ -20,6 +21,20 @@ export function parseToken(token: string): ParsedToken | null {
 
 export function formatToken(digest: string, secret: string): string {
   return `CAIRN-1-${digest}-${secret}`;
+}
+
+/**
+ * New secrets for these roles' join tokens (every role by default): only their hashes are
+ * stored, the old secrets stop working at once, and the tokens are returned this once.
+ */
+export async function mintJoinTokens(tx: Store, digest: string, roles: Role[] = ROLES): Promise<Partial<Record<Role, string>>> {
+  const tokens: Partial<Record<Role, string>> = {};
+  for (const role of roles) {
+    const secret = newSecret();
+    await tx.setTokenHash(role, hashSecret(secret));
+    tokens[role] = formatToken(digest, secret);
+  }
+  return tokens;
 }
 
 export function newSecret(): string {

@@ -33,7 +33,7 @@ Writes into the state directory (created 0700):
   server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
   admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
     .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; fromPkcs12?: string; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
-      const { validateClusterName } = await import('../authority/offline.js');
+      const { validateClusterName } = await import('../authority/policy.js');
       validateClusterName(name);
       const ca = await casFromInitFlags(f);
       const { initReplica } = await import('../server/replica.js'); // heavy (store, server): loaded only when used

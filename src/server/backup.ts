@@ -9,12 +9,12 @@ import https from 'node:https';
 import path from 'node:path';
 import { Authority } from '../authority/authority.js';
 import {
-  BackupManifest, encodeArchive, encryptBackup, openBackup, readSnapshot, restoreFullIn, restoreRootCaIn, storeIn,
+  BackupManifest, encodeArchive, encryptBackup, openBackup, readSnapshot, restoreFullIn, restoreRootCaIn,
 } from '../authority/backup.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
 import { certificateFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
-import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
+import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import { exists, KEY_MODE, PlannedFile } from '../util/files.js';
 import { VERSION } from '../version.js';
@@ -35,7 +35,7 @@ async function openStateStore(o: StateAccess, migrate: boolean) {
   const url = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
   const { kind, location } = resolveStoreUrl(url, o.stateDir);
   if (kind === 'sqlite' && !exists(location)) throw new CairnError('store_unavailable', `the SQLite store ${location} does not exist`);
-  const store = await Store.open(kind, location, { migrate, poolSize: 2 });
+  const store = await openStore(kind, location, { migrate, poolSize: 2 });
   return { cfg, unlockKey, store, kind, location };
 }
 
@@ -190,9 +190,9 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
     const stage: { files: Staged | null } = { files: null };
     let result: Awaited<ReturnType<typeof restoreRootCaIn>>;
     try {
-      result = await store.transaction(async (trx) => {
-        const r = await restoreRootCaIn(trx, store, content, unlockKey);
-        const auth = new Authority(storeIn(store, trx), cfg.replicaId, unlockKey);
+      result = await store.transaction(async (tx) => {
+        const r = await restoreRootCaIn(tx, content, unlockKey);
+        const auth = new Authority(tx, cfg.replicaId, unlockKey);
         await auth.load();
         const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId };
         const files = [...(await serverIdentityFiles(auth, o.stateDir, newCfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -234,10 +234,10 @@ async function restoreFullExisting(o: RestoreOptions, content: Awaited<ReturnTyp
   const createdFile = kind === 'sqlite' && !exists(location);
   let store: Store | undefined;
   try {
-    store = await Store.open(kind, location, { poolSize: 2 });
+    store = await openStore(kind, location, { poolSize: 2 });
     const s = store;
-    await s.transaction((trx) => restoreFullIn(trx, s, content, unlockKey));
-    const admin = await s.db.selectFrom('certificates').select('serial').where('kind', '=', 'admin').execute();
+    await s.transaction((tx) => restoreFullIn(tx, content, unlockKey));
+    const admin = await s.findCertificates({ kind: 'admin' });
     const p = statePaths(o.stateDir);
     let adminCertificateRestored = false;
     if (exists(p.adminCert)) {
@@ -268,9 +268,8 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
       const replicaId = randomId();
       const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
       created(p.adminDir);
-      await s.transaction(async (trx) => {
-        await restoreFullIn(trx, s, content, unlockKey);
-        const ts = storeIn(s, trx);
+      await s.transaction(async (ts) => {
+        await restoreFullIn(ts, content, unlockKey);
         await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
         const auth = new Authority(ts, replicaId, unlockKey);
         await auth.load();

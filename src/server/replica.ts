@@ -16,7 +16,7 @@ import {
   certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, PkiError, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
-import { redactUrl, resolveStoreUrl, Store } from '../store/store.js';
+import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { VERSION } from '../version.js';
@@ -147,7 +147,7 @@ export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewState
     writeFilesAtomic([{ path: p.unlockKey, data: formatUnlockKey(unlockKey) + '\n', mode: KEY_MODE }]);
     created.push(p.unlockKey);
     if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
-    store = await Store.open(kind, location, o.poolSize ? { poolSize: o.poolSize } : {});
+    store = await openStore(kind, location, o.poolSize ? { poolSize: o.poolSize } : {});
     return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f) });
   } catch (e) {
     await store?.close().catch(() => {});
@@ -215,7 +215,7 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
   if (kind === 'sqlite') throw new CairnError('usage', 'replicas share a PostgreSQL store: give --store postgres://…', 2);
-  const store = await Store.open(kind, location);
+  const store = await openStore(kind, location);
   const createdDir = !exists(o.stateDir);
   try {
     const cluster = await store.getCluster();
@@ -262,7 +262,7 @@ export async function issueAdminBundle(o: AdminBundleOptions): Promise<{ serial:
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
   if (kind === 'sqlite' && !exists(location)) throw new CairnError('not_initialized', `no store at ${location}: is ${o.stateDir} a replica state directory?`);
-  const store = await Store.open(kind, location, { migrate: false });
+  const store = await openStore(kind, location, { migrate: false });
   try {
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
@@ -303,7 +303,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const storeUrl = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
   const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
-  const store = await Store.open(kind, location, { migrate: kind === 'postgres' ? true : exists(location) ? true : false });
+  const store = await openStore(kind, location, { migrate: kind === 'postgres' ? true : exists(location) ? true : false });
   try {
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');

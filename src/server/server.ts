@@ -6,6 +6,7 @@ import type { TLSSocket } from 'node:tls';
 import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
+import { requireKind } from '../authority/admission.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError, RetryLater } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
@@ -172,16 +173,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return b as Record<string, unknown>;
   };
 
-  const node = async (req: FastifyRequest): Promise<PeerIdentity> => {
-    const peer = await authority.identifyPeer(peerCert(req));
-    if (peer.kind !== 'node') throw new CairnError('forbidden', 'this endpoint is for node certificates');
-    return peer;
-  };
-  const admin = async (req: FastifyRequest): Promise<PeerIdentity> => {
-    const peer = await authority.identifyPeer(peerCert(req));
-    if (peer.kind !== 'admin') throw new CairnError('forbidden', 'this endpoint needs an admin client certificate');
-    return peer;
-  };
+  const node = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'node');
+  const admin = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'admin');
   const actor = (p: PeerIdentity) => `admin:${p.serial}`;
 
   app.get('/healthz', async () => ({ status: 'ok' }));

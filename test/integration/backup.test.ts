@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { checkStoreIntegrity, decryptBackup, encodeArchive, encryptBackup, readSnapshot } from '../../src/authority/backup.js';
 import { parseUnlockKey } from '../../src/authority/seal.js';
 import { certificateFromPem, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, toPem, verifyChain } from '../../src/pki/index.js';
-import { Store } from '../../src/store/store.js';
+import { openStore } from '../../src/store/store.js';
 import { adminId, api, CAIRN, cli, CliResult, cliAsync as runCli, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
 import { createDb, PG_ADMIN_URL, pgQuery, TestDb } from './pg.js';
 
@@ -331,7 +331,7 @@ async function inBatches<T, R>(items: T[], n: number, fn: (t: T) => Promise<R>):
 
 /** A backup of a state directory's SQLite store, made in-process with a low scrypt work factor. */
 async function fastBackup(dir: string, kind: 'root-ca-only' | 'full'): Promise<Buffer> {
-  const store = await Store.open('sqlite', path.join(dir, 'cairn.db'), { migrate: false });
+  const store = await openStore('sqlite', path.join(dir, 'cairn.db'), { migrate: false });
   try {
     const key = parseUnlockKey(fs.readFileSync(path.join(dir, 'unlock.key'), 'utf8'), 'unlock key');
     return await encryptBackup(await encodeArchive(await readSnapshot(store, key, kind)), PASS, { workFactor: 12 });
@@ -488,7 +488,7 @@ async function busyBackupScenario(): Promise<void> {
       assert.ok(s && s.cert_pem === c.cert_pem && s.status === c.status && s.node_id === c.node_id, `certificate ${c.serial} differs`);
     }
     assert.equal(restored.filter((x) => x.replica_id === mine).length, 2); // this replica's server and admin certificates
-    const store = await Store.open('sqlite', path.join(cDir, 'cairn.db'), { migrate: false });
+    const store = await openStore('sqlite', path.join(cDir, 'cairn.db'), { migrate: false });
     try {
       const problems = await checkStoreIntegrity(store, parseUnlockKey(fs.readFileSync(path.join(cDir, 'unlock.key'), 'utf8'), 'unlock key'));
       assert.deepEqual(problems, []);

@@ -364,10 +364,10 @@ describe('HA: three replicas on one PostgreSQL', () => {
 
 describe('store migrations', () => {
   test('two replicas migrating a fresh PostgreSQL database at once both succeed', async () => {
-    const { Store } = await import('../../src/store/store.js');
+    const { openStore } = await import('../../src/store/store.js');
     const db = await createDb();
     try {
-      const stores = await Promise.all([Store.open('postgres', db.url), Store.open('postgres', db.url), Store.open('postgres', db.url)]);
+      const stores = await Promise.all([openStore('postgres', db.url), openStore('postgres', db.url), openStore('postgres', db.url)]);
       for (const s of stores) await s.close();
       const rows = await pgQuery(db.url, 'select name from kysely_migration order by name');
       assert.deepEqual(rows.map((r) => r.name), ['0001_initial', '0002_crls', '0003_listing_order', '0004_renewal_guards']);

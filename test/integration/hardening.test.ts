@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../../src/pki/index.js';
 import { sql } from 'kysely';
-import { Store, StoreUnavailableError } from '../../src/store/store.js';
+import { openStore, StoreUnavailableError } from '../../src/store/store.js';
 import { REPO_ROOT } from '../helpers.js';
 import { api, cliAsync, Cluster, startCluster, TlsIdentity } from './cluster.js';
 import { createDb, pgQuery, TestDb } from './pg.js';
@@ -280,12 +280,12 @@ describe('store outage (PostgreSQL)', () => {
 describe('store layer (PostgreSQL)', () => {
   test('a backend killed inside a transaction is a StoreUnavailableError, not a crash of the process', async () => {
     const db = await createDb();
-    const store = await Store.open('postgres', db.url);
+    const store = await openStore('postgres', db.url);
     try {
       const adminUrl = new URL(db.url);
       adminUrl.pathname = '/postgres';
       await assert.rejects(
-        store.transaction(async (trx) => {
+        store.db.transaction().execute(async (trx) => {
           const { rows } = await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx);
           await pgQuery(adminUrl.toString(), 'SELECT pg_terminate_backend($1)', [rows[0].pid]);
           await new Promise((r) => setTimeout(r, 300)); // the client learns of it while checked out, between queries

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Store } from '../../src/store/store.js';
+import { openStore } from '../../src/store/store.js';
 import { api, cliAsync, Cluster, startCluster, TlsIdentity } from './cluster.js';
 
 const N = 100_000;
@@ -25,11 +25,11 @@ const serialOf = (i: number) => `7F${i.toString(16).toUpperCase().padStart(30, '
 
 /** N nodes, each with a current certificate; three nodes share each created_at (ties are ordered by id). */
 async function fill(dir: string, base: number): Promise<void> {
-  const store = await Store.open('sqlite', path.join(dir, 'cairn.db'), { migrate: false });
+  const store = await openStore('sqlite', path.join(dir, 'cairn.db'), { migrate: false });
   try {
     for (let start = 0; start < N; start += 1000) {
       const idx = Array.from({ length: Math.min(1000, N - start) }, (_, j) => start + j);
-      await store.transaction(async (trx) => {
+      await store.db.transaction().execute(async (trx) => {
         await trx
           .insertInto('nodes')
           .values(idx.map((i) => ({ id: nodeId(i), role: i % 10 ? 'worker' : 'manager', status: 'active', created_at: base + Math.floor(i / 3), updated_at: base, current_serial: serialOf(i) })))

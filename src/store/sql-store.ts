@@ -1,0 +1,578 @@
+/**
+ * The store on SQL: SQLite (better-sqlite3) or PostgreSQL (pg), through Kysely. Every SQL
+ * statement cairn runs is in this file (and migrations.ts); the rest of cairn sees the
+ * `Store` interface of store.ts.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomBytes } from 'node:crypto';
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } from 'kysely';
+import pg from 'pg';
+import { CairnError } from '../util/errors.js';
+import { migrationProvider } from './migrations.js';
+import type { CaTable, CertificateTable, CrlTable, Database, NodeTable } from './schema.js';
+import { redactUrl, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
+
+// PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
+pg.types.setTypeParser(20, (v: string) => Number(v));
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+/**
+ * The store whose transaction the current async context runs in. Using that store itself
+ * (not the transaction's) from inside the transaction is a bug — on SQLite, whose one
+ * connection the transaction holds, it would wait forever — so it fails at once instead.
+ */
+const openTransaction = new AsyncLocalStorage<SqlStore>();
+
+/** Open (and migrate) the store. Migration is safe to run from several replicas at once. */
+export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: { migrate?: boolean; poolSize?: number } = {}): Promise<SqlStore> {
+  return SqlStore.open(kind, location, opts);
+}
+
+export class SqlStore implements Store {
+  readonly kind: StoreKind;
+  private readonly handle: Db;
+  private readonly inTransaction: boolean;
+
+  private constructor(db: Db, kind: StoreKind, inTransaction = false) {
+    this.handle = db;
+    this.kind = kind;
+    this.inTransaction = inTransaction;
+  }
+
+  /** The Kysely handle: a transaction inside `transaction()`. For this file (and tests that need raw SQL) only. */
+  get db(): Db {
+    if (!this.inTransaction && openTransaction.getStore() === this) {
+      throw new Error('the store was used directly inside one of its own transactions: use the store the transaction passes (tx)');
+    }
+    return this.handle;
+  }
+
+  static async open(kind: 'sqlite' | 'postgres', location: string, opts: { migrate?: boolean; poolSize?: number } = {}): Promise<SqlStore> {
+    let db: Kysely<Database>;
+    if (kind === 'sqlite') {
+      let sqlite: SqliteDatabase.Database;
+      try {
+        sqlite = new SqliteDatabase(location, { fileMustExist: opts.migrate === false });
+        sqlite.pragma('journal_mode = WAL');
+        // WAL + NORMAL: a committed transaction survives a crash of the process (not of the OS)
+        sqlite.pragma('synchronous = NORMAL');
+        sqlite.pragma('busy_timeout = 5000');
+        sqlite.pragma('foreign_keys = ON');
+      } catch (e) {
+        throw new StoreUnavailableError(`cannot open SQLite store ${location}: ${(e as Error).message}`);
+      }
+      // kysely prepares every query anew; cache prepared statements by SQL text (bounded)
+      const statements = new Map<string, SqliteDatabase.Statement>();
+      const cached = {
+        prepare(sql: string) {
+          let st = statements.get(sql);
+          if (!st) {
+            st = sqlite.prepare(sql);
+            if (statements.size > 500) statements.clear();
+            statements.set(sql, st);
+          }
+          return st;
+        },
+        close() {
+          statements.clear();
+          sqlite.close();
+        },
+      };
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database })) });
+    } else {
+      const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
+      pool.on('error', () => {
+        /* idle client errors (server restart) are surfaced on the next query */
+      });
+      // a checked-out client between two queries (inside a transaction) has no error listener
+      // of the pool's: a backend killed then would be an unhandled 'error' event, ending the
+      // process. The failure surfaces on the client's next query instead (store_unavailable).
+      pool.on('connect', (client) => {
+        client.on('error', () => {});
+      });
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
+    }
+    const store = new SqlStore(db, kind);
+    if (opts.migrate !== false) await store.migrate(location);
+    return store;
+  }
+
+  async migrate(location = ''): Promise<void> {
+    const migrator = new Migrator({ db: this.db as Kysely<Database>, provider: migrationProvider });
+    let res;
+    try {
+      res = await migrator.migrateToLatest();
+    } catch (e) {
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`, { cause: e });
+    }
+    if (res.error) {
+      throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`, { cause: res.error });
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.inTransaction) throw new Error('close() inside a transaction');
+    await (this.db as Kysely<Database>).destroy();
+  }
+
+  /**
+   * Run `fn` in one transaction: all of it is recorded, or none. `fn` gets a Store whose every
+   * method runs inside the transaction; inside one already, `fn` joins it.
+   */
+  transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+    if (this.inTransaction) return fn(this);
+    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, true))));
+  }
+
+  /** A read-only transaction that sees one snapshot: REPEATABLE READ on PostgreSQL; one transaction on SQLite (WAL). */
+  snapshot<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+    if (this.inTransaction) return fn(this);
+    const b = (this.db as Kysely<Database>).transaction();
+    return (this.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute((trx) =>
+      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, true))),
+    );
+  }
+
+  async ping(): Promise<void> {
+    await this.db.selectFrom('sequences').select('name').limit(1).execute();
+  }
+
+  // ---- cluster and configuration
+
+  async getCluster() {
+    return this.db.selectFrom('cluster').selectAll().executeTakeFirst();
+  }
+
+  async insertCluster(c: { id: string; name: string; created_at: number }): Promise<void> {
+    await this.db.insertInto('cluster').values(c).execute();
+  }
+
+  /** Give the cluster another ID (a root-CA-only restore takes the backup's). */
+  async setClusterId(from: string, to: string): Promise<void> {
+    await this.db.updateTable('cluster').set({ id: to }).where('id', '=', from).execute();
+  }
+
+  async getConfig(): Promise<Record<string, unknown>> {
+    const rows = await this.db.selectFrom('config').selectAll().execute();
+    return Object.fromEntries(rows.map((r) => [r.key, JSON.parse(r.value)]));
+  }
+
+  async setConfig(values: Record<string, unknown>): Promise<void> {
+    const now = Date.now();
+    for (const [key, v] of Object.entries(values)) {
+      await this.db
+        .insertInto('config')
+        .values({ key, value: JSON.stringify(v), updated_at: now })
+        .onConflict((oc) => oc.column('key').doUpdateSet({ value: JSON.stringify(v), updated_at: now }))
+        .execute();
+    }
+  }
+
+  // ---- certificate authorities
+
+  async listCas(): Promise<CaTable[]> {
+    return this.db.selectFrom('cas').selectAll().orderBy('generation').execute();
+  }
+
+  async insertCa(ca: CaTable): Promise<void> {
+    await this.db.insertInto('cas').values(ca).execute();
+  }
+
+  /** Replace every CA row (a root-CA-only restore). */
+  async replaceCas(rows: CaTable[]): Promise<void> {
+    await this.db.deleteFrom('cas').execute();
+    await this.insertRows('cas', rows);
+  }
+
+  // ---- certificates
+
+  async insertCertificate(c: CertificateTable): Promise<void> {
+    await this.db.insertInto('certificates').values(c).execute();
+  }
+
+  /** Record a certificate unless its serial is recorded already (adoption: two replicas may adopt at once). */
+  async insertCertificateIfAbsent(c: CertificateTable): Promise<void> {
+    await this.db.insertInto('certificates').values(c).onConflict((oc) => oc.column('serial').doNothing()).execute();
+  }
+
+  /** Every certificate's serial, kind and node (the integrity check). */
+  async listCertificateOwners(): Promise<Pick<CertificateTable, 'serial' | 'kind' | 'node_id'>[]> {
+    return this.db.selectFrom('certificates').select(['serial', 'kind', 'node_id']).execute();
+  }
+
+  /** Revoke every good certificate issued by these CA keys (a root-CA-only restore replaced them). */
+  async revokeIssuedBy(issuerKeyIds: string[], reason: string): Promise<number> {
+    if (issuerKeyIds.length === 0) return 0;
+    return (await this.revokeGood({ issuerKeyIds }, reason)).length;
+  }
+
+  async getCertificate(serial: string): Promise<CertificateTable | undefined> {
+    return this.db.selectFrom('certificates').selectAll().where('serial', '=', serial).executeTakeFirst();
+  }
+
+  /**
+   * Revoke every good certificate of a node (optionally only those carrying `role`); no limit
+   * on how many. Returns the serials revoked.
+   */
+  async revokeNodeCertificates(nodeId: string, reason: string, only: { role?: string } = {}): Promise<string[]> {
+    return this.revokeGood({ nodeId, role: only.role }, reason);
+  }
+
+  /**
+   * Serials of the good, unexpired admin certificates, locked until the transaction ends, so
+   * two revocations cannot both see another admin left and together revoke the last one.
+   */
+  async lockGoodAdminCertificates(now: number): Promise<string[]> {
+    let q = this.db.selectFrom('certificates').select('serial').where('kind', '=', 'admin').where('status', '=', 'good').where('not_after', '>', now);
+    if (this.kind === 'postgres') q = q.forUpdate();
+    return (await q.execute()).map((r) => r.serial);
+  }
+
+  /** Advance the revocation mark: the CRL leader regenerates when it moved past its last CRL. */
+  async bumpRevocationMark(): Promise<void> {
+    await this.ensureSequence('revocation', 0);
+    await this.claimRange('revocation', 1);
+  }
+
+  /** Unexpired good certificates, counted by days to expiry (for metrics). */
+  async countGoodByExpiry(now: number, bounds: number[]): Promise<number[]> {
+    const counts: number[] = [];
+    let lo = now;
+    for (const b of [...bounds, Number.MAX_SAFE_INTEGER]) {
+      const hi = b === Number.MAX_SAFE_INTEGER ? b : now + b;
+      const r = await this.db
+        .selectFrom('certificates')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .where('status', '=', 'good')
+        .where('not_after', '>', lo)
+        .where('not_after', '<=', hi)
+        .executeTakeFirstOrThrow();
+      counts.push(Number(r.n));
+      lo = hi;
+    }
+    return counts;
+  }
+
+  // ---- nodes
+
+  async insertNode(n: NodeTable, o: { ifAbsent?: boolean } = {}): Promise<void> {
+    const q = this.db.insertInto('nodes').values(n);
+    await (o.ifAbsent ? q.onConflict((oc) => oc.column('id').doNothing()) : q).execute();
+  }
+
+  async getNode(id: string): Promise<NodeTable | undefined> {
+    return this.db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /**
+   * Read a node's row and lock it until the transaction ends (PostgreSQL `FOR UPDATE`; SQLite
+   * runs one transaction at a time). Every change to a node or its certificates takes this
+   * lock first — renewal, removal, revocation, role changes — so they never interleave.
+   */
+  async lockNode(id: string): Promise<NodeTable | undefined> {
+    let q = this.db.selectFrom('nodes').selectAll().where('id', '=', id);
+    if (this.kind === 'postgres') q = q.forUpdate();
+    return q.executeTakeFirst();
+  }
+
+  /**
+   * One page of nodes in (created_at, id) order, after the key `after`, each with its current
+   * certificate's validity joined in (one query, not one per node).
+   */
+  async listNodesPage(o: { after?: PageKey; limit: number }): Promise<NodeWithCertificate[]> {
+    let q = this.db
+      .selectFrom('nodes')
+      .leftJoin('certificates', 'certificates.serial', 'nodes.current_serial')
+      .select([
+        'nodes.id as id', 'nodes.role as role', 'nodes.status as status', 'nodes.created_at as created_at', 'nodes.updated_at as updated_at',
+        'nodes.current_serial as current_serial', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
+        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id',
+      ]);
+    const a = o.after;
+    if (a) q = q.where((eb) => eb.or([eb('nodes.created_at', '>', a.t), eb.and([eb('nodes.created_at', '=', a.t), eb('nodes.id', '>', a.k)])]));
+    return q.orderBy('nodes.created_at').orderBy('nodes.id').limit(o.limit).execute();
+  }
+
+  async listNodes(): Promise<NodeTable[]> {
+    return this.db.selectFrom('nodes').selectAll().orderBy('created_at').orderBy('id').execute();
+  }
+
+  async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>): Promise<void> {
+    await this.db.updateTable('nodes').set({ ...set, updated_at: Date.now() }).where('id', '=', id).execute();
+  }
+
+  // ---- join tokens
+
+  async listClusters() {
+    return this.db.selectFrom('cluster').selectAll().execute();
+  }
+
+  async getTokenHashes(): Promise<Record<string, string>> {
+    const rows = await this.db.selectFrom('tokens').select(['role', 'secret_hash']).execute();
+    return Object.fromEntries(rows.map((r) => [r.role, r.secret_hash]));
+  }
+
+  async setTokenHash(role: string, secretHash: string): Promise<void> {
+    const now = Date.now();
+    await this.db
+      .insertInto('tokens')
+      .values({ role, secret_hash: secretHash, created_at: now })
+      .onConflict((oc) => oc.column('role').doUpdateSet({ secret_hash: secretHash, created_at: now }))
+      .execute();
+  }
+
+  // ---- sequences (serial number and request ID ranges)
+
+  async ensureSequence(name: string, start: number): Promise<void> {
+    await this.db.insertInto('sequences').values({ name, next: start }).onConflict((oc) => oc.column('name').doNothing()).execute();
+  }
+
+  /** Claim `[start, start+increment)` with one atomic statement. */
+  async claimRange(name: string, increment: number): Promise<{ start: number; end: number }> {
+    const row = await this.db
+      .updateTable('sequences')
+      .set((eb) => ({ next: eb('next', '+', increment) }))
+      .where('name', '=', name)
+      .returning('next')
+      .executeTakeFirst();
+    if (!row) throw new CairnError('store_corrupt', `sequence ${name} is missing from the store`);
+    const end = Number(row.next);
+    if (!Number.isSafeInteger(end)) throw new CairnError('store_corrupt', `sequence ${name} is out of range`);
+    return { start: end - increment, end };
+  }
+
+  // ---- replicas
+
+  async upsertReplica(r: { id: string; address: string; version: string }): Promise<void> {
+    const now = Date.now();
+    await this.db
+      .insertInto('replicas')
+      .values({ ...r, started_at: now, heartbeat_at: now, removed_at: null })
+      .onConflict((oc) => oc.column('id').doUpdateSet({ address: r.address, version: r.version, started_at: now, heartbeat_at: now }))
+      .execute();
+  }
+
+  async heartbeat(id: string): Promise<void> {
+    await this.db.updateTable('replicas').set({ heartbeat_at: Date.now() }).where('id', '=', id).execute();
+  }
+
+  /** Replicas that have not been removed. */
+  async listReplicas() {
+    return this.db.selectFrom('replicas').selectAll().where('removed_at', 'is', null).orderBy('started_at').execute();
+  }
+
+  async getReplica(id: string) {
+    return this.db.selectFrom('replicas').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /**
+   * Mark a replica removed and revoke its server certificates (subject
+   * `CN=<id>,OU=ca-replica,O=<cluster>`), so agents holding the CRL stop trusting it.
+   */
+  async removeReplica(id: string, serverSubject: string): Promise<string[]> {
+    await this.db.updateTable('replicas').set({ removed_at: Date.now() }).where('id', '=', id).execute();
+    return this.revokeGood({ kind: 'server', subject: serverSubject }, 'cessationOfOperation');
+  }
+
+  // ---- revocation and CRLs
+
+  /** Set a sequence's next value (a root-CA-only restore moves serials to a block of their own). */
+  async setSequence(name: string, next: number): Promise<void> {
+    await this.db.updateTable('sequences').set({ next }).where('name', '=', name).execute();
+  }
+
+  async listSequenceNames(): Promise<string[]> {
+    return (await this.db.selectFrom('sequences').select('name').execute()).map((s) => s.name);
+  }
+
+  /** Current value of a sequence (without claiming). */
+  async peekSequence(name: string): Promise<number> {
+    const r = await this.db.selectFrom('sequences').select('next').where('name', '=', name).executeTakeFirst();
+    return r ? Number(r.next) : 0;
+  }
+
+  /** Mark certificates revoked (only those still good). */
+  async revokeCertificates(serials: string[], reason: string): Promise<string[]> {
+    if (serials.length === 0) return [];
+    return this.revokeGood({ serials }, reason);
+  }
+
+  /**
+   * The one revocation statement: mark the good certificates that match every given filter
+   * revoked, and bump the revocation mark when any changed (the CRL leader then publishes).
+   */
+  private async revokeGood(
+    f: { serials?: string[]; nodeId?: string; role?: string; kind?: string; subject?: string; issuerKeyIds?: string[] },
+    reason: string,
+  ): Promise<string[]> {
+    // never "every good certificate": a selection by serials, node or kind is required
+    if (f.serials === undefined && f.nodeId === undefined && f.kind === undefined && f.issuerKeyIds === undefined) throw new Error('revokeGood: no selection');
+    let q = this.db
+      .updateTable('certificates')
+      .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
+      .where('status', '=', 'good');
+    if (f.serials !== undefined) q = q.where('serial', 'in', f.serials);
+    if (f.nodeId !== undefined) q = q.where('node_id', '=', f.nodeId);
+    if (f.role !== undefined) q = q.where('role', '=', f.role);
+    if (f.kind !== undefined) q = q.where('kind', '=', f.kind);
+    if (f.subject !== undefined) q = q.where('subject', '=', f.subject);
+    if (f.issuerKeyIds !== undefined) q = q.where('issuer_key_id', 'in', f.issuerKeyIds);
+    const rows = await q.returning('serial').execute();
+    if (rows.length) await this.bumpRevocationMark();
+    return rows.map((r) => r.serial);
+  }
+
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string; limit?: number }): Promise<CertificateTable[]> {
+    let q = this.db.selectFrom('certificates').selectAll();
+    if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
+    if (f.status) q = q.where('status', '=', f.status);
+    if (f.kind) q = q.where('kind', '=', f.kind);
+    q = q.orderBy('created_at').orderBy('serial');
+    return (f.limit === undefined ? q : q.limit(f.limit)).execute();
+  }
+
+  /** One page of certificates in (created_at, serial) order, after the key `after`. */
+  async findCertificatesPage(f: { nodeId?: string; status?: string; kind?: string; after?: PageKey; limit: number }): Promise<CertificateTable[]> {
+    let q = this.db.selectFrom('certificates').selectAll();
+    if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
+    if (f.status) q = q.where('status', '=', f.status);
+    if (f.kind) q = q.where('kind', '=', f.kind);
+    const a = f.after;
+    if (a) q = q.where((eb) => eb.or([eb('created_at', '>', a.t), eb.and([eb('created_at', '=', a.t), eb('serial', '>', a.k)])]));
+    return q.orderBy('created_at').orderBy('serial').limit(f.limit).execute();
+  }
+
+  /** Revoked, unexpired certificates issued by a CA key: the entries of its CRL. */
+  async revokedFor(issuerKeyIds: string[], now: number) {
+    if (issuerKeyIds.length === 0) return [];
+    return this.db
+      .selectFrom('certificates')
+      .select(['serial', 'revoked_at', 'revocation_reason'])
+      .where('status', '=', 'revoked')
+      .where('issuer_key_id', 'in', issuerKeyIds)
+      .where('not_after', '>', now)
+      .orderBy('serial')
+      .execute();
+  }
+
+  async latestCrl(caName: string): Promise<CrlTable | undefined> {
+    return this.db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
+  }
+
+  async insertCrl(c: CrlTable): Promise<void> {
+    await this.db.insertInto('crls').values(c).execute();
+  }
+
+  /** Drop every CRL (their signing keys were replaced). */
+  async deleteCrls(): Promise<void> {
+    await this.db.deleteFrom('crls').execute();
+  }
+
+  /** Keep the newest `keep` CRLs of a CA. */
+  async pruneCrls(caName: string, keep: number): Promise<void> {
+    const cutoff = await this.db.selectFrom('crls').select('number').where('ca_name', '=', caName).orderBy('number', 'desc').offset(keep).limit(1).executeTakeFirst();
+    if (cutoff) await this.db.deleteFrom('crls').where('ca_name', '=', caName).where('number', '<=', cutoff.number).execute();
+  }
+
+  // ---- leases: one holder at a time, with a fencing term
+
+  /**
+   * Take or keep a lease. The holder extends it while its term is unchanged; anyone takes
+   * it (with term + 1) once it has expired. Returns the term held, or null.
+   */
+  async acquireLease(name: string, holder: string, ttlMs: number): Promise<number | null> {
+    const now = Date.now();
+    await this.db.insertInto('leases').values({ name, holder: '', term: 0, expires_at: 0 }).onConflict((oc) => oc.column('name').doNothing()).execute();
+    const kept = await this.db
+      .updateTable('leases')
+      .set({ expires_at: now + ttlMs })
+      .where('name', '=', name)
+      .where('holder', '=', holder)
+      .where('expires_at', '>', now)
+      .returning('term')
+      .executeTakeFirst();
+    if (kept) return Number(kept.term);
+    const taken = await this.db
+      .updateTable('leases')
+      .set((eb) => ({ holder, term: eb('term', '+', 1), expires_at: now + ttlMs }))
+      .where('name', '=', name)
+      .where('expires_at', '<=', now)
+      .returning('term')
+      .executeTakeFirst();
+    return taken ? Number(taken.term) : null;
+  }
+
+  /** Whether `holder` still holds the lease at `term` (the fencing check before a leader's write). */
+  async holdsLease(name: string, holder: string, term: number): Promise<boolean> {
+    const r = await this.db
+      .selectFrom('leases')
+      .select('term')
+      .where('name', '=', name)
+      .where('holder', '=', holder)
+      .where('term', '=', term)
+      .where('expires_at', '>', Date.now())
+      .executeTakeFirst();
+    return !!r;
+  }
+
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.db.updateTable('leases').set({ expires_at: 0 }).where('name', '=', name).where('holder', '=', holder).execute();
+  }
+
+  async getLease(name: string) {
+    return this.db.selectFrom('leases').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+
+  // ---- audit log
+
+  async audit(actor: string, action: string, detail: Record<string, unknown>): Promise<void> {
+    await this.db
+      .insertInto('audit')
+      .values({ id: `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) })
+      .execute();
+  }
+
+  // ---- whole tables (backup and restore)
+
+  /** Migration names applied to this store. */
+  async appliedMigrations(): Promise<string[]> {
+    const r = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(this.db);
+    return r.rows.map((x) => x.name);
+  }
+
+  /** Tables cairn's migrations made (in cairn's schema), sorted. */
+  async tableNames(): Promise<string[]> {
+    const tables = (await this.db.introspection.getTables()).filter((t) => !t.isView);
+    const home = tables.find((t) => t.name === 'cluster')?.schema;
+    return tables
+      .filter((t) => t.schema === home && !t.name.startsWith('kysely_'))
+      .map((t) => t.name)
+      .sort();
+  }
+
+  async dumpTable(table: string): Promise<TableRow[]> {
+    return (await this.db.selectFrom(table as keyof Database).selectAll().execute()) as TableRow[];
+  }
+
+  /** Rows in a table; null when the store has no such table. */
+  async countRows(table: string): Promise<number | null> {
+    if (!(await this.tableNames()).includes(table)) return null;
+    const r = await this.db.selectFrom(table as keyof Database).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst();
+    return Number(r?.n ?? 0);
+  }
+
+  /** Insert rows as they are, in batches. */
+  async insertRows(table: string, rows: object[]): Promise<void> {
+    const BATCH = 200;
+    for (let i = 0; i < rows.length; i += BATCH) {
+      try {
+        await this.db.insertInto(table as keyof Database).values(rows.slice(i, i + BATCH) as never).execute();
+      } catch (e) {
+        throw new CairnError('restore_failed', `cannot restore table ${table}: ${(e as Error).message}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,330 @@
+/**
+ * An in-process Store for unit tests of the authority's rules: every table is an array in
+ * memory; transactions run one at a time (so row locks hold trivially) and roll back by
+ * restoring a copy taken when they began. It implements the same interface as the SQL store
+ * and is used where a test is about cairn's rules, not about the database; the integration
+ * tests run the same rules on real SQLite and PostgreSQL.
+ */
+import type {
+  CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, LeaseTable, NodeTable, NodeWithCertificate, PageKey, ReplicaTable, Store,
+  TableRow,
+} from '../../src/store/store.js';
+
+interface Tables {
+  cluster: ClusterTable[];
+  config: { key: string; value: string; updated_at: number }[];
+  cas: CaTable[];
+  certificates: CertificateTable[];
+  nodes: NodeTable[];
+  tokens: { role: string; secret_hash: string; created_at: number }[];
+  sequences: { name: string; next: number }[];
+  replicas: ReplicaTable[];
+  leases: LeaseTable[];
+  audit: { id: string; at: number; actor: string; action: string; detail: string }[];
+  crls: CrlTable[];
+}
+
+const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [] });
+const copy = <T>(x: T): T => structuredClone(x);
+const after = (a: PageKey | undefined, t: number, k: string) => !a || t > a.t || (t === a.t && k > a.k);
+const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (x: R, y: R) => x.created_at - y.created_at || (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0);
+
+export class MemoryStore implements Store {
+  readonly kind = 'memory' as const;
+  t: Tables = empty();
+  private queue: Promise<unknown> = Promise.resolve();
+  private inTx = false;
+  /** every audit record, for assertions */
+  get auditLog() {
+    return this.t.audit.map((a) => ({ ...a, detail: JSON.parse(a.detail) as Record<string, unknown> }));
+  }
+
+  async close() {}
+  async ping() {}
+
+  transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+    if (this.inTx) return fn(this);
+    const run = async () => {
+      const saved = copy(this.t);
+      this.inTx = true;
+      try {
+        return await fn(this);
+      } catch (e) {
+        this.t = saved;
+        throw e;
+      } finally {
+        this.inTx = false;
+      }
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  snapshot<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
+    return this.transaction(fn);
+  }
+
+  // ---- cluster and configuration
+  async getCluster() {
+    return copy(this.t.cluster[0]);
+  }
+  async listClusters() {
+    return copy(this.t.cluster);
+  }
+  async insertCluster(c: ClusterTable) {
+    if (this.t.cluster.some((x) => x.id === c.id)) throw new Error('duplicate cluster');
+    this.t.cluster.push(copy(c));
+  }
+  async setClusterId(from: string, to: string) {
+    for (const c of this.t.cluster) if (c.id === from) c.id = to;
+  }
+  async getConfig() {
+    return Object.fromEntries(this.t.config.map((r) => [r.key, JSON.parse(r.value)]));
+  }
+  async setConfig(values: Record<string, unknown>) {
+    for (const [key, v] of Object.entries(values)) {
+      this.t.config = this.t.config.filter((r) => r.key !== key);
+      this.t.config.push({ key, value: JSON.stringify(v), updated_at: Date.now() });
+    }
+  }
+
+  // ---- CAs
+  async listCas() {
+    return copy([...this.t.cas].sort((a, b) => a.generation - b.generation));
+  }
+  async insertCa(ca: CaTable) {
+    this.t.cas.push(copy(ca));
+  }
+  async replaceCas(rows: CaTable[]) {
+    this.t.cas = copy(rows);
+  }
+
+  // ---- certificates
+  async insertCertificate(c: CertificateTable) {
+    if (this.t.certificates.some((x) => x.serial === c.serial)) throw new Error(`duplicate serial ${c.serial}`);
+    this.t.certificates.push(copy(c));
+  }
+  async insertCertificateIfAbsent(c: CertificateTable) {
+    if (!this.t.certificates.some((x) => x.serial === c.serial)) this.t.certificates.push(copy(c));
+  }
+  async getCertificate(serial: string) {
+    return copy(this.t.certificates.find((c) => c.serial === serial));
+  }
+  async listCertificateOwners() {
+    return this.t.certificates.map(({ serial, kind, node_id }) => ({ serial, kind, node_id }));
+  }
+  private filtered(f: CertificateFilter) {
+    return this.t.certificates
+      .filter((c) => (!f.nodeId || c.node_id === f.nodeId) && (!f.status || c.status === f.status) && (!f.kind || c.kind === f.kind))
+      .sort(byCreated((c) => c.serial));
+  }
+  async findCertificates(f: CertificateFilter & { limit?: number }) {
+    return copy(this.filtered(f).slice(0, f.limit ?? Infinity));
+  }
+  async findCertificatesPage(f: CertificateFilter & { after?: PageKey; limit: number }) {
+    return copy(this.filtered(f).filter((c) => after(f.after, c.created_at, c.serial)).slice(0, f.limit));
+  }
+  async countGoodByExpiry(now: number, bounds: number[]) {
+    const counts: number[] = [];
+    let lo = now;
+    for (const b of [...bounds, Number.MAX_SAFE_INTEGER]) {
+      const hi = b === Number.MAX_SAFE_INTEGER ? b : now + b;
+      counts.push(this.t.certificates.filter((c) => c.status === 'good' && c.not_after > lo && c.not_after <= hi).length);
+      lo = hi;
+    }
+    return counts;
+  }
+  async lockGoodAdminCertificates(now: number) {
+    return this.t.certificates.filter((c) => c.kind === 'admin' && c.status === 'good' && c.not_after > now).map((c) => c.serial);
+  }
+
+  // ---- revocation
+  private revokeWhere(pred: (c: CertificateTable) => boolean, reason: string): string[] {
+    const out: string[] = [];
+    for (const c of this.t.certificates) {
+      if (c.status === 'good' && pred(c)) {
+        Object.assign(c, { status: 'revoked', revoked_at: Date.now(), revocation_reason: reason });
+        out.push(c.serial);
+      }
+    }
+    if (out.length) this.bumpSync();
+    return out;
+  }
+  private bumpSync() {
+    const s = this.t.sequences.find((x) => x.name === 'revocation');
+    if (s) s.next += 1;
+    else this.t.sequences.push({ name: 'revocation', next: 1 });
+  }
+  async revokeCertificates(serials: string[], reason: string) {
+    return serials.length ? this.revokeWhere((c) => serials.includes(c.serial), reason) : [];
+  }
+  async revokeNodeCertificates(nodeId: string, reason: string, only: { role?: string } = {}) {
+    return this.revokeWhere((c) => c.node_id === nodeId && (only.role === undefined || c.role === only.role), reason);
+  }
+  async revokeIssuedBy(ids: string[], reason: string) {
+    return ids.length ? this.revokeWhere((c) => ids.includes(c.issuer_key_id), reason).length : 0;
+  }
+  async bumpRevocationMark() {
+    this.bumpSync();
+  }
+  async revokedFor(ids: string[], now: number) {
+    return this.t.certificates
+      .filter((c) => c.status === 'revoked' && ids.includes(c.issuer_key_id) && c.not_after > now)
+      .sort((a, b) => (a.serial < b.serial ? -1 : 1))
+      .map(({ serial, revoked_at, revocation_reason }) => ({ serial, revoked_at, revocation_reason }));
+  }
+
+  // ---- nodes
+  async insertNode(n: NodeTable, o: { ifAbsent?: boolean } = {}) {
+    if (this.t.nodes.some((x) => x.id === n.id)) {
+      if (o.ifAbsent) return;
+      throw new Error(`duplicate node ${n.id}`);
+    }
+    this.t.nodes.push(copy(n));
+  }
+  async getNode(id: string) {
+    return copy(this.t.nodes.find((n) => n.id === id));
+  }
+  async lockNode(id: string) {
+    return this.getNode(id);
+  }
+  async listNodes() {
+    return copy([...this.t.nodes].sort(byCreated((n) => n.id)));
+  }
+  async listNodesPage(o: { after?: PageKey; limit: number }): Promise<NodeWithCertificate[]> {
+    return (await this.listNodes())
+      .filter((n) => after(o.after, n.created_at, n.id))
+      .slice(0, o.limit)
+      .map((n) => {
+        const c = this.t.certificates.find((x) => x.serial === n.current_serial);
+        return {
+          id: n.id, role: n.role, status: n.status, created_at: n.created_at, updated_at: n.updated_at, current_serial: n.current_serial,
+          cert_serial: c?.serial ?? null, cert_not_before: c?.not_before ?? null, cert_not_after: c?.not_after ?? null, cert_issuer_key_id: c?.issuer_key_id ?? null,
+        };
+      });
+  }
+  async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>) {
+    const n = this.t.nodes.find((x) => x.id === id);
+    if (n) Object.assign(n, copy(set), { updated_at: Date.now() });
+  }
+
+  // ---- tokens
+  async getTokenHashes() {
+    return Object.fromEntries(this.t.tokens.map((r) => [r.role, r.secret_hash]));
+  }
+  async setTokenHash(role: string, secret_hash: string) {
+    this.t.tokens = this.t.tokens.filter((r) => r.role !== role);
+    this.t.tokens.push({ role, secret_hash, created_at: Date.now() });
+  }
+
+  // ---- sequences
+  async ensureSequence(name: string, start: number) {
+    if (!this.t.sequences.some((s) => s.name === name)) this.t.sequences.push({ name, next: start });
+  }
+  async claimRange(name: string, increment: number) {
+    const s = this.t.sequences.find((x) => x.name === name);
+    if (!s) throw new Error(`sequence ${name} is missing`);
+    s.next += increment;
+    return { start: s.next - increment, end: s.next };
+  }
+  async peekSequence(name: string) {
+    return this.t.sequences.find((x) => x.name === name)?.next ?? 0;
+  }
+  async setSequence(name: string, next: number) {
+    const s = this.t.sequences.find((x) => x.name === name);
+    if (s) s.next = next;
+  }
+  async listSequenceNames() {
+    return this.t.sequences.map((s) => s.name);
+  }
+
+  // ---- replicas
+  async upsertReplica(r: { id: string; address: string; version: string }) {
+    const now = Date.now();
+    const old = this.t.replicas.find((x) => x.id === r.id);
+    if (old) Object.assign(old, r, { started_at: now, heartbeat_at: now });
+    else this.t.replicas.push({ ...r, started_at: now, heartbeat_at: now, removed_at: null });
+  }
+  async heartbeat(id: string) {
+    const r = this.t.replicas.find((x) => x.id === id);
+    if (r) r.heartbeat_at = Date.now();
+  }
+  async listReplicas() {
+    return copy(this.t.replicas.filter((r) => r.removed_at === null));
+  }
+  async getReplica(id: string) {
+    return copy(this.t.replicas.find((r) => r.id === id));
+  }
+  async removeReplica(id: string, subject: string) {
+    const r = this.t.replicas.find((x) => x.id === id);
+    if (r) r.removed_at = Date.now();
+    return this.revokeWhere((c) => c.kind === 'server' && c.subject === subject, 'cessationOfOperation');
+  }
+
+  // ---- CRLs
+  async latestCrl(ca: string) {
+    return copy(this.t.crls.filter((c) => c.ca_name === ca).sort((a, b) => b.number - a.number)[0]);
+  }
+  async insertCrl(c: CrlTable) {
+    this.t.crls.push(copy(c));
+  }
+  async pruneCrls(ca: string, keep: number) {
+    const mine = this.t.crls.filter((c) => c.ca_name === ca).sort((a, b) => b.number - a.number);
+    const drop = new Set(mine.slice(keep));
+    this.t.crls = this.t.crls.filter((c) => !drop.has(c));
+  }
+  async deleteCrls() {
+    this.t.crls = [];
+  }
+
+  // ---- leases
+  async acquireLease(name: string, holder: string, ttlMs: number) {
+    const now = Date.now();
+    let l = this.t.leases.find((x) => x.name === name);
+    if (!l) this.t.leases.push((l = { name, holder: '', term: 0, expires_at: 0 }));
+    if (l.holder === holder && l.expires_at > now) {
+      l.expires_at = now + ttlMs;
+      return l.term;
+    }
+    if (l.expires_at <= now) {
+      Object.assign(l, { holder, term: l.term + 1, expires_at: now + ttlMs });
+      return l.term;
+    }
+    return null;
+  }
+  async holdsLease(name: string, holder: string, term: number) {
+    return this.t.leases.some((l) => l.name === name && l.holder === holder && l.term === term && l.expires_at > Date.now());
+  }
+  async releaseLease(name: string, holder: string) {
+    for (const l of this.t.leases) if (l.name === name && l.holder === holder) l.expires_at = 0;
+  }
+  async getLease(name: string) {
+    return copy(this.t.leases.find((l) => l.name === name));
+  }
+
+  // ---- audit
+  async audit(actor: string, action: string, detail: Record<string, unknown>) {
+    this.t.audit.push({ id: `${this.t.audit.length}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) });
+  }
+
+  // ---- whole tables
+  async appliedMigrations() {
+    return [];
+  }
+  async tableNames() {
+    return Object.keys(this.t).sort();
+  }
+  async dumpTable(table: string) {
+    return copy((this.t as unknown as Record<string, TableRow[]>)[table] ?? []);
+  }
+  async countRows(table: string) {
+    const rows = (this.t as unknown as Record<string, TableRow[]>)[table];
+    return rows ? rows.length : null;
+  }
+  async insertRows(table: string, rows: object[]) {
+    const t = (this.t as unknown as Record<string, object[]>)[table];
+    if (!t) throw new Error(`no table ${table}`);
+    t.push(...copy(rows));
+  }
+}
