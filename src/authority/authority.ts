@@ -5,13 +5,13 @@
 import { KeyObject } from 'node:crypto';
 import {
   certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
-  makeIssuer, makeSerial, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
+  makeIssuer, makeSerial, NameAttrs, parseCsr, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
   certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import type { CaTable, NodeTable } from '../store/schema.js';
 import { Db, Store } from '../store/store.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, ErrorCode, fromPki } from '../util/errors.js';
 import { admitRenewal } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { page, PageRequest } from './pages.js';
@@ -121,16 +121,7 @@ export interface NodeView {
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
 export const MAX_LISTED_SERIALS = 1000;
 
-const denied = (code: string, message: string) => new CairnError(code, message);
-
-function pkiToCairn<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message);
-    throw e;
-  }
-}
+const denied = (code: ErrorCode, message: string) => new CairnError(code, message);
 
 export class Authority {
   clusterId = '';
@@ -251,7 +242,7 @@ export class Authority {
   /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
   private signWith(ca: LoadedCa, serial: Buffer, o: SignRequest) {
     const profile = leafProfile({ ...o, serial });
-    const der = pkiToCairn(() => issueCertificate(profile, ca.issuer!));
+    const der = fromPki(() => issueCertificate(profile, ca.issuer!));
     // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
     const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
     const notBefore = new Date(Math.floor(profile.notBefore.getTime() / 1000) * 1000);
@@ -266,7 +257,7 @@ export class Authority {
 
   private parseRequest(csr: unknown) {
     if (typeof csr !== 'string' || csr.length === 0) throw new CairnError('bad_request', 'missing field "csr" (a PEM certificate request)');
-    return pkiToCairn(() => parseCsr(csrDerFrom(csr)));
+    return fromPki(() => parseCsr(csrDerFrom(csr)));
   }
 
   private issued(nodeId: string, role: Role, c: { der: Buffer; serial: string; notAfter: Date }): IssuedNode {

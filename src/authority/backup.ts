@@ -293,7 +293,7 @@ const AGE_MAGIC = 'age-encryption.org/v1\n';
 const AGE_ARMOR = '-----BEGIN AGE ENCRYPTED FILE-----';
 
 function checkPassphrase(passphrase: string): void {
-  if (typeof passphrase !== 'string' || passphrase.length === 0) throw new CairnError('usage', 'the backup passphrase must not be empty', 2);
+  if (typeof passphrase !== 'string' || passphrase.length === 0) throw new CairnError('usage', 'the backup passphrase must not be empty');
 }
 
 /**
@@ -435,7 +435,7 @@ async function insertRows(trx: Transaction<Database>, table: string, rows: objec
  * (and so rolls back) on any problem.
  */
 export async function restoreFullIn(trx: Transaction<Database>, store: Store, content: BackupContent, unlockKey: Buffer): Promise<void> {
-  if (content.manifest.kind !== 'full') throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller', 2);
+  if (content.manifest.kind !== 'full') throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller');
   await checkMigrations(content, trx);
   for (const t of Object.keys(content.tables)) {
     const r = await trx.selectFrom(t as keyof Database).select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirst().catch(() => {

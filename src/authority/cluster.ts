@@ -9,6 +9,7 @@ import { caRowFor, ProvidedCas } from './clone.js';
 import { seal } from './seal.js';
 import { formatToken, hashSecret, newSecret, ROLES } from './tokens.js';
 import { rootDigest } from '../pki/index.js';
+import { CairnError } from '../util/errors.js';
 
 export interface InitResult {
   clusterId: string;
@@ -50,7 +51,8 @@ export async function initCluster(store: Store, name: string, unlockKey: Buffer,
   const tokens: Record<string, string> = {};
   await store.transaction(async (trx) => {
     const existing = await store.getCluster(trx);
-    if (existing) throw Object.assign(new Error('exists'), { code: 'exists' });
+    // initReplica checks first; this catches another init of the same store racing it
+    if (existing) throw new CairnError('exists', `the store already holds cluster ${existing.id}`);
     const now = Date.now();
     await trx.insertInto('cluster').values({ id: clusterId, name, created_at: now }).execute();
     // the roots take sequence numbers 1 and 2; leaves start after them

@@ -7,10 +7,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   certificateFromPem, certificateInfo, certificateToPem, DAY_MS, ExtKeyUsageName, generateKeyPair, ID_RE, issueCertificate,
-  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, NameAttrs, PkiError, privateKeyFromPem, privateKeyToPem, randomId,
+  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, NameAttrs, privateKeyFromPem, privateKeyToPem, randomId,
   randomUuid, rootCaProfile, sanFor, selfSignCertificate, spkiDer, SubjectAltName,
 } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 
 export const CA_CERT_FILE = 'cluster.crt';
@@ -36,22 +36,13 @@ const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$/;
 
 export function validateClusterName(name: string): void {
   if (!NAME_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid cluster name "${name}": use 1 to 64 letters, digits, spaces, ".", "_" or "-", starting with a letter or digit`, 2);
+    throw new CairnError('bad_name', `invalid cluster name "${name}": use 1 to 64 letters, digits, spaces, ".", "_" or "-", starting with a letter or digit`);
   }
 }
 
 export function validateUserName(name: string): void {
   if (!USER_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid user name "${name}": use 1 to 64 letters, digits, ".", "_", "@" or "-", not starting with "." or "-"`, 2);
-  }
-}
-
-function wrapPki<T>(fn: () => T, prefix?: string): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof PkiError) throw new CairnError(e.code, prefix ? `${prefix}: ${e.message}` : e.message);
-    throw e;
+    throw new CairnError('bad_name', `invalid user name "${name}": use 1 to 64 letters, digits, ".", "_", "@" or "-", not starting with "." or "-"`);
   }
 }
 
@@ -111,7 +102,7 @@ export function initializeCa(clusterName: string, o: InitializeOptions): { certP
   const clusterId = randomId();
   const kp = generateKeyPair(o.keyType);
   const subject: NameAttrs = { O: clusterId, OU: 'cairn cluster CA', CN: clusterName };
-  const cert = wrapPki(() => selfSignCertificate(rootCaProfile(subject, spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
+  const cert = fromPki(() => selfSignCertificate(rootCaProfile(subject, spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
   writeFilesAtomic(
     [
       { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
@@ -128,10 +119,10 @@ export function loadCa(dir: string): OfflineCa {
   const certPath = path.join(dir, CA_CERT_FILE);
   const keyPath = path.join(dir, CA_KEY_FILE);
   if (!exists(certPath)) throw new CairnError('no_ca', `no CA in ${dir}: ${certPath} not found (run "cairn ca initialize <name>" first, or give --ca-dir)`);
-  const certDer = wrapPki(() => certificateFromPem(readText(certPath), certPath), certPath);
+  const certDer = fromPki(() => certificateFromPem(readText(certPath), certPath), certPath);
   const keyPem = readKeyFile(keyPath);
-  const key = wrapPki(() => privateKeyFromPem(keyPem, keyPath));
-  const issuer = wrapPki(() => makeIssuer(certDer, key), `${certPath} and ${keyPath}`);
+  const key = fromPki(() => privateKeyFromPem(keyPem, keyPath));
+  const issuer = fromPki(() => makeIssuer(certDer, key), `${certPath} and ${keyPath}`);
   const info = certificateInfo(certDer);
   const clusterId = info.subjectAttrs.O ?? '';
   if (!ID_RE.test(clusterId)) throw new CairnError('bad_ca', `${certPath} is not a cairn cluster CA (its subject has no cluster ID)`);
@@ -158,7 +149,7 @@ function issueLeafFiles(ca: OfflineCa, r: LeafRequest): IssuedFiles {
   }
   const kp = generateKeyPair(r.keyType);
   const serial = makeSerial(nextSequence(ca.dir));
-  const der = wrapPki(() =>
+  const der = fromPki(() =>
     issueCertificate(
       leafProfile({
         subject: r.subject,
@@ -191,14 +182,8 @@ export interface LeafOptions {
 
 /** `control-<hostname>.crt/.key`: server and client auth, SAN with the host name or IP. */
 export function createControlCertificate(ca: OfflineCa, hostname: string, o: LeafOptions): IssuedFiles {
-  let san: SubjectAltName;
-  try {
-    san = sanFor(hostname);
-  } catch (e) {
-    // an invalid host name is a bad argument, like an invalid cluster or user name: exit 2
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message, 2);
-    throw e;
-  }
+  // an invalid host name (bad_hostname) is a bad argument, like an invalid cluster or user name: exit 2
+  const san: SubjectAltName = fromPki(() => sanFor(hostname));
   const name = 'dns' in san ? san.dns : san.ip;
   return issueLeafFiles(ca, {
     ...o,
