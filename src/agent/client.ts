@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import https from 'node:https';
 import tls from 'node:tls';
 import { normalizeSerialHex } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, ErrorCode, isErrorCode } from '../util/errors.js';
 
 /** How to authenticate the server, and ourselves. */
 export interface ClientTls {
@@ -77,7 +77,7 @@ export class ApiError extends CairnError {
   readonly endpoint: string;
   /** from Retry-After, when the server gave one */
   readonly retryAfterMs: number | null;
-  constructor(code: string, message: string, status: number, endpoint: string, retryAfterMs: number | null) {
+  constructor(code: ErrorCode, message: string, status: number, endpoint: string, retryAfterMs: number | null) {
     super(code, message);
     this.name = 'ApiError';
     this.status = status;
@@ -97,11 +97,11 @@ export function normalizeEndpoint(input: string): string {
   try {
     u = new URL(withScheme);
   } catch {
-    throw new CairnError('bad_endpoint', `"${input}" is not a valid CA address (expected https://host:port)`, 2);
+    throw new CairnError('bad_endpoint', `"${input}" is not a valid CA address (expected https://host:port)`);
   }
-  if (u.protocol !== 'https:') throw new CairnError('bad_endpoint', `"${input}": the CA API is HTTPS only (use https://)`, 2);
-  if (!u.hostname) throw new CairnError('bad_endpoint', `"${input}" has no host name`, 2);
-  if (u.username || u.password) throw new CairnError('bad_endpoint', `"${input}": credentials in the address are not supported`, 2);
+  if (u.protocol !== 'https:') throw new CairnError('bad_endpoint', `"${input}": the CA API is HTTPS only (use https://)`);
+  if (!u.hostname) throw new CairnError('bad_endpoint', `"${input}" has no host name`);
+  if (u.username || u.password) throw new CairnError('bad_endpoint', `"${input}": credentials in the address are not supported`);
   return u.origin;
 }
 
@@ -282,9 +282,12 @@ export function request<T = any>(endpoint: string, method: string, path: string,
         }
         if (status >= 200 && status < 300) return finish(null, data as T);
         const e = data?.error;
-        const code = typeof e?.code === 'string' && /^[a-z0-9_]{1,64}$/.test(e.code) ? e.code : status >= 500 ? 'server_error' : 'bad_response';
+        // the message keeps the server's code as sent; a code this version does not know
+        // (a newer server) is carried as server_error (5xx) or bad_response
+        const sent = typeof e?.code === 'string' && /^[a-z0-9_]{1,64}$/.test(e.code) ? e.code : null;
+        const code = sent !== null && isErrorCode(sent) ? sent : status >= 500 ? 'server_error' : 'bad_response';
         const message = typeof e?.message === 'string' ? e.message.slice(0, 500) : `HTTP ${status}`;
-        finish(new ApiError(code, `${where} refused: ${message} (${code})`, status, base, retryAfter(res.headers['retry-after'])));
+        finish(new ApiError(code, `${where} refused: ${message} (${sent ?? code})`, status, base, retryAfter(res.headers['retry-after'])));
       });
     });
     const timer = setTimeout(() => {
@@ -306,7 +309,7 @@ export function request<T = any>(endpoint: string, method: string, path: string,
 export class RetryableError extends CairnError {
   /** the longest Retry-After among the failures, if any */
   readonly retryAfterMs: number | null;
-  constructor(code: string, message: string, retryAfterMs: number | null = null) {
+  constructor(code: ErrorCode, message: string, retryAfterMs: number | null = null) {
     super(code, message);
     this.name = 'RetryableError';
     this.retryAfterMs = retryAfterMs;

@@ -73,7 +73,7 @@ export function normalizeEndpoints(endpoints: string[]): string[] {
     const n = normalizeEndpoint(e);
     if (!out.includes(n)) out.push(n);
   }
-  if (out.length === 0) throw new CairnError('usage', 'give at least one CA address (https://host:port)', 2);
+  if (out.length === 0) throw new CairnError('usage', 'give at least one CA address (https://host:port)');
   return out;
 }
 
@@ -119,7 +119,7 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     }
     let rootDer: Buffer;
     try {
-      if (typeof ca?.roots?.cluster !== 'string') throw new PkiError('bad_response', 'no cluster root');
+      if (typeof ca?.roots?.cluster !== 'string') throw new PkiError('bad_pem', 'no cluster root');
       rootDer = certificateFromPem(ca.roots.cluster, 'the cluster root');
     } catch (e) {
       if (!(e instanceof PkiError)) throw e;

@@ -20,7 +20,7 @@ import path from 'node:path';
 import {
   CertificateInfo, certificateInfo, certificatesFromPem, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem,
 } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import type { ClientTls } from './client.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 
@@ -49,15 +49,6 @@ export function nodePaths(dir: string) {
     crl: path.join(dir, 'crl.pem'),
     pending: path.join(dir, PENDING),
   };
-}
-
-function pki<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message);
-    throw e;
-  }
 }
 
 const ID = /^[0-9a-z]{25}$/;
@@ -132,15 +123,15 @@ export function readNodeIdentity(dir: string): NodeIdentity {
   const p = nodePaths(dir);
   const config = readNodeConfig(dir);
   const keyPem = readKeyFile(p.key);
-  const key = pki(() => privateKeyFromPem(keyPem, p.key));
+  const key = fromPki(() => privateKeyFromPem(keyPem, p.key));
   const certPem = readText(p.cert);
-  const chain = pki(() => certificatesFromPem(certPem, p.cert));
-  const leaf = pki(() => certificateInfo(chain[0]));
+  const chain = fromPki(() => certificatesFromPem(certPem, p.cert));
+  const leaf = fromPki(() => certificateInfo(chain[0]));
   if (!keysMatch(key, leaf.publicKeyDer)) {
     throw new CairnError('key_mismatch', `${p.key} and ${p.cert} do not belong together (the key is not the certificate's)`);
   }
   const caPem = readText(p.ca);
-  const trust = pki(() => certificatesFromPem(caPem, p.ca));
+  const trust = fromPki(() => certificatesFromPem(caPem, p.ca));
   const s = leaf.subjectAttrs;
   if (s.CN !== config.nodeId || s.O !== config.clusterId) {
     throw new CairnError('bad_state', `${p.cert} is not the certificate of node ${config.nodeId} of cluster ${config.clusterId} (it is CN=${s.CN}, O=${s.O})`);

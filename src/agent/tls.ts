@@ -142,7 +142,7 @@ export class NodeTls extends EventEmitter {
     this.stateDir = stateDir;
     this.peerRoles = Object.freeze([...(opts.peerRoles ?? NODE_ROLES)]);
     for (const r of this.peerRoles) {
-      if (!NODE_ROLES.includes(r)) throw new CairnError('usage', `unknown peer role "${r}": use worker or manager`, 2);
+      if (!NODE_ROLES.includes(r)) throw new CairnError('usage', `unknown peer role "${r}": use worker or manager`);
     }
     this.current = material(first);
     this.signature = signature;
@@ -180,7 +180,7 @@ export class NodeTls extends EventEmitter {
   clientOptions(target: ClientTarget): tls.ConnectionOptions {
     const m = this.current;
     const clusterId = m.identity.clusterId;
-    if (!NODE_ROLES.includes(target.role)) throw new CairnError('usage', `unknown role "${target.role}": use worker or manager`, 2);
+    if (!NODE_ROLES.includes(target.role)) throw new CairnError('usage', `unknown role "${target.role}": use worker or manager`);
     return {
       host: target.host,
       port: target.port,

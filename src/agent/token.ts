@@ -8,7 +8,7 @@ export interface JoinToken {
   secret: string;
 }
 
-const bad = (why: string) => new CairnError('bad_token', `malformed join token: ${why} (expected CAIRN-1-<50-character digest>-<25-character secret>, as printed by "cairn token")`, 2);
+const bad = (why: string) => new CairnError('bad_token', `malformed join token: ${why} (expected CAIRN-1-<50-character digest>-<25-character secret>, as printed by "cairn token")`);
 
 /**
  * Parse a join token, refusing a malformed one with a message that says what is wrong (before
@@ -20,7 +20,7 @@ export function parseJoinToken(input: string): JoinToken {
   const parts = token.split('-');
   if (parts[0] !== 'CAIRN') throw bad('it does not start with "CAIRN-"');
   if (parts.length < 2 || !/^[0-9]+$/.test(parts[1])) throw bad('no version after "CAIRN-"');
-  if (parts[1] !== '1') throw new CairnError('bad_token', `join token version ${parts[1]} is not supported by this cairn (it knows version 1); upgrade cairn`, 2);
+  if (parts[1] !== '1') throw new CairnError('bad_token', `join token version ${parts[1]} is not supported by this cairn (it knows version 1); upgrade cairn`);
   if (parts.length !== 4) throw bad(`it has ${parts.length} dash-separated parts instead of 4`);
   const [, , digest, secret] = parts;
   if (!/^[0-9a-z]*$/.test(digest)) throw bad('the digest part must be lowercase letters and digits');

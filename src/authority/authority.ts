@@ -5,12 +5,12 @@
 import { KeyObject } from 'node:crypto';
 import {
   certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
-  makeIssuer, NameAttrs, parseCsr, PkiError, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
+  makeIssuer, NameAttrs, parseCsr, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
   certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { CaTable, CertificateTable, NodeTable } from '../store/store.js';
 import type { Store } from '../store/store.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
 
 export type { PeerCertificate, PeerIdentity } from './admission.js';
@@ -108,15 +108,6 @@ export interface NodeView {
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
 export const MAX_LISTED_SERIALS = 1000;
 
-
-function pkiToCairn<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message);
-    throw e;
-  }
-}
 
 export class Authority {
   clusterId = '';
@@ -228,7 +219,7 @@ export class Authority {
   /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
   private signWith(ca: LoadedCa, serial: Buffer, o: SignRequest) {
     const profile = leafProfile({ ...o, serial });
-    const der = pkiToCairn(() => issueCertificate(profile, ca.issuer!));
+    const der = fromPki(() => issueCertificate(profile, ca.issuer!));
     // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
     const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
     const notBefore = new Date(Math.floor(profile.notBefore.getTime() / 1000) * 1000);
@@ -237,7 +228,7 @@ export class Authority {
 
   private parseRequest(csr: unknown) {
     if (typeof csr !== 'string' || csr.length === 0) throw new CairnError('bad_request', 'missing field "csr" (a PEM certificate request)');
-    return pkiToCairn(() => parseCsr(csrDerFrom(csr)));
+    return fromPki(() => parseCsr(csrDerFrom(csr)));
   }
 
   private issued(nodeId: string, role: Role, c: { der: Buffer; serial: string; notAfter: Date }): IssuedNode {

@@ -275,7 +275,7 @@ const AGE_MAGIC = 'age-encryption.org/v1\n';
 const AGE_ARMOR = '-----BEGIN AGE ENCRYPTED FILE-----';
 
 function checkPassphrase(passphrase: string): void {
-  if (typeof passphrase !== 'string' || passphrase.length === 0) throw new CairnError('usage', 'the backup passphrase must not be empty', 2);
+  if (typeof passphrase !== 'string' || passphrase.length === 0) throw new CairnError('usage', 'the backup passphrase must not be empty');
 }
 
 /**
@@ -390,7 +390,7 @@ async function checkMigrations(content: BackupContent, store: Store): Promise<vo
  * (and so rolls back) on any problem.
  */
 export async function restoreFullIn(tx: Store, content: BackupContent, unlockKey: Buffer): Promise<void> {
-  if (content.manifest.kind !== 'full') throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller', 2);
+  if (content.manifest.kind !== 'full') throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller');
   await checkMigrations(content, tx);
   for (const t of Object.keys(content.tables)) {
     const n = await tx.countRows(t);

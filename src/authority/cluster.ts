@@ -29,6 +29,7 @@ export async function initCluster(store: Store, name: string, unlockKey: Buffer,
   const clusterId = provided?.clusterId ?? randomId();
   return store.transaction(async (tx) => {
     const existing = await tx.getCluster();
+    // initReplica checks first; this catches another init of the same store racing it
     if (existing) throw new CairnError('exists', `the store already holds cluster ${existing.id}`);
     const now = Date.now();
     await tx.insertCluster({ id: clusterId, name, created_at: now });

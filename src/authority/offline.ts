@@ -6,10 +6,10 @@
 import path from 'node:path';
 import {
   certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, ID_RE, issueCertificate,
-  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, PkiError, privateKeyFromPem, privateKeyToPem, randomId,
+  Issuer, KeyType, leafProfile, makeIssuer, makeSerial, privateKeyFromPem, privateKeyToPem, randomId,
   randomUuid, rootCaProfile, selfSignCertificate, spkiDer,
 } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { LeafPolicy, offlineApiPolicy, offlineControlPolicy, offlineNodePolicy, offlineRootSubject, validateClusterName } from './policy.js';
 import { nextOfflineSequence, startOfflineCounter } from './serials.js';
@@ -29,14 +29,6 @@ export interface IssuedFiles {
   serialHex: string;
 }
 
-function wrapPki<T>(fn: () => T, prefix?: string): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof PkiError) throw new CairnError(e.code, prefix ? `${prefix}: ${e.message}` : e.message);
-    throw e;
-  }
-}
 
 export interface InitializeOptions {
   dir: string;
@@ -55,7 +47,7 @@ export function initializeCa(clusterName: string, o: InitializeOptions): { certP
   }
   const clusterId = randomId();
   const kp = generateKeyPair(o.keyType);
-  const cert = wrapPki(() => selfSignCertificate(rootCaProfile(offlineRootSubject(clusterId, clusterName), spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
+  const cert = fromPki(() => selfSignCertificate(rootCaProfile(offlineRootSubject(clusterId, clusterName), spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
   writeFilesAtomic(
     [
       { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
@@ -72,10 +64,10 @@ export function loadCa(dir: string): OfflineCa {
   const certPath = path.join(dir, CA_CERT_FILE);
   const keyPath = path.join(dir, CA_KEY_FILE);
   if (!exists(certPath)) throw new CairnError('no_ca', `no CA in ${dir}: ${certPath} not found (run "cairn ca initialize <name>" first, or give --ca-dir)`);
-  const certDer = wrapPki(() => certificateFromPem(readText(certPath), certPath), certPath);
+  const certDer = fromPki(() => certificateFromPem(readText(certPath), certPath), certPath);
   const keyPem = readKeyFile(keyPath);
-  const key = wrapPki(() => privateKeyFromPem(keyPem, keyPath));
-  const issuer = wrapPki(() => makeIssuer(certDer, key), `${certPath} and ${keyPath}`);
+  const key = fromPki(() => privateKeyFromPem(keyPem, keyPath));
+  const issuer = fromPki(() => makeIssuer(certDer, key), `${certPath} and ${keyPath}`);
   const info = certificateInfo(certDer);
   const clusterId = info.subjectAttrs.O ?? '';
   if (!ID_RE.test(clusterId)) throw new CairnError('bad_ca', `${certPath} is not a cairn cluster CA (its subject has no cluster ID)`);
@@ -99,7 +91,7 @@ function issueLeafFiles(ca: OfflineCa, r: LeafRequest): IssuedFiles {
   }
   const kp = generateKeyPair(r.keyType);
   const serial = makeSerial(nextOfflineSequence(ca.dir));
-  const der = wrapPki(() => issueCertificate(leafProfile({ ...r.policy, publicKeyDer: spkiDer(kp.publicKey), publicKey: kp.publicKey, serial }), ca.issuer));
+  const der = fromPki(() => issueCertificate(leafProfile({ ...r.policy, publicKeyDer: spkiDer(kp.publicKey), publicKey: kp.publicKey, serial }), ca.issuer));
   writeFilesAtomic(
     [
       { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },

@@ -5,8 +5,8 @@
  * come from the pure pki core (pki/profiles.ts adds what every leaf or root carries:
  * backdating, key usages by key type, CA constraints).
  */
-import { DAY_MS, ExtKeyUsageName, NameAttrs, PkiError, sanFor, SubjectAltName } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { DAY_MS, ExtKeyUsageName, NameAttrs, sanFor, SubjectAltName } from '../pki/index.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import type { Role } from './tokens.js';
 
 /** What a leaf certificate says, as the CA decided it. */
@@ -64,14 +64,8 @@ export function offlineRootSubject(clusterId: string, clusterName: string): Name
 
 /** `control-service`: server and client auth, the host name or IP as SAN. */
 export function offlineControlPolicy(clusterId: string, hostname: string, lifetimeMs = OFFLINE_LEAF_LIFETIME_MS): LeafPolicy & { name: string } {
-  let san: SubjectAltName;
-  try {
-    san = sanFor(hostname);
-  } catch (e) {
-    // an invalid host name is a bad argument, like an invalid cluster or user name: exit 2
-    if (e instanceof PkiError) throw new CairnError(e.code, e.message, 2);
-    throw e;
-  }
+  // an invalid host name is a bad argument (bad_hostname: exit 2), like an invalid cluster or user name
+  const san: SubjectAltName = fromPki(() => sanFor(hostname));
   const name = 'dns' in san ? san.dns : san.ip;
   return { subject: { O: clusterId, OU: 'control-service', CN: 'control-service' }, sans: [san], extKeyUsage: ['serverAuth', 'clientAuth'], lifetimeMs, name };
 }
@@ -94,12 +88,12 @@ const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$/;
 
 export function validateClusterName(name: string): void {
   if (!NAME_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid cluster name "${name}": use 1 to 64 letters, digits, spaces, ".", "_" or "-", starting with a letter or digit`, 2);
+    throw new CairnError('bad_name', `invalid cluster name "${name}": use 1 to 64 letters, digits, spaces, ".", "_" or "-", starting with a letter or digit`);
   }
 }
 
 export function validateUserName(name: string): void {
   if (!USER_RE.test(name)) {
-    throw new CairnError('bad_name', `invalid user name "${name}": use 1 to 64 letters, digits, ".", "_", "@" or "-", not starting with "." or "-"`, 2);
+    throw new CairnError('bad_name', `invalid user name "${name}": use 1 to 64 letters, digits, ".", "_", "@" or "-", not starting with "." or "-"`);
   }
 }

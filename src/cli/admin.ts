@@ -86,7 +86,7 @@ export function revokeCommand(): Command {
     .addOption(serverOption())
     .addOption(jsonOption())
     .action(async (serial: string | undefined, f: { node?: string; reason: string; force?: boolean; stateDir: string; server?: string; json?: boolean }) => {
-      if (!!serial === !!f.node) throw new CairnError('usage', 'give either a serial or --node <id>', 2);
+      if (!!serial === !!f.node) throw new CairnError('usage', 'give either a serial or --node <id>');
       const r: { revoked: number; serials: string[]; reason: string } = serial
         ? await adminCall(f.stateDir, f.server, 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason, ...(f.force ? { force: true } : {}) })
         : await adminCall(f.stateDir, f.server, 'POST', `v1/nodes/${encodeURIComponent(f.node!)}/revoke`, { reason: f.reason });
@@ -154,10 +154,10 @@ export function crlCommand(): Command {
     .addOption(adminStateDir())
     .addOption(serverOption())
     .action(async (ca: string, f: { format: string; out?: string; stateDir: string; server?: string }) => {
-      if (ca !== 'cluster' && ca !== 'client') throw new CairnError('usage', `unknown CA "${ca}": use cluster or client`, 2);
+      if (ca !== 'cluster' && ca !== 'client') throw new CairnError('usage', `unknown CA "${ca}": use cluster or client`);
       const body: Buffer = await adminCall(f.stateDir, f.server, 'GET', `v1/crl/${ca}${f.format === 'pem' ? '?format=pem' : ''}`, undefined, { raw: true });
       if (f.out) writeFilesAtomic([{ path: f.out, data: body, mode: FILE_MODE }], { overwrite: true });
-      else if (f.format === 'der' && process.stdout.isTTY) throw new CairnError('usage', 'refusing to write DER to a terminal: use -o FILE', 2);
+      else if (f.format === 'der' && process.stdout.isTTY) throw new CairnError('usage', 'refusing to write DER to a terminal: use -o FILE');
       else {
         process.stdout.write(body);
       }

@@ -14,7 +14,7 @@ import { jsonOption, out, printJson, stateDirOption } from './common.js';
 export const PASSPHRASE_ENV = 'CAIRN_BACKUP_PASSPHRASE';
 export const PKCS12_PASSWORD_ENV = 'CAIRN_PKCS12_PASSWORD';
 
-const usage = (m: string) => new CairnError('usage', m, 2);
+const usage = (m: string) => new CairnError('usage', m);
 const storeOption = () => new Option('--store <url>', 'store URL (default: CAIRN_STORE, then the one in the state directory, then its SQLite file)');
 const unlockKeyOption = () => new Option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)');
 
@@ -63,7 +63,7 @@ export async function promptHidden(prompts: string[]): Promise<string[]> {
           } else if (ch === '\u0003' || (ch === '\u0004' && current === '')) {
             fs.writeSync(fd, '\r\n');
             input.off('data', onData);
-            return reject(new CairnError('cancelled', 'cancelled', 130));
+            return reject(new CairnError('cancelled', 'cancelled'));
           } else if (ch === '\u007f' || ch === '\b') {
             current = [...current].slice(0, -1).join('');
           } else if (ch === '\u0015') {
@@ -75,7 +75,7 @@ export async function promptHidden(prompts: string[]): Promise<string[]> {
       };
       input.on('data', onData);
       input.on('error', reject);
-      input.on('end', () => reject(new CairnError('cancelled', 'the terminal closed before the passphrase was entered', 130)));
+      input.on('end', () => reject(new CairnError('cancelled', 'the terminal closed before the passphrase was entered')));
     });
   } finally {
     try {

@@ -71,7 +71,7 @@ export function printJson(v: unknown): void {
 }
 
 export function requireMinDuration(ms: number, minMs: number, what: string): void {
-  if (ms < minMs) throw new CairnError('bad_duration', `${what} must be at least ${minMs / 3600_000}h`, 2);
+  if (ms < minMs) throw new CairnError('bad_duration', `${what} must be at least ${minMs / 3600_000}h`);
 }
 
 export type { Command };

@@ -1,6 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { PkiError } from '../pki/index.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import { caCommand } from './ca.js';
 import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreCommand } from './backup.js';
 import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
@@ -84,13 +84,10 @@ export async function main(argv: string[]): Promise<number> {
       if (e.code === 'commander.executeSubCommandAsync') return e.exitCode;
       return 2;
     }
-    if (e instanceof CairnError) {
-      process.stderr.write(`cairn: error: ${e.message}\n`);
-      return e.exitCode;
-    }
-    if (e instanceof PkiError) {
-      process.stderr.write(`cairn: error: ${e.message}\n`);
-      return 1;
+    if (e instanceof CairnError || e instanceof PkiError) {
+      const err = e instanceof PkiError ? fromPki(e) : e;
+      process.stderr.write(`cairn: error: ${err.message}\n`);
+      return err.exitCode; // from the table in src/util/errors.ts
     }
     process.stderr.write(`cairn: internal error: ${(e as Error)?.message ?? String(e)}\n`);
     if (process.env.CAIRN_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);

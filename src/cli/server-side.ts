@@ -84,7 +84,7 @@ export function tokenCommand(): Command {
     .option('--rotate', 'replace the token secret: the old token stops working at once (needs a running server)')
     .option('-q, --quiet', 'print the token only')
     .action(async (role: string, f: { stateDir: string; server?: string; rotate?: boolean; quiet?: boolean }) => {
-      if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager`, 2);
+      if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager`);
       const p = statePaths(f.stateDir);
       let tokens: Record<string, string> = {};
       if (exists(p.adminTokens)) {
@@ -166,8 +166,8 @@ export function updateCommand(): Command {
     .addOption(new Option('--cert-expiry <duration>', 'lifetime of node certificates, e.g. 720h, 90d (minimum 1h)').argParser(parseDurationArg))
     .addOption(jsonOption())
     .action(async (f: { stateDir: string; server?: string; certExpiry?: number; json?: boolean }) => {
-      if (f.certExpiry === undefined) throw new CairnError('usage', 'nothing to update: give --cert-expiry', 2);
-      if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`, 2);
+      if (f.certExpiry === undefined) throw new CairnError('usage', 'nothing to update: give --cert-expiry');
+      if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`);
       const cfg = await adminCall(f.stateDir, f.server, 'PATCH', 'v1/config', { certExpiryMs: f.certExpiry });
       if (f.json) return printJson(cfg);
       out(`Node certificate expiry is now ${formatDuration(cfg.certExpiryMs)} (applies to certificates issued from now on).`);

@@ -158,7 +158,7 @@ export async function restoreStateDir(o: RestoreOptions): Promise<RestoreResult>
   const content = await openBackup(o.data, o.passphrase);
   if (o.rootCaOnly) return restoreRootCa(o, content);
   if (content.manifest.kind !== 'full') {
-    throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller', 2);
+    throw new CairnError('usage', 'this is a root-CA-only backup: restore it with --root-ca-only into an initialized controller');
   }
   if (exists(statePaths(o.stateDir).replica)) return restoreFullExisting(o, content);
   return restoreFullNew(o, content);

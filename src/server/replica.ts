@@ -13,11 +13,11 @@ import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
-  certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, PkiError, privateKeyToPem, randomId, sanFor, spkiDer,
+  certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
-import { CairnError } from '../util/errors.js';
+import { CairnError, fromPki } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
@@ -27,13 +27,8 @@ export function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
   const names = [advertise, ...extra];
   const out: SubjectAltName[] = [];
   for (const n of names) {
-    try {
-      const s = sanFor(n);
-      if (!out.some((o) => JSON.stringify(o) === JSON.stringify(s))) out.push(s);
-    } catch (e) {
-      if (e instanceof PkiError) throw new CairnError('usage', e.message, 2);
-      throw e;
-    }
+    const s = fromPki(() => sanFor(n)); // bad_hostname: a usage error (exit 2)
+    if (!out.some((o) => JSON.stringify(o) === JSON.stringify(s))) out.push(s);
   }
   return out;
 }
@@ -211,10 +206,10 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
   parseHostPort(listen);
   const sans = o.sans ?? [];
   sansFor(o.advertiseAddr, sans);
-  if (!o.unlockKeyFile && !process.env.CAIRN_UNLOCK_KEY) throw new CairnError('usage', 'give the cluster unlock key with --unlock-key-file or CAIRN_UNLOCK_KEY', 2);
+  if (!o.unlockKeyFile && !process.env.CAIRN_UNLOCK_KEY) throw new CairnError('usage', 'give the cluster unlock key with --unlock-key-file or CAIRN_UNLOCK_KEY');
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store, o.stateDir);
-  if (kind === 'sqlite') throw new CairnError('usage', 'replicas share a PostgreSQL store: give --store postgres://…', 2);
+  if (kind === 'sqlite') throw new CairnError('usage', 'replicas share a PostgreSQL store: give --store postgres://…');
   const store = await openStore(kind, location);
   const createdDir = !exists(o.stateDir);
   try {
@@ -258,7 +253,7 @@ export interface AdminBundleOptions {
 export async function issueAdminBundle(o: AdminBundleOptions): Promise<{ serial: string; notAfter: Date; clusterId: string; dir: string }> {
   const cfg = readReplicaConfig(o.stateDir);
   const name = o.name ?? 'admin';
-  if (!/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/.test(name)) throw new CairnError('usage', `--name "${name}" must be 1-64 letters, digits, ".", "_", "@" or "-"`, 2);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/.test(name)) throw new CairnError('usage', `--name "${name}" must be 1-64 letters, digits, ".", "_", "@" or "-"`);
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
   if (kind === 'sqlite' && !exists(location)) throw new CairnError('not_initialized', `no store at ${location}: is ${o.stateDir} a replica state directory?`);

@@ -3,27 +3,18 @@
  */
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import Fastify, { FastifyInstance, FastifyRequest, LogController } from 'fastify';
+import Fastify, { FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
 import { requireKind } from '../authority/admission.js';
 import { isRole } from '../authority/tokens.js';
-import { CairnError, RetryLater } from '../util/errors.js';
+import { CairnError, ErrorCode, ERRORS, RetryLater } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
 import { requireProxyProtocol } from './proxy-protocol.js';
 
 export const BODY_LIMIT = 64 * 1024;
-
-/** HTTP status of every error code the API answers (docs/api.md lists the same table; a test compares them). */
-export const STATUS: Readonly<Record<string, number>> = {
-  bad_request: 400, bad_csr: 400, bad_csr_signature: 400, bad_der: 400, bad_pem: 400, weak_key: 400, unsupported_key: 400,
-  invalid_token: 401, client_certificate_required: 401,
-  forbidden: 403, node_removed: 403, certificate_revoked: 403, certificate_expired: 403, renewal_superseded: 403,
-  not_found: 404, already_revoked: 409, last_admin: 409, body_too_large: 413, unsupported_media_type: 415, rate_limited: 429,
-  internal: 500, unavailable: 503,
-};
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -90,6 +81,9 @@ function intParam(v: string | undefined, name: string): number | undefined {
   return Number(v);
 }
 
+/** An error answer: `{ error: { code, message } }` with the code's status from src/util/errors.ts. */
+const answer = (reply: FastifyReply, code: ErrorCode, message: string, status: number = ERRORS[code].status) => reply.code(status).send({ error: { code, message } });
+
 const isUnavailable = (e: unknown) => e instanceof CairnError && e.code === 'store_unavailable';
 
 /** Refuse unknown or repeated query parameters (the route's config.query lists those it takes). */
@@ -147,25 +141,24 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const e = err as { code?: string; statusCode?: number; message?: string };
     if (isUnavailable(err)) {
       req.log.warn({ code: 'store_unavailable', err: (err as Error).message }, 'store unavailable');
-      return reply.code(503).header('retry-after', '1').send({ error: { code: 'unavailable', message: 'the store is unavailable; retry' } });
+      return answer(reply.header('retry-after', '1'), 'unavailable', 'the store is unavailable; retry');
     }
     if (err instanceof CairnError) {
-      const status = STATUS[err.code] ?? 400;
       if (err instanceof RetryLater) reply.header('retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000))));
-      return reply.code(status).send({ error: { code: err.code, message: err.message } });
+      return answer(reply, err.code, err.message);
     }
-    if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.code(413).send({ error: { code: 'body_too_large', message: `request body is larger than ${BODY_LIMIT} bytes` } });
-    if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return reply.code(415).send({ error: { code: 'unsupported_media_type', message: 'request body must be application/json' } });
+    if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return answer(reply, 'body_too_large', `request body is larger than ${BODY_LIMIT} bytes`);
+    if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return answer(reply, 'unsupported_media_type', 'request body must be application/json');
     if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
-      return reply.code(e.statusCode).send({ error: { code: 'bad_request', message: e.message ?? 'bad request' } });
+      return answer(reply, 'bad_request', e.message ?? 'bad request', e.statusCode);
     }
     req.log.error({ err }, 'internal error');
-    return reply.code(STATUS.internal).send({ error: { code: 'internal', message: 'internal error' } });
+    return answer(reply, 'internal', 'internal error');
   });
   app.addHook('onRequest', async (req) => checkQuery(req));
   // bodies are JSON only: a text/plain body is a 415 like any other media type
   app.removeContentTypeParser('text/plain');
-  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'not_found', message: `no route ${req.method} ${req.url}` } }));
+  app.setNotFoundHandler((req, reply) => answer(reply, 'not_found', `no route ${req.method} ${req.url}`));
 
   const body = (req: FastifyRequest): Record<string, unknown> => {
     const b = req.body;

@@ -72,7 +72,7 @@ export function parseHostPort(s: string, what = '--listen'): { host: string; por
   const m = s.match(/^\[([^\]]+)\]:(\d+)$/) ?? s.match(/^([^:]+):(\d+)$/);
   const port = m ? Number(m[2]) : NaN;
   if (!m || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new CairnError('usage', `${what} "${s}" is not HOST:PORT`, 2);
+    throw new CairnError('usage', `${what} "${s}" is not HOST:PORT`);
   }
   return { host: m[1], port };
 }

@@ -140,7 +140,7 @@ export function resolveStoreUrl(url: string | undefined, stateDir: string): { ki
   if (!url) return { kind: 'sqlite', location: path.join(stateDir, SQLITE_FILE) };
   if (/^postgres(ql)?:\/\//.test(url)) return { kind: 'postgres', location: url };
   if (url.startsWith('sqlite:')) return { kind: 'sqlite', location: url.slice('sqlite:'.length) };
-  throw new CairnError('bad_store', `unsupported store "${redactUrl(url)}": use postgres://… or sqlite:<file>`, 2);
+  throw new CairnError('bad_store', `unsupported store "${redactUrl(url)}": use postgres://… or sqlite:<file>`);
 }
 
 /** A URL with any password replaced, safe to log. */

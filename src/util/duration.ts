@@ -6,7 +6,7 @@ const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3600_000, d: 86_4
 export function parseDuration(s: string): number {
   const t = s.trim();
   if (!/^(\d+(\.\d+)?[smhd])+$/.test(t)) {
-    throw new CairnError('bad_duration', `"${s}" is not a duration: use a number with a unit, e.g. 90d, 720h, 1h30m`, 2);
+    throw new CairnError('bad_duration', `"${s}" is not a duration: use a number with a unit, e.g. 90d, 720h, 1h30m`);
   }
   let ms = 0;
   for (const m of t.matchAll(/(\d+(?:\.\d+)?)([smhd])/g)) ms += Number(m[1]) * UNITS[m[2]];

@@ -100,7 +100,7 @@ describe('renewal schedule', () => {
   });
 
   test('removed, revoked and expired are fatal; network trouble, 5xx and 429 are retried', () => {
-    for (const c of ['node_removed', 'certificate_revoked', 'certificate_expired', 'client_certificate_required', 'forbidden']) {
+    for (const c of ['node_removed', 'certificate_revoked', 'certificate_expired', 'client_certificate_required', 'forbidden'] as const) {
       assert.equal(isFatalRenewalError(new ApiError(c, c, 403, 'https://x', null)), true, c);
     }
     assert.equal(isFatalRenewalError(new CairnError('unreachable', 'x')), false);
