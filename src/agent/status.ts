@@ -149,13 +149,13 @@ export function health(dir: string, o: { warnBeforeMs?: number; now?: Date } = {
   };
   const who = `${id.config.role} ${id.config.nodeId}`;
   const say = (state: HealthState, message: string): Health => ({ state, exitCode: HEALTH_EXIT[state], message, ...base });
+  if (left <= 0) return say('expired', `${who}: certificate ${leaf.serialHex} expired ${human(-left)} ago (${base.notAfter}); join again`);
   if (record?.refused && record.refused.serial === leaf.serialHex) {
     return say('refused', `${who}: the CA refused to renew certificate ${leaf.serialHex} (${record.refused.code}, ${record.refused.at}): ${record.refused.message}`);
   }
   if (id.crl?.revoked.has(normalizeSerialHex(leaf.serialHex))) {
     return say('revoked', `${who}: certificate ${leaf.serialHex} is on the cluster CRL (revoked); join again`);
   }
-  if (left <= 0) return say('expired', `${who}: certificate ${leaf.serialHex} expired ${human(-left)} ago (${base.notAfter}); join again`);
   const failing = record && record.serial === leaf.serialHex && record.consecutiveFailures > 0 && record.lastError
     ? `; the last ${record.consecutiveFailures} renewal attempt${record.consecutiveFailures === 1 ? '' : 's'} failed (${record.lastError.code}: ${record.lastError.message})`
     : '';
