@@ -5,7 +5,12 @@
  * polling GET /v1/ca over verified TLS (accepting them only as acceptTrustBundle allows: trust
  * only widens through a chain), keeps the cluster CRL in crl.pem, and stops with a clear error
  * when the CA refuses the node for good (removed, revoked, expired).
+ *
+ * After each renewal and each trust-bundle change it writes the output files (outputs.ts), then
+ * starts the hook (hooks.ts) without waiting for it; after each attempt it records what happened
+ * in agent-status.json and, if asked, the Prometheus textfile (status.ts).
  */
+import path from 'node:path';
 import pino, { Logger } from 'pino';
 import { certificatesFromPem, PkiError } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
@@ -13,7 +18,10 @@ import { closeAgents, request, RetryableError } from './client.js';
 import { refreshCrl } from './crl.js';
 import { pemOf } from './issued.js';
 import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
-import { clientTlsOf, NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { HookConfig, HookEvent, Hooks } from './hooks.js';
+import { describeOutputs, OutputResult, OutputSpec, writeOutputs } from './outputs.js';
+import { clientTlsOf, NodeIdentity, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { health, recordFailure, recordHook, recordSuccess, writeMetricsFile } from './status.js';
 import { acceptTrustBundle, vouchersFrom } from './trust.js';
 
 /** Renewal happens between these fractions of a certificate's lifetime (notBefore → notAfter). */
@@ -62,6 +70,44 @@ export interface AgentOptions {
   onCrlUpdate?: () => void;
   /** root digests the operator vouches for (`cairn agent --trust-token`): such a root may be added to ca.crt */
   trustDigests?: string[];
+  /** files to write after each renewal and trust change (`--write`) */
+  outputs?: OutputSpec[];
+  /** what to run after the outputs are written (`--exec`, `--reload-signal`) */
+  hooks?: HookConfig;
+  /** Prometheus textfile to rewrite after each attempt (`--metrics-file`) */
+  metricsFile?: string;
+}
+
+/** What publishChange did: the outputs (written or already right) and whether the hook started. */
+export interface Published {
+  event: HookEvent;
+  outputs: OutputResult[];
+  hook: 'started' | 'queued' | 'none';
+}
+
+/**
+ * After a renewal or a trust change: write the outputs that differ from the identity now in
+ * `stateDir`, then trigger the hook (which runs on its own). Throws (a CairnError naming the
+ * file) if an output cannot be written: the hook is then not triggered.
+ */
+export async function publishChange(stateDir: string, event: HookEvent, o: { outputs?: OutputSpec[]; hooks?: Hooks }): Promise<Published> {
+  const id = await rereadIdentity(stateDir);
+  const outputs = o.outputs?.length ? await writeOutputs(o.outputs, id) : [];
+  const p = nodePaths(path.resolve(stateDir)); // the hook may run elsewhere: absolute paths
+  const hook = o.hooks
+    ? o.hooks.trigger({ event, nodeId: id.config.nodeId, role: id.config.role, serial: id.leaf.serialHex, notAfter: id.leaf.notAfter, stateDir: p.dir, cert: p.cert, key: p.key, ca: p.ca })
+    : 'none';
+  return { event, outputs, hook };
+}
+
+/** Rewrite the metrics file, if one was asked for; a failure is logged, never fatal. */
+export function updateMetrics(stateDir: string, file: string | undefined, log?: Logger): void {
+  if (!file) return;
+  try {
+    writeMetricsFile(file, health(stateDir));
+  } catch (e) {
+    log?.warn({ file, err: (e as Error).message }, 'could not write the metrics file');
+  }
 }
 
 /**
@@ -158,6 +204,45 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
   let id = readNodeIdentity(stateDir);
   log.info({ nodeId: id.config.nodeId, role: id.config.role, clusterId: id.config.clusterId, notAfter: id.leaf.notAfter.toISOString() }, 'agent started');
 
+  const hooks = opts.hooks ? new Hooks({
+    ...opts.hooks,
+    logger: log,
+    onResult: (r) => {
+      recordHook(stateDir, r.serial, r, hooks!.stats);
+      updateMetrics(stateDir, opts.metricsFile, log);
+    },
+  }) : undefined;
+  /** a change whose outputs could not be written yet: tried again at `at` */
+  let unpublished: { event: HookEvent; at: number; failures: number } | null = null;
+  const publish = async (event: HookEvent, what: string, fields: Record<string, unknown>) => {
+    try {
+      const p = await publishChange(stateDir, event, { outputs: opts.outputs, hooks });
+      unpublished = null;
+      log.info({ ...fields, outputs: describeOutputs(p.outputs), hook: p.hook }, what);
+    } catch (e) {
+      if (!(e instanceof CairnError)) throw e;
+      const failures = (unpublished?.failures ?? 0) + 1;
+      const wait = backoffDelay(failures - 1, { baseMs: opts.baseBackoffMs ?? 1000, capMs: MAX_BACKOFF_MS, random });
+      // a renewal stays a renewal for the hook even if a trust change comes before the retry
+      unpublished = { event: unpublished?.event === 'renewed' ? 'renewed' : event, at: Date.now() + wait, failures };
+      log.info(fields, what);
+      log.error({ code: e.code, err: e.message, retryInMs: wait }, 'could not write the output files; the hook waits for them; will retry');
+    }
+  };
+  // bring the outputs in line with the identity (they may be missing, or older than a renewal
+  // made while the agent was down); only a change makes the hook run
+  if (opts.outputs?.length) {
+    try {
+      const written = (await writeOutputs(opts.outputs, id)).filter((r) => r.written);
+      if (written.length) await publish(written.some((r) => r.format !== 'ca') ? 'renewed' : 'trust-changed', 'outputs brought up to date', { written: describeOutputs(written) });
+    } catch (e) {
+      if (!(e instanceof CairnError)) throw e;
+      unpublished = { event: 'renewed', at: Date.now(), failures: 0 };
+      log.error({ code: e.code, err: e.message }, 'could not write the output files; will retry');
+    }
+  }
+  updateMetrics(stateDir, opts.metricsFile, log);
+
   try {
     while (!signal?.aborted) {
       id = await rereadIdentity(stateDir); // someone may have replaced it (join --force, cairn agent --renew-now)
@@ -175,12 +260,17 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
           renewNow = false;
           lastRenewal = Date.now();
           nextCaCheck = lastRenewal + caRefreshMs; // the renewal brought the current trust bundle
-          log.info({ serial: r.serial, role: r.role, endpoint: r.endpoint, notAfter: r.notAfter.toISOString(), trustChanged: r.trustChanged }, 'certificate renewed');
+          recordSuccess(stateDir, r.serial);
+          await publish('renewed', 'certificate renewed', { serial: r.serial, role: r.role, endpoint: r.endpoint, notAfter: r.notAfter.toISOString(), trustChanged: r.trustChanged });
+          updateMetrics(stateDir, opts.metricsFile, log);
           if (r.role !== r.previousRole) log.info({ from: r.previousRole, to: r.role }, 'role changed');
           opts.onRenew?.(r);
         } catch (e) {
           if (signal?.aborted) break;
-          if (isFatalRenewalError(e)) {
+          const fatal = isFatalRenewalError(e);
+          recordFailure(stateDir, id.leaf.serialHex, { code: (e as CairnError).code, message: (e as Error).message }, fatal);
+          updateMetrics(stateDir, opts.metricsFile, log);
+          if (fatal) {
             log.error({ code: (e as CairnError).code, err: (e as Error).message }, 'renewal refused: stopping');
             throw e;
           }
@@ -198,7 +288,10 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         try {
           const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log, trustDigests: opts.trustDigests });
           if (r === 'renew') renewNow = true;
-          if (r === 'updated') opts.onTrustUpdate?.();
+          if (r === 'updated') {
+            await publish('trust-changed', 'outputs written after the trust bundle changed', {});
+            opts.onTrustUpdate?.();
+          }
         } catch (e) {
           if (signal?.aborted) break;
           log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the trust bundle; will try again');
@@ -213,10 +306,16 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         continue;
       }
 
-      await sleep(Math.min(plan.at, nextCaCheck) - now, signal);
+      if (unpublished && now >= unpublished.at) {
+        await publish(unpublished.event, 'output files written', {});
+        continue;
+      }
+
+      await sleep(Math.min(plan.at, nextCaCheck, unpublished?.at ?? Infinity) - now, signal);
     }
   } finally {
     closeAgents(clientTlsOf(id));
+    await hooks?.stop();
   }
   log.info('agent stopped');
 }

@@ -11,7 +11,9 @@ import { ensureDir, exists } from '../util/files.js';
 import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions } from './client.js';
 import { refreshCrl } from './crl.js';
 import { checkIssued, pemOf } from './issued.js';
+import { OutputResult, OutputSpec, writeOutputs } from './outputs.js';
 import { nodePaths, NodeRole, readNodeIdentity, replaceIdentity, writeNewIdentity } from './state.js';
+import { recordSuccess, statusPath } from './status.js';
 import { JoinToken, parseJoinToken } from './token.js';
 import { acceptTrustBundle, vouchersFrom } from './trust.js';
 
@@ -25,6 +27,8 @@ export interface JoinOptions {
   timeoutMs?: number;
   /** pause before trying an address again after it dropped the connection, default 200 ms */
   retryDelayMs?: number;
+  /** output files to write once the identity is in place (`--write`), checked before anything is sent */
+  outputs?: OutputSpec[];
 }
 
 export interface JoinResult {
@@ -40,6 +44,8 @@ export interface JoinResult {
   warnings: string[];
   /** whether a CRL was fetched into crl.pem (best effort) */
   crl: boolean;
+  /** the output files written (`--write`) */
+  outputs: OutputResult[];
 }
 
 /** The part of `GET /v1/ca` a joining node uses. */
@@ -176,8 +182,11 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     };
     if (opts.force) {
       replaceIdentity(stateDir, files);
-      fs.rmSync(nodePaths(stateDir).crl, { force: true }); // the previous identity's CRL says nothing about this one
+      // the previous identity's CRL and agent status say nothing about this one
+      fs.rmSync(nodePaths(stateDir).crl, { force: true });
+      fs.rmSync(statusPath(stateDir), { force: true });
     } else writeNewIdentity(stateDir, files);
+    recordSuccess(stateDir, got.leaf.serialHex);
     // 4. the CRL, best effort: the agent fetches it again at every trust refresh
     let crl = false;
     try {
@@ -185,7 +194,17 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     } catch {
       /* best effort */
     }
-    return { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, stateDir, endpoint: ep, serial: got.leaf.serialHex, notAfter: got.leaf.notAfter, warnings, crl };
+    // 5. the output files for other programs
+    let outputs: OutputResult[] = [];
+    if (opts.outputs?.length) {
+      try {
+        outputs = await writeOutputs(opts.outputs, readNodeIdentity(stateDir));
+      } catch (e) {
+        if (!(e instanceof CairnError)) throw e;
+        throw new CairnError(e.code, `joined as ${got.role} ${got.nodeId} (identity in ${stateDir}), but ${e.message}; fix it and "cairn agent --write …" writes the outputs at its start`);
+      }
+    }
+    return { nodeId: got.nodeId, role: got.role, clusterId: got.clusterId, stateDir, endpoint: ep, serial: got.leaf.serialHex, notAfter: got.leaf.notAfter, warnings, crl, outputs };
   }
 
   // Nobody issued. A digest mismatch is the failure that matters most: say it first.

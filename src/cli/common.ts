@@ -70,6 +70,14 @@ export function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
 }
 
+/** Thrown to end a command with an exit status and nothing more to say (it printed its answer): `cairn agent status`. */
+export class ExitStatus extends Error {
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+    this.name = 'ExitStatus';
+  }
+}
+
 export function requireMinDuration(ms: number, minMs: number, what: string): void {
   if (ms < minMs) throw new CairnError('bad_duration', `${what} must be at least ${minMs / 3600_000}h`);
 }

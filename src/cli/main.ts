@@ -6,6 +6,7 @@ import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreComma
 import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { agentCommand, joinCommand } from './node-side.js';
+import { ExitStatus } from './common.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
     .description('cairn: a highly available certificate authority for clusters')
     .version(VERSION, '-V, --version')
     .exitOverride()
+    .enablePositionalOptions() // `cairn agent status --state-dir D`: the flags after a subcommand are its own
     .showSuggestionAfterError()
     .configureOutput({
       // one line: commander puts its "(Did you mean ...?)" suggestion on a line of its own
@@ -84,6 +86,7 @@ export async function main(argv: string[]): Promise<number> {
       if (e.code === 'commander.executeSubCommandAsync') return e.exitCode;
       return 2;
     }
+    if (e instanceof ExitStatus) return e.exitCode;
     if (e instanceof CairnError || e instanceof PkiError) {
       const err = e instanceof PkiError ? fromPki(e) : e;
       process.stderr.write(`cairn: error: ${err.message}\n`);

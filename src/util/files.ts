@@ -109,7 +109,12 @@ export function exists(file: string): boolean {
 export interface PlannedFile {
   path: string;
   data: string | Buffer;
+  /** the mode at creation (the process umask still applies, unless `exactMode`) */
   mode: number;
+  /** set `mode` exactly, whatever the umask (files written for other programs) */
+  exactMode?: boolean;
+  /** owner and group to give the file before it is put in place (needs the privilege to chown) */
+  owner?: { uid: number; gid: number };
 }
 
 /**
@@ -136,6 +141,9 @@ export function writeFilesAtomic(files: PlannedFile[], opts: { overwrite?: boole
       }
       temps.push(tmp);
       try {
+        // owner and mode are set on the temp file: the file appears in place with both
+        if (f.owner) fs.fchownSync(fd, f.owner.uid, f.owner.gid);
+        if (f.exactMode) fs.fchmodSync(fd, f.mode);
         fs.writeSync(fd, typeof f.data === 'string' ? Buffer.from(f.data) : f.data);
         fs.fsyncSync(fd);
       } catch (e) {
