@@ -6,6 +6,7 @@ import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreComma
 import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { agentCommand, joinCommand } from './node-side.js';
+import { dashboardCommand } from './dashboard.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   program.addCommand(adminBundleCommand());
   program.addCommand(crlCommand());
   program.addCommand(replicaCommand());
+  program.addCommand(dashboardCommand());
   program.addCommand(caCommand());
   program.addCommand(backupCommand());
   program.addCommand(restoreCommand());
