@@ -224,7 +224,7 @@ ${n.status === 'active' ? html`<div class="actions">
 ${n.role === 'worker' ? html`<a class="button" id="promote" href="${href(['nodes', id, 'promote'])}">Promote to manager…</a>` : html`<a class="button" id="demote" href="${href(['nodes', id, 'demote'])}">Demote to worker…</a>`}
 <a class="button" id="remove" href="${href(['nodes', id, 'remove'])}">Remove…</a></div>` : ''}
 <h2>Certificate history</h2>
-<table id="history"><tr><th>Serial</th><th>Role</th><th>Issued</th><th>Expires</th><th>Status</th><th>Issuer</th></tr>
+<table id="history"><tr><th>Serial</th><th>Role</th><th>Valid from</th><th>Expires</th><th>Status</th><th>Issuer</th></tr>
 ${history.map((c) => html`<tr><td>${serialLink(c.serial)}</td><td class="role">${c.role}</td><td>${when(c.notBefore)}</td><td>${when(c.notAfter)}</td><td class="${c.status === 'revoked' ? 'bad' : ''}">${c.status}${c.revocationReason ? ` (${c.revocationReason})` : ''}</td><td>${cas.get(c.issuerKeyId) ?? c.issuerKeyId}</td></tr>`)}
 </table>`;
 }

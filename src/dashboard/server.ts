@@ -3,7 +3,7 @@
  * here: the one-time login secret, the session cookie (HttpOnly, SameSite=Strict), the CSRF
  * token every POST must carry, the Host check (a page of another site cannot reach a
  * loopback dashboard through DNS rebinding), and the headers of every answer (a CSP that
- * allows only the dashboard's own script and style, no framing, no referrer, no caching).
+ * allows only the dashboard's own script and style, no framing, no referrer to other sites, no caching).
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
@@ -26,7 +26,8 @@ const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': CSP,
   'x-content-type-options': 'nosniff',
   'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
+  // same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on form posts
+  'referrer-policy': 'same-origin',
   'cross-origin-opener-policy': 'same-origin',
   'cross-origin-resource-policy': 'same-origin',
   'cache-control': 'no-store',
@@ -140,7 +141,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
     const method = req.method ?? 'GET';
     if (method === 'GET' && url.pathname === '/static/app.css') return send(res, 200, APP_CSS, { 'content-type': 'text/css; charset=utf-8', 'cache-control': 'max-age=300' });
     if (method === 'GET' && url.pathname === '/static/app.js') return send(res, 200, APP_JS, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'max-age=300' });
-    if (method === 'GET' && url.pathname === '/favicon.ico') return send(res, 404, '');
+    if (method === 'GET' && url.pathname === '/favicon.ico') return send(res, 204, '');
 
     if (method === 'GET' && url.pathname === '/login') {
       const given = url.searchParams.get('secret') ?? '';
