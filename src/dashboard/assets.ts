@@ -26,7 +26,7 @@ table { border-collapse: collapse; width: 100%; background: #fff; border: 1px so
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { background: #eef1f4; font-weight: 600; white-space: nowrap; }
 th a { color: inherit; }
-time, a.mono, td.nowrap { white-space: nowrap; }
+time, a.mono, .when { white-space: nowrap; }
 a.mono { word-break: normal; }
 td.mono, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; word-break: break-all; }
 a { color: var(--accent); }

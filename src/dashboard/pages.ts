@@ -76,7 +76,7 @@ function when(iso: string | null | undefined): Html {
   if (!iso) return html`<span class="muted">–</span>`;
   const t = Date.parse(iso);
   if (!Number.isFinite(t)) return html`${iso}`;
-  return html`<time datetime="${iso}" title="${iso}">${iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}</time> <span class="muted">(${ago(Date.now() - t)})</span>`;
+  return html`<span class="when"><time datetime="${iso}" title="${iso}">${iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}</time> <span class="muted">(${ago(Date.now() - t)})</span></span>`;
 }
 
 function expiryClass(iso: string | null | undefined): string {
