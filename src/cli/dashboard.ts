@@ -34,8 +34,9 @@ Pages: overview, nodes, certificates, expiry, rotation, tokens, audit. See docs/
       if (!!f.stateDir === !!f.bundle) throw new CairnError('usage', 'give either --state-dir DIR or --bundle DIR', 2);
       if (f.bundle && f.server.length === 0) throw new CairnError('usage', '--bundle needs --server URL (the API endpoints to call)', 2);
       const { host, port } = parseHostPort(f.listen);
-      const identity = f.stateDir ? readBundle(statePaths(f.stateDir).adminDir) : readBundle(f.bundle!);
+      // a state directory is checked first (its replica.json), then its bundle
       const endpoints = f.server.length ? f.server : [serverUrl(f.stateDir!)];
+      const identity = f.stateDir ? readBundle(statePaths(f.stateDir).adminDir) : readBundle(f.bundle!);
       const { ClusterApi } = await import('../dashboard/api.js');
       const { isLoopback, startDashboard } = await import('../dashboard/server.js');
       const api = new ClusterApi(endpoints, identity);

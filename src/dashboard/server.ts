@@ -8,6 +8,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { isIP } from 'node:net';
+import { CairnError } from '../util/errors.js';
 import { APP_CSS, APP_JS } from './assets.js';
 import { ClusterApi } from './api.js';
 import { errorPage, route, type PageResult, type TokenSource } from './pages.js';
@@ -184,9 +185,12 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   }
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EADDRINUSE' ? 'the address is in use' : e.code === 'EACCES' ? 'permission denied' : e.code === 'EADDRNOTAVAIL' ? 'no such local address' : e.message;
+      reject(new CairnError('listen', `cannot listen on ${host}:${o.port ?? 0}: ${why}`));
+    });
     server.listen(o.port ?? 0, host, () => {
-      server.off('error', reject);
+      server.removeAllListeners('error');
       resolve();
     });
   });
