@@ -9,7 +9,7 @@ import {
   certificateFromPem, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { CaTable, CertificateTable, NodeTable } from '../store/store.js';
-import type { Store } from '../store/store.js';
+import { NODE_SORTS, type NodePageQuery, type NodeSort, type Store } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
 
@@ -102,7 +102,32 @@ export interface NodeView {
   status: string;
   createdAt: string;
   updatedAt: string;
+  /** when its current certificate was issued (join or last renewal) */
+  renewedAt: string | null;
   certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
+}
+
+export interface NodeListRequest extends PageRequest {
+  /** created (default), expiry, renewed or id */
+  sort?: string;
+  /** asc (default) or desc */
+  order?: string;
+  role?: string;
+  status?: string;
+  /** a prefix of the node ID */
+  q?: string;
+}
+
+/** Check the filters and order of a node listing. */
+function nodeFilter(req: NodeListRequest): Omit<NodePageQuery, 'after' | 'limit'> {
+  const sort = req.sort ?? 'created';
+  if (!(NODE_SORTS as readonly string[]).includes(sort)) throw new CairnError('bad_request', `sort must be one of ${NODE_SORTS.join(', ')}`);
+  if (req.order !== undefined && req.order !== 'asc' && req.order !== 'desc') throw new CairnError('bad_request', 'order must be asc or desc');
+  if (req.role !== undefined && !isRole(req.role)) throw new CairnError('bad_request', 'role must be worker or manager');
+  if (req.status !== undefined && req.status !== 'active' && req.status !== 'removed') throw new CairnError('bad_request', 'status must be active or removed');
+  const q = req.q?.toLowerCase();
+  if (q !== undefined && !/^[0-9a-z]{1,25}$/.test(q)) throw new CairnError('bad_request', 'q must be the start of a node ID: 1-25 letters and digits');
+  return { sort: sort as NodeSort, desc: req.order === 'desc', role: req.role, status: req.status, idPrefix: q };
 }
 
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
@@ -370,24 +395,30 @@ export class Authority {
       status: n.status,
       createdAt: new Date(n.created_at).toISOString(),
       updatedAt: new Date(n.updated_at).toISOString(),
+      renewedAt: n.renewed_at === null ? null : new Date(Number(n.renewed_at)).toISOString(),
       certificate: cert
         ? { serial: cert.serial, notBefore: new Date(cert.not_before).toISOString(), notAfter: new Date(cert.not_after).toISOString(), issuerKeyId: cert.issuer_key_id }
         : null,
     };
   }
 
-  /** One page of nodes, oldest first, with their current certificate (one query per page). */
-  async listNodes(req: PageRequest = {}): Promise<{ nodes: NodeView[]; next: string | null }> {
+  /**
+   * One page of nodes with their current certificate (one query per page): oldest first, or
+   * in the order `sort` names (then by ID), filtered by role, status and ID prefix.
+   */
+  async listNodes(req: NodeListRequest = {}): Promise<{ nodes: NodeView[]; next: string | null }> {
+    const f = nodeFilter(req);
     const r = await page(
       req,
-      (after, limit) => this.store.listNodesPage({ after, limit }),
-      (n) => ({ t: Number(n.created_at), k: n.id }),
+      (after, limit) => this.store.listNodesPage({ ...f, after, limit }),
+      (n) => ({ t: Number(n.sort_t), k: n.id }),
       (n): NodeView => ({
         id: n.id,
         role: n.role,
         status: n.status,
         createdAt: new Date(Number(n.created_at)).toISOString(),
         updatedAt: new Date(Number(n.updated_at)).toISOString(),
+        renewedAt: n.renewed_at === null ? null : new Date(Number(n.renewed_at)).toISOString(),
         certificate: n.cert_serial
           ? { serial: n.cert_serial, notBefore: new Date(Number(n.cert_not_before)).toISOString(), notAfter: new Date(Number(n.cert_not_after)).toISOString(), issuerKeyId: n.cert_issuer_key_id! }
           : null,
@@ -451,12 +482,15 @@ export class Authority {
 
   // ---- certificates and revocation
 
-  /** One page of certificates, oldest first. */
-  async findCertificates(f: { nodeId?: string; status?: string; kind?: string } & PageRequest) {
+  /** One page of certificates, oldest first; `expiringDays`: unexpired, expiring within that many days. */
+  async findCertificates(f: { nodeId?: string; status?: string; kind?: string; expiringDays?: number } & PageRequest) {
     if (f.status && !['good', 'revoked'].includes(f.status)) throw new CairnError('bad_request', 'status must be good or revoked');
+    if (f.expiringDays !== undefined && (f.expiringDays < 1 || f.expiringDays > 36_500)) throw new CairnError('bad_request', 'expiring must be a number of days between 1 and 36500');
+    const now = Date.now();
+    const notAfterBetween: [number, number] | undefined = f.expiringDays === undefined ? undefined : [now, now + f.expiringDays * DAY_MS];
     const r = await page(
       f,
-      (after, limit) => this.store.findCertificatesPage({ nodeId: f.nodeId, status: f.status, kind: f.kind, after, limit }),
+      (after, limit) => this.store.findCertificatesPage({ nodeId: f.nodeId, status: f.status, kind: f.kind, notAfterBetween, after, limit }),
       (c) => ({ t: Number(c.created_at), k: c.serial }),
       (c) => this.certificateView(c),
     );

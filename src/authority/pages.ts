@@ -34,7 +34,7 @@ export function decodeCursor(s: string | undefined): PageKey | undefined {
   } catch {
     throw bad();
   }
-  if (!Array.isArray(v) || v.length !== 2 || !Number.isSafeInteger(v[0]) || typeof v[1] !== 'string' || !/^[0-9A-Za-z]{1,64}$/.test(v[1])) throw bad();
+  if (!Array.isArray(v) || v.length !== 2 || !Number.isSafeInteger(v[0]) || typeof v[1] !== 'string' || !/^[0-9A-Za-z-]{1,64}$/.test(v[1])) throw bad();
   return { t: v[0], k: v[1] };
 }
 

@@ -7,6 +7,7 @@ import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeComm
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { agentCommand, joinCommand } from './node-side.js';
 import { ExitStatus } from './common.js';
+import { dashboardCommand } from './dashboard.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   program.addCommand(adminBundleCommand());
   program.addCommand(crlCommand());
   program.addCommand(replicaCommand());
+  program.addCommand(dashboardCommand());
   program.addCommand(caCommand());
   program.addCommand(backupCommand());
   program.addCommand(restoreCommand());

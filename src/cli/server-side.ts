@@ -1,10 +1,9 @@
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
-import { DEFAULT_LISTEN, statePaths } from '../server/state.js';
+import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/state.js';
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
-import { exists, readKeyFile, writeFilesAtomic, KEY_MODE } from '../util/files.js';
 import { adminCall, adminPages, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup.js';
 import { jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
@@ -126,19 +125,11 @@ export function tokenCommand(): Command {
     .action(async (role: string, f: { stateDir: string; server?: string; rotate?: boolean; quiet?: boolean }) => {
       if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager`);
       const p = statePaths(f.stateDir);
-      let tokens: Record<string, string> = {};
-      if (exists(p.adminTokens)) {
-        try {
-          tokens = JSON.parse(readKeyFile(p.adminTokens));
-        } catch (e) {
-          if (e instanceof CairnError) throw e;
-          throw new CairnError('corrupt', `${p.adminTokens} is not valid JSON`);
-        }
-      }
+      const tokens = readTokens(f.stateDir);
       if (f.rotate) {
         const r = await adminCall(f.stateDir, f.server, 'POST', `v1/tokens/${role}/rotate`);
         tokens[role] = r.token;
-        writeFilesAtomic([{ path: p.adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE }], { overwrite: true });
+        saveToken(f.stateDir, role, r.token);
         if (!f.quiet) out(`Rotated the ${role} join token; the old one no longer works.`);
       }
       const token = tokens[role];

@@ -7,6 +7,7 @@ import Fastify, { FastifyInstance, FastifyReply, FastifyRequest, LogController }
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
 import { requireKind } from '../authority/admission.js';
+import { auditLog, FailureRecorder, overview } from '../authority/overview.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError, ErrorCode, ERRORS, RetryLater } from '../util/errors.js';
 import { toPem } from '../pki/index.js';
@@ -169,6 +170,11 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   const node = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'node');
   const admin = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'admin');
   const actor = (p: PeerIdentity) => `admin:${p.serial}`;
+  // refused joins and renewals are kept in the store for the overview; never in the way of the answer
+  const failures = new FailureRecorder(authority);
+  const recordFailure = (kind: 'join' | 'renew', code: string, client: string, nodeId: string | null = null) => {
+    failures.record(kind, code, client, nodeId).catch((err) => o.logger.debug({ err }, 'could not record a refused request'));
+  };
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
@@ -213,6 +219,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
         limiter.fail(addr);
         metrics.joinRejected.inc({ reason: e.code });
         req.log.warn({ code: e.code, client: addr }, 'join refused');
+        recordFailure('join', e.code, addr);
       }
       throw e;
     }
@@ -225,7 +232,10 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
       peer = await node(req);
       r = await authority.renew(peer, body(req).csr);
     } catch (e) {
-      if (e instanceof CairnError && !isUnavailable(e)) req.log.warn({ code: e.code, client: clientAddr(req), node: peer?.nodeId ?? peerCn(req) }, 'renewal refused');
+      if (e instanceof CairnError && !isUnavailable(e)) {
+        req.log.warn({ code: e.code, client: clientAddr(req), node: peer?.nodeId ?? peerCn(req) }, 'renewal refused');
+        recordFailure('renew', e.code, clientAddr(req), peer?.nodeId ?? peerCn(req) ?? null);
+      }
       throw e;
     }
     metrics.issued.inc({ kind: 'renew' });
@@ -242,10 +252,15 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return { role: req.params.role, token };
   });
 
-  app.get<{ Querystring: { limit?: string; after?: string } }>('/v1/nodes', { config: { query: ['limit', 'after'] } }, async (req) => {
-    await admin(req);
-    return authority.listNodes({ limit: intParam(req.query.limit, 'limit'), after: req.query.after });
-  });
+  app.get<{ Querystring: { limit?: string; after?: string; sort?: string; order?: string; role?: string; status?: string; q?: string } }>(
+    '/v1/nodes',
+    { config: { query: ['limit', 'after', 'sort', 'order', 'role', 'status', 'q'] } },
+    async (req) => {
+      await admin(req);
+      const q = req.query;
+      return authority.listNodes({ limit: intParam(q.limit, 'limit'), after: q.after, sort: q.sort, order: q.order, role: q.role, status: q.status, q: q.q });
+    },
+  );
   app.get<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
     await admin(req);
     return authority.getNode(req.params.id);
@@ -277,11 +292,15 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return hit.der;
   });
 
-  app.get<{ Querystring: { node?: string; status?: string; kind?: string; limit?: string; after?: string } }>('/v1/certificates', { config: { query: ['node', 'status', 'kind', 'limit', 'after'] } }, async (req) => {
-    await admin(req);
-    const q = req.query;
-    return authority.findCertificates({ nodeId: q.node, status: q.status, kind: q.kind, limit: intParam(q.limit, 'limit'), after: q.after });
-  });
+  app.get<{ Querystring: { node?: string; status?: string; kind?: string; expiring?: string; limit?: string; after?: string } }>(
+    '/v1/certificates',
+    { config: { query: ['node', 'status', 'kind', 'expiring', 'limit', 'after'] } },
+    async (req) => {
+      await admin(req);
+      const q = req.query;
+      return authority.findCertificates({ nodeId: q.node, status: q.status, kind: q.kind, expiringDays: intParam(q.expiring, 'expiring'), limit: intParam(q.limit, 'limit'), after: q.after });
+    },
+  );
   app.get<{ Params: { serial: string } }>('/v1/certificates/:serial', async (req) => {
     await admin(req);
     return authority.getCertificate(req.params.serial);
@@ -313,6 +332,16 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const r = await authority.removeReplica(req.params.id, actor(p));
     req.log.info({ replica: r.id, revoked: r.revoked.length }, 'replica removed');
     return r;
+  });
+
+  app.get('/v1/overview', async (req) => {
+    await admin(req);
+    return overview(authority);
+  });
+  app.get<{ Querystring: { action?: string; actor?: string; limit?: string; after?: string } }>('/v1/audit', { config: { query: ['action', 'actor', 'limit', 'after'] } }, async (req) => {
+    await admin(req);
+    const q = req.query;
+    return auditLog(authority, { action: q.action, actor: q.actor, limit: intParam(q.limit, 'limit'), after: q.after });
   });
 
   app.get('/v1/config', async (req) => {

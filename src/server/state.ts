@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { parseUnlockKey } from '../authority/seal.js';
 import { CairnError } from '../util/errors.js';
-import { exists, readKeyFile, readText } from '../util/files.js';
+import { exists, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 
 export const REPLICA_FILE = 'replica.json';
 export const UNLOCK_KEY_FILE = 'unlock.key';
@@ -75,4 +75,23 @@ export function parseHostPort(s: string, what = '--listen'): { host: string; por
     throw new CairnError('usage', `${what} "${s}" is not HOST:PORT`);
   }
   return { host: m[1], port };
+}
+
+/** The join tokens kept in <state dir>/admin/tokens.json (the store has only their hashes); {} when there is none. */
+export function readTokens(dir: string): Record<string, string> {
+  const p = statePaths(dir).adminTokens;
+  if (!exists(p)) return {};
+  try {
+    return JSON.parse(readKeyFile(p));
+  } catch (e) {
+    if (e instanceof CairnError) throw e;
+    throw new CairnError('corrupt', `${p} is not valid JSON`);
+  }
+}
+
+/** Record a rotated join token in <state dir>/admin/tokens.json (0600, atomically). */
+export function saveToken(dir: string, role: string, token: string): void {
+  const tokens = readTokens(dir);
+  tokens[role] = token;
+  writeFilesAtomic([{ path: statePaths(dir).adminTokens, data: JSON.stringify(tokens, null, 2) + '\n', mode: KEY_MODE }], { overwrite: true });
 }

@@ -123,6 +123,22 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('certificates_kind_status').on('certificates').columns(['kind', 'status']).execute();
     },
   },
+  '0005_dashboard': {
+    async up(db: Kysely<any>) {
+      // refused joins and renewals, newest few hundred kept (the dashboard's overview)
+      await db.schema.createTable('failures')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('code', 'text', (c) => c.notNull())
+        .addColumn('client', 'text', (c) => c.notNull())
+        .addColumn('node_id', 'text')
+        .execute();
+      await db.schema.createIndex('failures_at').on('failures').column('at').execute();
+      // the audit log pages newest first by (at, id); node listings filter by role and status
+      await db.schema.createIndex('audit_at_id').on('audit').columns(['at', 'id']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -102,6 +102,20 @@ export interface AuditTable {
   detail: string;
 }
 
+/** A refused join or renewal (the newest few hundred are kept, for the dashboard). */
+export interface FailureTable {
+  id: string;
+  at: number;
+  /** 'join' | 'renew' */
+  kind: string;
+  /** the error code the client got */
+  code: string;
+  /** client address */
+  client: string;
+  /** the node, for a renewal whose certificate names one */
+  node_id: string | null;
+}
+
 export interface CrlTable {
   /** 'cluster' | 'client' */
   ca_name: string;
@@ -130,4 +144,5 @@ export interface Database {
   replicas: ReplicaTable;
   leases: LeaseTable;
   audit: AuditTable;
+  failures: FailureTable;
 }

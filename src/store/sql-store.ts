@@ -10,8 +10,8 @@ import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } fr
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { CaTable, CertificateTable, CrlTable, Database, NodeTable } from './schema.js';
-import { redactUrl, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable } from './schema.js';
+import { redactUrl, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
 // PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
@@ -282,18 +282,44 @@ export class SqlStore implements Store {
    * One page of nodes in (created_at, id) order, after the key `after`, each with its current
    * certificate's validity joined in (one query, not one per node).
    */
-  async listNodesPage(o: { after?: PageKey; limit: number }): Promise<NodeWithCertificate[]> {
+  async listNodesPage(o: NodePageQuery): Promise<NodeWithCertificate[]> {
+    // the sort key of a row (`sort_t`) and its ID are the page's order: the cursor holds both
+    const key =
+      o.sort === 'expiry' ? sql<number>`coalesce(certificates.not_after, 0)`
+      : o.sort === 'renewed' ? sql<number>`coalesce(nodes.renewed_at, nodes.created_at)`
+      : o.sort === 'id' ? sql<number>`0`
+      : sql<number>`nodes.created_at`;
     let q = this.db
       .selectFrom('nodes')
       .leftJoin('certificates', 'certificates.serial', 'nodes.current_serial')
       .select([
         'nodes.id as id', 'nodes.role as role', 'nodes.status as status', 'nodes.created_at as created_at', 'nodes.updated_at as updated_at',
-        'nodes.current_serial as current_serial', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
-        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id',
+        'nodes.current_serial as current_serial', 'nodes.renewed_at as renewed_at', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
+        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id', key.as('sort_t'),
       ]);
+    if (o.role) q = q.where('nodes.role', '=', o.role);
+    if (o.status) q = q.where('nodes.status', '=', o.status);
+    // IDs are lowercase base36: a prefix of them needs no escaping for LIKE
+    if (o.idPrefix) q = q.where('nodes.id', 'like', `${o.idPrefix}%`);
     const a = o.after;
-    if (a) q = q.where((eb) => eb.or([eb('nodes.created_at', '>', a.t), eb.and([eb('nodes.created_at', '=', a.t), eb('nodes.id', '>', a.k)])]));
-    return q.orderBy('nodes.created_at').orderBy('nodes.id').limit(o.limit).execute();
+    const desc = o.desc === true;
+    const cmp = desc ? '<' : '>';
+    if (a && o.sort === 'id') q = q.where('nodes.id', cmp, a.k);
+    else if (a) q = q.where((eb) => eb.or([eb(key, cmp, a.t), eb.and([eb(key, '=', a.t), eb('nodes.id', cmp, a.k)])]));
+    const dir = desc ? 'desc' : 'asc';
+    if (o.sort !== 'id') q = q.orderBy(key, dir);
+    return q.orderBy('nodes.id', dir).limit(o.limit).execute();
+  }
+
+  async countNodes(): Promise<{ role: string; status: string; n: number }[]> {
+    const rows = await this.db
+      .selectFrom('nodes')
+      .select(['role', 'status', (eb) => eb.fn.countAll<number>().as('n')])
+      .groupBy(['role', 'status'])
+      .orderBy('role')
+      .orderBy('status')
+      .execute();
+    return rows.map((r) => ({ role: r.role, status: r.status, n: Number(r.n) }));
   }
 
   async listNodes(): Promise<NodeTable[]> {
@@ -435,11 +461,12 @@ export class SqlStore implements Store {
   }
 
   /** One page of certificates in (created_at, serial) order, after the key `after`. */
-  async findCertificatesPage(f: { nodeId?: string; status?: string; kind?: string; after?: PageKey; limit: number }): Promise<CertificateTable[]> {
+  async findCertificatesPage(f: { nodeId?: string; status?: string; kind?: string; notAfterBetween?: [number, number]; after?: PageKey; limit: number }): Promise<CertificateTable[]> {
     let q = this.db.selectFrom('certificates').selectAll();
     if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
     if (f.status) q = q.where('status', '=', f.status);
     if (f.kind) q = q.where('kind', '=', f.kind);
+    if (f.notAfterBetween) q = q.where('not_after', '>', f.notAfterBetween[0]).where('not_after', '<=', f.notAfterBetween[1]);
     const a = f.after;
     if (a) q = q.where((eb) => eb.or([eb('created_at', '>', a.t), eb.and([eb('created_at', '=', a.t), eb('serial', '>', a.k)])]));
     return q.orderBy('created_at').orderBy('serial').limit(f.limit).execute();
@@ -533,6 +560,35 @@ export class SqlStore implements Store {
       .insertInto('audit')
       .values({ id: `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) })
       .execute();
+  }
+
+  /**
+   * One page of the audit log, newest first ((at, id) descending, before the key `after`);
+   * `action` matches exactly or, ending in ".", as a prefix ("node." is every node action).
+   */
+  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }): Promise<AuditTable[]> {
+    let q = this.db.selectFrom('audit').selectAll();
+    if (f.action) q = f.action.endsWith('.') ? q.where('action', 'like', `${f.action}%`) : q.where('action', '=', f.action);
+    if (f.actor) q = q.where('actor', '=', f.actor);
+    const a = f.after;
+    if (a) q = q.where((eb) => eb.or([eb('at', '<', a.t), eb.and([eb('at', '=', a.t), eb('id', '<', a.k)])]));
+    return q.orderBy('at', 'desc').orderBy('id', 'desc').limit(f.limit).execute();
+  }
+
+  // ---- refused joins and renewals (a bounded record for the dashboard)
+
+  async insertFailure(f: Omit<FailureTable, 'id'>): Promise<void> {
+    await this.db.insertInto('failures').values({ id: `${f.at.toString(36)}-${randomBytes(6).toString('hex')}`, ...f }).execute();
+  }
+
+  async recentFailures(limit: number): Promise<FailureTable[]> {
+    return this.db.selectFrom('failures').selectAll().orderBy('at', 'desc').orderBy('id', 'desc').limit(limit).execute();
+  }
+
+  /** Keep the newest `keep` records. */
+  async pruneFailures(keep: number): Promise<void> {
+    const cutoff = await this.db.selectFrom('failures').select('at').orderBy('at', 'desc').offset(keep).limit(1).executeTakeFirst();
+    if (cutoff) await this.db.deleteFrom('failures').where('at', '<=', cutoff.at).execute();
   }
 
   // ---- whole tables (backup and restore)

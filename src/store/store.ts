@@ -9,11 +9,11 @@
  */
 import path from 'node:path';
 import { CairnError } from '../util/errors.js';
-import type { CaTable, CertificateTable, ClusterTable, CrlTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
 
 export { StoreUnavailableError } from './unavailable.js';
 export { openStore, SqlStore } from './sql-store.js';
-export type { CaTable, CertificateTable, ClusterTable, CrlTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
 
 export type StoreKind = 'sqlite' | 'postgres' | 'memory';
 
@@ -23,12 +23,29 @@ export interface PageKey {
   k: string;
 }
 
-export type NodeWithCertificate = Pick<NodeTable, 'id' | 'role' | 'status' | 'created_at' | 'updated_at' | 'current_serial'> & {
+export type NodeWithCertificate = Pick<NodeTable, 'id' | 'role' | 'status' | 'created_at' | 'updated_at' | 'current_serial' | 'renewed_at'> & {
+  /** the value the page is ordered by (see NodePageQuery.sort) */
+  sort_t: number;
   cert_serial: string | null;
   cert_not_before: number | null;
   cert_not_after: number | null;
   cert_issuer_key_id: string | null;
 };
+
+/** Orders a node listing can be paged in (then by ID): creation, current certificate's expiry, last renewal, ID alone. */
+export const NODE_SORTS = ['created', 'expiry', 'renewed', 'id'] as const;
+export type NodeSort = (typeof NODE_SORTS)[number];
+
+export interface NodePageQuery {
+  after?: PageKey;
+  limit: number;
+  sort?: NodeSort;
+  desc?: boolean;
+  role?: string;
+  status?: string;
+  /** lowercase base36 */
+  idPrefix?: string;
+}
 
 /** A row of any table, as backups carry it. */
 export type TableRow = Record<string, unknown>;
@@ -67,7 +84,7 @@ export interface Store {
   getCertificate(serial: string): Promise<CertificateTable | undefined>;
   listCertificateOwners(): Promise<Pick<CertificateTable, 'serial' | 'kind' | 'node_id'>[]>;
   findCertificates(f: CertificateFilter & { limit?: number }): Promise<CertificateTable[]>;
-  findCertificatesPage(f: CertificateFilter & { after?: PageKey; limit: number }): Promise<CertificateTable[]>;
+  findCertificatesPage(f: CertificateFilter & { notAfterBetween?: [number, number]; after?: PageKey; limit: number }): Promise<CertificateTable[]>;
   countGoodByExpiry(now: number, bounds: number[]): Promise<number[]>;
   /** Serials of the good, unexpired admin certificates, locked until the transaction ends. */
   lockGoodAdminCertificates(now: number): Promise<string[]>;
@@ -86,7 +103,9 @@ export interface Store {
   /** Read a node and lock its row until the transaction ends (every change to a node takes it first). */
   lockNode(id: string): Promise<NodeTable | undefined>;
   listNodes(): Promise<NodeTable[]>;
-  listNodesPage(o: { after?: PageKey; limit: number }): Promise<NodeWithCertificate[]>;
+  /** One page of nodes in the query's order, each with its current certificate joined in (one query). */
+  listNodesPage(o: NodePageQuery): Promise<NodeWithCertificate[]>;
+  countNodes(): Promise<{ role: string; status: string; n: number }[]>;
   updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>): Promise<void>;
 
   // ---- join tokens (hashes only)
@@ -123,6 +142,13 @@ export interface Store {
 
   // ---- audit
   audit(actor: string, action: string, detail: Record<string, unknown>): Promise<void>;
+  /** Newest first; `action` matches exactly or, ending in ".", as a prefix. */
+  auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }): Promise<AuditTable[]>;
+
+  // ---- refused joins and renewals (a bounded record for the dashboard)
+  insertFailure(f: Omit<FailureTable, 'id'>): Promise<void>;
+  recentFailures(limit: number): Promise<FailureTable[]>;
+  pruneFailures(keep: number): Promise<void>;
 
   // ---- whole tables (backup and restore)
   appliedMigrations(): Promise<string[]>;

@@ -6,8 +6,8 @@
  * tests run the same rules on real SQLite and PostgreSQL.
  */
 import type {
-  CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, LeaseTable, NodeTable, NodeWithCertificate, PageKey, ReplicaTable, Store,
-  TableRow,
+  AuditTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
+  PageKey, ReplicaTable, Store, TableRow,
 } from '../../src/store/store.js';
 
 interface Tables {
@@ -20,11 +20,12 @@ interface Tables {
   sequences: { name: string; next: number }[];
   replicas: ReplicaTable[];
   leases: LeaseTable[];
-  audit: { id: string; at: number; actor: string; action: string; detail: string }[];
+  audit: AuditTable[];
   crls: CrlTable[];
+  failures: FailureTable[];
 }
 
-const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [] });
+const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [] });
 const copy = <T>(x: T): T => structuredClone(x);
 const after = (a: PageKey | undefined, t: number, k: string) => !a || t > a.t || (t === a.t && k > a.k);
 const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (x: R, y: R) => x.created_at - y.created_at || (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0);
@@ -122,8 +123,9 @@ export class MemoryStore implements Store {
   async findCertificates(f: CertificateFilter & { limit?: number }) {
     return copy(this.filtered(f).slice(0, f.limit ?? Infinity));
   }
-  async findCertificatesPage(f: CertificateFilter & { after?: PageKey; limit: number }) {
-    return copy(this.filtered(f).filter((c) => after(f.after, c.created_at, c.serial)).slice(0, f.limit));
+  async findCertificatesPage(f: CertificateFilter & { notAfterBetween?: [number, number]; after?: PageKey; limit: number }) {
+    const w = f.notAfterBetween;
+    return copy(this.filtered(f).filter((c) => (!w || (c.not_after > w[0] && c.not_after <= w[1])) && after(f.after, c.created_at, c.serial)).slice(0, f.limit));
   }
   async countGoodByExpiry(now: number, bounds: number[]) {
     const counts: number[] = [];
@@ -192,17 +194,30 @@ export class MemoryStore implements Store {
   async listNodes() {
     return copy([...this.t.nodes].sort(byCreated((n) => n.id)));
   }
-  async listNodesPage(o: { after?: PageKey; limit: number }): Promise<NodeWithCertificate[]> {
-    return (await this.listNodes())
-      .filter((n) => after(o.after, n.created_at, n.id))
-      .slice(0, o.limit)
+  async listNodesPage(o: NodePageQuery): Promise<NodeWithCertificate[]> {
+    const rows = this.t.nodes
+      .filter((n) => (!o.role || n.role === o.role) && (!o.status || n.status === o.status) && (!o.idPrefix || n.id.startsWith(o.idPrefix)))
       .map((n) => {
         const c = this.t.certificates.find((x) => x.serial === n.current_serial);
+        const sort_t = o.sort === 'expiry' ? (c?.not_after ?? 0) : o.sort === 'renewed' ? (n.renewed_at ?? n.created_at) : o.sort === 'id' ? 0 : n.created_at;
         return {
-          id: n.id, role: n.role, status: n.status, created_at: n.created_at, updated_at: n.updated_at, current_serial: n.current_serial,
+          id: n.id, role: n.role, status: n.status, created_at: n.created_at, updated_at: n.updated_at, current_serial: n.current_serial, renewed_at: n.renewed_at, sort_t,
           cert_serial: c?.serial ?? null, cert_not_before: c?.not_before ?? null, cert_not_after: c?.not_after ?? null, cert_issuer_key_id: c?.issuer_key_id ?? null,
         };
       });
+    const sign = o.desc ? -1 : 1;
+    rows.sort((x, y) => sign * (x.sort_t - y.sort_t || (x.id < y.id ? -1 : x.id > y.id ? 1 : 0)));
+    const a = o.after;
+    const past = (r: { sort_t: number; id: string }) => !a || sign * (r.sort_t - a.t) > 0 || (r.sort_t === a.t && sign * (r.id < a.k ? -1 : r.id > a.k ? 1 : 0) > 0);
+    return copy(rows.filter(past).slice(0, o.limit));
+  }
+  async countNodes() {
+    const m = new Map<string, { role: string; status: string; n: number }>();
+    for (const n of this.t.nodes) {
+      const k = `${n.role}/${n.status}`;
+      m.set(k, { role: n.role, status: n.status, n: (m.get(k)?.n ?? 0) + 1 });
+    }
+    return [...m.values()].sort((x, y) => (x.role + x.status < y.role + y.status ? -1 : 1));
   }
   async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>) {
     const n = this.t.nodes.find((x) => x.id === id);
@@ -306,6 +321,28 @@ export class MemoryStore implements Store {
   // ---- audit
   async audit(actor: string, action: string, detail: Record<string, unknown>) {
     this.t.audit.push({ id: `${this.t.audit.length}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) });
+  }
+
+  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }) {
+    const a = f.after;
+    return copy(
+      this.t.audit
+        .filter((r) => (!f.action || (f.action.endsWith('.') ? r.action.startsWith(f.action) : r.action === f.action)) && (!f.actor || r.actor === f.actor))
+        .sort((x, y) => y.at - x.at || (y.id < x.id ? -1 : 1))
+        .filter((r) => !a || r.at < a.t || (r.at === a.t && r.id < a.k))
+        .slice(0, f.limit),
+    );
+  }
+
+  // ---- refused joins and renewals
+  async insertFailure(f: Omit<FailureTable, 'id'>) {
+    this.t.failures.push({ id: `${f.at}-${this.t.failures.length}`, ...f });
+  }
+  async recentFailures(limit: number) {
+    return copy([...this.t.failures].sort((x, y) => y.at - x.at).slice(0, limit));
+  }
+  async pruneFailures(keep: number) {
+    this.t.failures = [...this.t.failures].sort((x, y) => y.at - x.at).slice(0, keep);
   }
 
   // ---- whole tables
