@@ -13,6 +13,6 @@ export { renewalTime, renewalWindow, runAgent } from './agent/agent.js';
 export type { AgentOptions } from './agent/agent.js';
 export { parseJoinToken } from './agent/token.js';
 export type { JoinToken } from './agent/token.js';
-export type { NodeConfig } from './agent/state.js';
+export type { NodeConfig } from './agent/node-state.js';
 export { CairnError } from './util/errors.js';
 export * as pki from './pki/index.js';

@@ -20,7 +20,7 @@ import { pemOf } from './issued.js';
 import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult, sleep } from './renew.js';
 import { HookConfig, HookEvent, Hooks } from './hooks.js';
 import { describeOutputs, OutputResult, OutputSpec, writeOutputs } from './outputs.js';
-import { clientTlsOf, NodeIdentity, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { clientTlsOf, NodeIdentity, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './node-state.js';
 import { health, recordFailure, recordHook, recordSuccess, writeMetricsFile } from './status.js';
 import { acceptTrustBundle, vouchersFrom } from './trust.js';
 

@@ -13,7 +13,7 @@ import { CrlInfo, parseCrl, PkiError, toPem, verifyCrl } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { FILE_MODE, writeFilesAtomic } from '../util/files.js';
 import { request } from './client.js';
-import { clientTlsOf, nodePaths, NodeIdentity, readNodeCrl } from './state.js';
+import { clientTlsOf, nodePaths, NodeIdentity, readNodeCrl } from './node-state.js';
 
 export const CRL_API_PATH = '/v1/crl/cluster';
 /** Largest CRL accepted (about 400,000 entries). */

@@ -1,13 +1,15 @@
 /** Checks a node applies to what the CA answers to a join or a renewal, before writing anything. */
 import { KeyObject } from 'node:crypto';
-import { CertificateInfo, certificateInfo, certificatesFromPem, certificateToPem, keysMatch, PkiError, verifyChain } from '../pki/index.js';
+import { CertificateInfo, certificateInfo, certificatesFromPem, certificateToPem, keysMatch, PkiError, verifyChain, ROLES, Role, ID_RE } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
-import { NODE_ROLES, NodeRole } from './state.js';
 
-/** The answer of `POST /v1/join` and `POST /v1/renew`. */
+/**
+ * The answer of `POST /v1/join` and `POST /v1/renew` as the node reads it off the wire. Its
+ * shape repeats the server's IssuedNode on purpose: the node side never imports the authority.
+ */
 export interface IssuedAnswer {
   nodeId: string;
-  role: NodeRole;
+  role: Role;
   clusterId: string;
   certificate: string;
   trustBundle: string;
@@ -15,7 +17,7 @@ export interface IssuedAnswer {
 
 export interface CheckedIssue {
   nodeId: string;
-  role: NodeRole;
+  role: Role;
   clusterId: string;
   leaf: CertificateInfo;
   /** node.crt to write: leaf then CA certificates, normalized PEM */
@@ -27,7 +29,6 @@ export interface CheckedIssue {
   chain: Buffer[];
 }
 
-const ID = /^[0-9a-z]{25}$/;
 
 /** Normalize PEM certificates: one clean block each, in order. */
 export function pemOf(ders: Buffer[]): string {
@@ -48,9 +49,9 @@ export function checkIssued(
   const bad = (why: string) => new CairnError('bad_response', `the CA at ${where} answered with ${why}; nothing was written`);
   const a = answer as Partial<IssuedAnswer> | null;
   if (!a || typeof a !== 'object') throw bad('no JSON object');
-  if (typeof a.nodeId !== 'string' || !ID.test(a.nodeId)) throw bad('a malformed nodeId');
-  if (typeof a.clusterId !== 'string' || !ID.test(a.clusterId)) throw bad('a malformed clusterId');
-  if (!NODE_ROLES.includes(a.role as NodeRole)) throw bad(`an unknown role "${String(a.role)}"`);
+  if (typeof a.nodeId !== 'string' || !ID_RE.test(a.nodeId)) throw bad('a malformed nodeId');
+  if (typeof a.clusterId !== 'string' || !ID_RE.test(a.clusterId)) throw bad('a malformed clusterId');
+  if (!ROLES.includes(a.role as Role)) throw bad(`an unknown role "${String(a.role)}"`);
   if (typeof a.certificate !== 'string' || typeof a.trustBundle !== 'string') throw bad('no certificate or no trust bundle');
   if (expect.clusterId && a.clusterId !== expect.clusterId) throw bad(`a certificate for cluster ${a.clusterId}, not ${expect.clusterId}`);
   if (expect.nodeId && a.nodeId !== expect.nodeId) throw bad(`a certificate for node ${a.nodeId}, not ${expect.nodeId}`);
@@ -80,5 +81,5 @@ export function checkIssued(
       throw e;
     }
   }
-  return { nodeId: a.nodeId, role: a.role as NodeRole, clusterId: a.clusterId, leaf, certPem: pemOf(chain), caPem: pemOf(trust), trust, chain };
+  return { nodeId: a.nodeId, role: a.role as Role, clusterId: a.clusterId, leaf, certPem: pemOf(chain), caPem: pemOf(trust), trust, chain };
 }

@@ -5,14 +5,14 @@
  * and write the identity into the node's state directory.
  */
 import fs from 'node:fs';
-import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest } from '../pki/index.js';
+import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest, Role } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists } from '../util/files.js';
 import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions } from './client.js';
 import { refreshCrl } from './crl.js';
 import { checkIssued, pemOf } from './issued.js';
 import { OutputResult, OutputSpec, writeOutputs } from './outputs.js';
-import { nodePaths, NodeRole, readNodeIdentity, replaceIdentity, writeNewIdentity } from './state.js';
+import { nodePaths, readNodeIdentity, replaceIdentity, writeNewIdentity } from './node-state.js';
 import { recordSuccess, statusPath } from './status.js';
 import { JoinToken, parseJoinToken } from './token.js';
 import { acceptTrustBundle, vouchersFrom } from './trust.js';
@@ -33,7 +33,7 @@ export interface JoinOptions {
 
 export interface JoinResult {
   nodeId: string;
-  role: NodeRole;
+  role: Role;
   clusterId: string;
   stateDir: string;
   /** the endpoint that issued the certificate */

@@ -26,7 +26,7 @@ import { certificateToPem } from '../pki/index.js';
 import { buildPkcs12, parsePkcs12, Pkcs12Input } from '../pki/pkcs12.js';
 import { CairnError, usageError } from '../util/errors.js';
 import { FILE_MODE, KEY_MODE, readKeyFile, writeFilesAtomic } from '../util/files.js';
-import { NodeIdentity, nodePaths } from './state.js';
+import { NodeIdentity, nodePaths } from './node-state.js';
 
 export const OUTPUT_FORMATS = ['cert', 'key', 'ca', 'fullchain', 'bundle', 'pkcs12'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];

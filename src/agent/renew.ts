@@ -4,18 +4,18 @@
  * together (crash-safe, see state.ts).
  */
 import type { Logger } from 'pino';
-import { createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, verifyChain } from '../pki/index.js';
+import { createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, verifyChain, Role } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ApiError, closeAgents, isRetryable, request, RetryableError } from './client.js';
 import { refreshCrl } from './crl.js';
 import { checkIssued, pemOf } from './issued.js';
-import { clientTlsOf, NodeIdentity, NodeRole, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './state.js';
+import { clientTlsOf, NodeIdentity, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './node-state.js';
 import { acceptTrustBundle } from './trust.js';
 
 export interface RenewResult {
   nodeId: string;
-  role: NodeRole;
-  previousRole: NodeRole;
+  role: Role;
+  previousRole: Role;
   clusterId: string;
   /** the endpoint that renewed */
   endpoint: string;

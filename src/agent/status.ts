@@ -21,7 +21,7 @@ import { CairnError } from '../util/errors.js';
 import { FILE_MODE, writeFilesAtomic } from '../util/files.js';
 import { renewalWindow } from './agent.js';
 import type { HookResult } from './hooks.js';
-import { NodeIdentity, readNodeIdentity } from './state.js';
+import { NodeIdentity, readNodeIdentity } from './node-state.js';
 
 export const STATUS_FILE = 'agent-status.json';
 

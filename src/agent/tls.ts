@@ -17,11 +17,11 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import tls from 'node:tls';
-import { normalizeSerialHex } from '../pki/index.js';
+import { normalizeSerialHex, ROLES, Role, ID_RE } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
-import { NODE_ROLES, nodePaths, NodeIdentity, NodeRole, readNodeIdentity } from './state.js';
+import { nodePaths, NodeIdentity, readNodeIdentity } from './node-state.js';
 
-export type PeerRole = NodeRole;
+export type PeerRole = Role;
 
 export interface NodeTlsOptions {
   /** Roles accepted from peers by checkPeer() and attach(); default both worker and manager. */
@@ -71,7 +71,7 @@ const one = (v: string | string[] | undefined): string | undefined => (Array.isA
 
 function material(id: NodeIdentity): Material {
   const s = id.leaf.subjectAttrs;
-  if (!NODE_ROLES.includes(s.OU as PeerRole)) {
+  if (!ROLES.includes(s.OU as PeerRole)) {
     throw new CairnError('bad_state', `${nodePaths(id.dir).cert} is not a node certificate (OU=${s.OU})`);
   }
   const context = tls.createSecureContext({ key: id.keyPem, cert: id.certPem, ca: id.caPem, minVersion: MIN_VERSION });
@@ -107,7 +107,7 @@ function checkSubject(subject: tls.PeerCertificate['subject'] | undefined, clust
   const cn = one(subject?.CN);
   const ou = one(subject?.OU);
   const o = one(subject?.O);
-  if (!cn || !/^[0-9a-z]{25}$/.test(cn) || !ou) throw new CairnError('peer_not_node', `the ${what} certificate is not a node certificate`);
+  if (!cn || !ID_RE.test(cn) || !ou) throw new CairnError('peer_not_node', `the ${what} certificate is not a node certificate`);
   if (o !== clusterId) throw new CairnError('peer_wrong_cluster', `the ${what} (node ${cn}) is of cluster ${o}, not ${clusterId}`);
   if (!roles.includes(ou as PeerRole)) {
     throw new CairnError('peer_role_not_allowed', `the ${what} (node ${cn}) is a ${ou}; only ${roles.join(' or ')} nodes are allowed`);
@@ -140,9 +140,9 @@ export class NodeTls extends EventEmitter {
   constructor(stateDir: string, first: NodeIdentity, signature: string, opts: NodeTlsOptions) {
     super();
     this.stateDir = stateDir;
-    this.peerRoles = Object.freeze([...(opts.peerRoles ?? NODE_ROLES)]);
+    this.peerRoles = Object.freeze([...(opts.peerRoles ?? ROLES)]);
     for (const r of this.peerRoles) {
-      if (!NODE_ROLES.includes(r)) throw new CairnError('usage', `unknown peer role "${r}": use worker or manager`);
+      if (!ROLES.includes(r)) throw new CairnError('usage', `unknown peer role "${r}": use worker or manager`);
     }
     this.current = material(first);
     this.signature = signature;
@@ -180,7 +180,7 @@ export class NodeTls extends EventEmitter {
   clientOptions(target: ClientTarget): tls.ConnectionOptions {
     const m = this.current;
     const clusterId = m.identity.clusterId;
-    if (!NODE_ROLES.includes(target.role)) throw new CairnError('usage', `unknown role "${target.role}": use worker or manager`);
+    if (!ROLES.includes(target.role)) throw new CairnError('usage', `unknown role "${target.role}": use worker or manager`);
     return {
       host: target.host,
       port: target.port,

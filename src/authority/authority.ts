@@ -1,80 +1,31 @@
 /**
- * The certificate authority: issuance policy, join, renewal, node administration, tokens,
- * configuration. Routes and commands call this; it calls the store and the pki core.
+ * The certificate authority: join, renewal, issuance, node administration, revocation,
+ * tokens, settings. Routes and commands call this; the rules it applies each have a module
+ * of their own — who may do what (admission.ts), what certificates say (policy.ts), serials
+ * (serials.ts), the CA generations and their keys (keyring.ts), settings (config.ts), how
+ * records are shown (views.ts) — and it records through the Store interface.
  */
 import { KeyObject } from 'node:crypto';
 import {
-  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, HOUR_MS, ID_RE, issueCertificate, Issuer, leafProfile,
-  makeIssuer, NameAttrs, parseCsr, privateKeyFromPem, randomId, rootDigest, serialHex, SubjectAltName,
-  certificateFromPem, isRevocationReason, REVOCATION_REASONS,
+  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, ID_RE, issueCertificate, Issuer, leafProfile, NameAttrs, parseCsr, randomId,
+  serialHex, SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
-import type { CaTable, CertificateTable, NodeTable } from '../store/store.js';
-import { NODE_SORTS, type NodePageQuery, type NodeSort, type Store } from '../store/store.js';
+import type { NodeTable, Store } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
-
-export type { PeerCertificate, PeerIdentity } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
+import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
+import { CaKeyring, CaName, LoadedCa } from './keyring.js';
 import { page, PageRequest } from './pages.js';
-import { unseal } from './seal.js';
 import { adminPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
 import { SerialSource } from './serials.js';
 import { isRole, mintJoinTokens, Role } from './tokens.js';
+import { certificateView, listedNodeView, nodeFilter, NodeListRequest, nodeView, NodeView } from './views.js';
 
-export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
-export const MIN_CERT_EXPIRY_MS = HOUR_MS;
-
-export interface ClusterConfig {
-  /** lifetime of node certificates */
-  certExpiryMs: number;
-  /** serial numbers a replica claims from the store at a time */
-  serialRangeIncrement: number;
-  /** claim the next range when fewer than this many are left */
-  serialRangeLowWater: number;
-  /** CRL validity (nextUpdate - thisUpdate) */
-  crlValidityMs: number;
-  /** CRL leader lease duration */
-  crlLeaseMs: number;
-  /** CRL leader cycle: revocations within one cycle are coalesced into one CRL */
-  crlCycleMs: number;
-  /** how long after a renewal the certificate it replaced may still renew (a node that crashed before saving) */
-  renewalGraceMs: number;
-  /** renewals a node may make in a burst */
-  renewalBurst: number;
-  /** then one renewal per node every this many ms (0 = no limit) */
-  renewalIntervalMs: number;
-}
-
-export const DEFAULT_CONFIG: ClusterConfig = {
-  certExpiryMs: DEFAULT_CERT_EXPIRY_MS,
-  serialRangeIncrement: 1000,
-  serialRangeLowWater: 200,
-  crlValidityMs: 24 * HOUR_MS,
-  crlLeaseMs: 15_000,
-  crlCycleMs: 1_000,
-  renewalGraceMs: HOUR_MS,
-  renewalBurst: 5,
-  renewalIntervalMs: 60_000,
-};
-
-/** Bounds of every setting a user may change: [min, max, what]. */
-const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
-  certExpiryMs: [HOUR_MS, 20 * 365 * DAY_MS, 'certificate expiry must be between 1h and 20 years'],
-  serialRangeIncrement: [1, 1_000_000, 'serialRangeIncrement must be between 1 and 1000000'],
-  serialRangeLowWater: [0, 1_000_000, 'serialRangeLowWater must be between 0 and 1000000'],
-  crlValidityMs: [10 * 60_000, 365 * DAY_MS, 'crlValidityMs must be between 10 minutes and 365 days'],
-  crlLeaseMs: [1_000, HOUR_MS, 'crlLeaseMs must be between 1s and 1h'],
-  crlCycleMs: [100, 10 * 60_000, 'crlCycleMs must be between 100ms and 10 minutes'],
-  renewalGraceMs: [0, 7 * DAY_MS, 'renewalGraceMs must be between 0 and 7 days'],
-  renewalBurst: [1, 1_000_000, 'renewalBurst must be between 1 and 1000000'],
-  renewalIntervalMs: [0, DAY_MS, 'renewalIntervalMs must be between 0 (no limit) and 1 day'],
-};
-
-export interface LoadedCa {
-  row: CaTable;
-  certDer: Buffer;
-  issuer: Issuer | null;
-}
+export type { PeerCertificate, PeerIdentity } from './admission.js';
+export { DEFAULT_CERT_EXPIRY_MS, DEFAULT_CONFIG, MIN_CERT_EXPIRY_MS, type ClusterConfig } from './config.js';
+export type { LoadedCa } from './keyring.js';
+export type { NodeListRequest, NodeView } from './views.js';
 
 interface SignRequest {
   subject: NameAttrs;
@@ -96,40 +47,6 @@ export interface IssuedNode {
   notAfter: Date;
 }
 
-export interface NodeView {
-  id: string;
-  role: string;
-  status: string;
-  createdAt: string;
-  updatedAt: string;
-  /** when its current certificate was issued (join or last renewal) */
-  renewedAt: string | null;
-  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
-}
-
-export interface NodeListRequest extends PageRequest {
-  /** created (default), expiry, renewed or id */
-  sort?: string;
-  /** asc (default) or desc */
-  order?: string;
-  role?: string;
-  status?: string;
-  /** a prefix of the node ID */
-  q?: string;
-}
-
-/** Check the filters and order of a node listing. */
-function nodeFilter(req: NodeListRequest): Omit<NodePageQuery, 'after' | 'limit'> {
-  const sort = req.sort ?? 'created';
-  if (!(NODE_SORTS as readonly string[]).includes(sort)) throw new CairnError('bad_request', `sort must be one of ${NODE_SORTS.join(', ')}`);
-  if (req.order !== undefined && req.order !== 'asc' && req.order !== 'desc') throw new CairnError('bad_request', 'order must be asc or desc');
-  if (req.role !== undefined && !isRole(req.role)) throw new CairnError('bad_request', 'role must be worker or manager');
-  if (req.status !== undefined && req.status !== 'active' && req.status !== 'removed') throw new CairnError('bad_request', 'status must be active or removed');
-  const q = req.q?.toLowerCase();
-  if (q !== undefined && !/^[0-9a-z]{1,25}$/.test(q)) throw new CairnError('bad_request', 'q must be the start of a node ID: 1-25 letters and digits');
-  return { sort: sort as NodeSort, desc: req.order === 'desc', role: req.role, status: req.status, idPrefix: q };
-}
-
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
 export const MAX_LISTED_SERIALS = 1000;
 
@@ -138,11 +55,7 @@ export class Authority {
   clusterId = '';
   clusterName = '';
   config: ClusterConfig = { ...DEFAULT_CONFIG };
-  private cas: LoadedCa[] = [];
-  private clusterCa!: LoadedCa;
-  private clientCa!: LoadedCa;
-  /** derived from the CAs once per load(): every join and renewal answers with them */
-  private cached = { digest: '', trustBundle: '' };
+  private keyring!: CaKeyring;
   private serials: SerialSource;
 
   constructor(
@@ -159,65 +72,44 @@ export class Authority {
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     this.clusterId = cluster.id;
     this.clusterName = cluster.name;
-    const rows = await this.store.listCas();
-    this.cas = rows.map((row) => {
-      const certDer = certificateFromPem(row.cert_pem, `CA ${row.id}`);
-      let issuer: Issuer | null = null;
-      if (row.key_sealed && row.status === 'active') {
-        const pem = unseal(this.unlockKey, row.key_sealed, row.id).toString();
-        const key: KeyObject = privateKeyFromPem(pem, `CA ${row.id} key`);
-        issuer = makeIssuer(certDer, key);
-      }
-      return { row, certDer, issuer };
-    });
-    const active = (name: string) => this.cas.filter((c) => c.row.name === name && c.row.status === 'active' && c.issuer).at(-1);
-    const cc = active('cluster');
-    const cl = active('client');
-    if (!cc || !cl) throw new CairnError('store_corrupt', 'the store has no active cluster or client CA');
-    this.clusterCa = cc;
-    this.clientCa = cl;
-    this.cached = {
-      digest: rootDigest(cc.certDer),
-      trustBundle: this.cas.filter((c) => c.row.name === 'cluster' && c.row.status === 'active').map((c) => certificateToPem(c.certDer)).join(''),
-    };
+    this.keyring = CaKeyring.load(await this.store.listCas(), this.unlockKey);
     await this.refreshConfig();
   }
 
   async refreshConfig(s: Store = this.store): Promise<ClusterConfig> {
-    const stored = await s.getConfig();
-    this.config = { ...DEFAULT_CONFIG, ...(stored as Partial<ClusterConfig>) };
+    this.config = configFrom(await s.getConfig());
     return this.config;
   }
 
   // ---- public CA information
 
   get clusterRootDer(): Buffer {
-    return this.clusterCa.certDer;
+    return this.keyring.signer('cluster').certDer;
   }
 
   get clusterRootKeyId(): string {
-    return this.clusterCa.row.key_id;
+    return this.keyring.signer('cluster').row.key_id;
   }
 
   /** Digest carried by join tokens: of the current cluster root. */
   get digest(): string {
-    return this.cached.digest;
+    return this.keyring.digest;
   }
 
   /** Every certificate a node must trust. */
   trustBundle(): string {
-    return this.cached.trustBundle;
+    return this.keyring.trustBundle;
   }
 
   /** Certificates a TLS server accepts client certificates from (cluster and client roots). */
   clientTrust(): Buffer[] {
-    return this.cas.filter((c) => c.row.status === 'active').map((c) => c.certDer);
+    return this.keyring.clientTrust();
   }
 
   caInfo() {
     return {
       clusterId: this.clusterId,
-      roots: { cluster: certificateToPem(this.clusterCa.certDer), client: certificateToPem(this.clientCa.certDer) },
+      roots: { cluster: certificateToPem(this.keyring.signer('cluster').certDer), client: certificateToPem(this.keyring.signer('client').certDer) },
       trustBundle: this.trustBundle(),
       digest: this.digest,
       rotation: null,
@@ -225,13 +117,13 @@ export class Authority {
   }
 
   /** The issuer that signs a CA's CRLs (its current active key). */
-  crlIssuer(ca: 'cluster' | 'client'): Issuer {
-    return (ca === 'cluster' ? this.clusterCa : this.clientCa).issuer!;
+  crlIssuer(ca: CaName): Issuer {
+    return this.keyring.signer(ca).issuer;
   }
 
   /** Key IDs of every generation of a CA whose certificates a CRL covers. */
-  caKeyIds(ca: 'cluster' | 'client'): string[] {
-    return this.cas.filter((c) => c.row.name === ca).map((c) => c.row.key_id);
+  caKeyIds(ca: CaName): string[] {
+    return this.keyring.keyIds(ca);
   }
 
   // ---- issuance
@@ -297,7 +189,7 @@ export class Authority {
     const req = this.parseRequest(csr);
     const nodeId = randomId();
     const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
-    const c = await this.sign(this.clusterCa, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
+    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
     const now = Date.now();
     await this.store.transaction(async (tx) => {
       await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null });
@@ -341,7 +233,7 @@ export class Authority {
       const admitted = admitRenewal(nodeId, node, presented, newest, now, this.config);
       const role = node!.role as Role;
       const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
-      const c = this.signWith(this.clusterCa, serial, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
+      const c = this.signWith(this.keyring.signer('cluster'), serial, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
       await tx.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now });
       // the grace path: the newest certificate never reached the node (or someone else holds it)
@@ -359,7 +251,7 @@ export class Authority {
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
   async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
-    const c = await this.sign(this.clusterCa, { ...policy, publicKey, publicKeyDer });
+    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
     await this.store.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
   }
@@ -367,7 +259,7 @@ export class Authority {
   /** An admin client certificate (issued by the cluster root, OU=admin). */
   async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
     const policy = adminPolicy(this.clusterId, name, lifetimeMs);
-    const c = await this.sign(this.clusterCa, { ...policy, publicKey, publicKeyDer });
+    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
     await this.store.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
     await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
@@ -388,18 +280,7 @@ export class Authority {
   // ---- nodes
 
   async nodeView(n: NodeTable, s: Store = this.store): Promise<NodeView> {
-    const cert = n.current_serial ? await s.getCertificate(n.current_serial) : undefined;
-    return {
-      id: n.id,
-      role: n.role,
-      status: n.status,
-      createdAt: new Date(n.created_at).toISOString(),
-      updatedAt: new Date(n.updated_at).toISOString(),
-      renewedAt: n.renewed_at === null ? null : new Date(Number(n.renewed_at)).toISOString(),
-      certificate: cert
-        ? { serial: cert.serial, notBefore: new Date(cert.not_before).toISOString(), notAfter: new Date(cert.not_after).toISOString(), issuerKeyId: cert.issuer_key_id }
-        : null,
-    };
+    return nodeView(n, (n.current_serial ? await s.getCertificate(n.current_serial) : undefined) ?? null);
   }
 
   /**
@@ -412,17 +293,7 @@ export class Authority {
       req,
       (after, limit) => this.store.listNodesPage({ ...f, after, limit }),
       (n) => ({ t: Number(n.sort_t), k: n.id }),
-      (n): NodeView => ({
-        id: n.id,
-        role: n.role,
-        status: n.status,
-        createdAt: new Date(Number(n.created_at)).toISOString(),
-        updatedAt: new Date(Number(n.updated_at)).toISOString(),
-        renewedAt: n.renewed_at === null ? null : new Date(Number(n.renewed_at)).toISOString(),
-        certificate: n.cert_serial
-          ? { serial: n.cert_serial, notBefore: new Date(Number(n.cert_not_before)).toISOString(), notAfter: new Date(Number(n.cert_not_after)).toISOString(), issuerKeyId: n.cert_issuer_key_id! }
-          : null,
-      }),
+      listedNodeView,
     );
     return { nodes: r.items, next: r.next };
   }
@@ -492,30 +363,14 @@ export class Authority {
       f,
       (after, limit) => this.store.findCertificatesPage({ nodeId: f.nodeId, status: f.status, kind: f.kind, notAfterBetween, after, limit }),
       (c) => ({ t: Number(c.created_at), k: c.serial }),
-      (c) => this.certificateView(c),
+      certificateView,
     );
     return { certificates: r.items, next: r.next };
   }
 
-  certificateView(r: CertificateTable) {
-    return {
-      serial: r.serial,
-      kind: r.kind,
-      nodeId: r.node_id,
-      role: r.role,
-      subject: r.subject,
-      issuerKeyId: r.issuer_key_id,
-      notBefore: new Date(r.not_before).toISOString(),
-      notAfter: new Date(r.not_after).toISOString(),
-      status: r.status,
-      revokedAt: r.revoked_at ? new Date(Number(r.revoked_at)).toISOString() : null,
-      revocationReason: r.revocation_reason,
-    };
-  }
-
   async getCertificate(serial: string) {
     const r = await this.getCertificateIn(serial, this.store);
-    return { ...this.certificateView(r), pem: r.cert_pem };
+    return { ...certificateView(r), pem: r.cert_pem };
   }
 
   /**
@@ -578,16 +433,7 @@ export class Authority {
   // ---- configuration
 
   async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
-    const allowed: Partial<ClusterConfig> = {};
-    for (const [k, v] of Object.entries(patch)) {
-      // own keys only: "toString", "constructor" and the like are not settings
-      const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
-      if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
-      if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
-      if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);
-      allowed[k as keyof ClusterConfig] = v;
-    }
-    if (Object.keys(allowed).length === 0) throw new CairnError('bad_request', 'no setting to change');
+    const allowed = checkConfigPatch(patch);
     await this.store.transaction(async (tx) => {
       await tx.setConfig(allowed);
       await tx.audit(actor, 'config.update', allowed);

@@ -11,7 +11,7 @@ import type { Pkcs12Entry, Pkcs12Input } from '../pki/pkcs12.js';
 import type { CaTable } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import type { Authority, PeerIdentity } from './authority.js';
-import { unsealCaKey } from './backup.js';
+import { unsealCaKey } from './keyring.js';
 import { seal } from './seal.js';
 import { isRole } from './tokens.js';
 

@@ -1,10 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { randomId } from '../pki/index.js';
+import { randomId, Role, ROLES } from '../pki/index.js';
 import type { Store } from '../store/store.js';
 
-export type Role = 'worker' | 'manager';
-export const ROLES: Role[] = ['worker', 'manager'];
-export const isRole = (s: string): s is Role => (ROLES as string[]).includes(s);
+export { isRole, ROLES, type Role } from '../pki/index.js';
 
 /** `CAIRN-1-<root digest, 50 base36>-<secret, 25 base36>` (the layout of swarm's SWMTKN-1). */
 export const TOKEN_RE = /^CAIRN-1-([0-9a-z]{50})-([0-9a-z]{25})$/;
@@ -27,7 +25,7 @@ export function formatToken(digest: string, secret: string): string {
  * New secrets for these roles' join tokens (every role by default): only their hashes are
  * stored, the old secrets stop working at once, and the tokens are returned this once.
  */
-export async function mintJoinTokens(tx: Store, digest: string, roles: Role[] = ROLES): Promise<Partial<Record<Role, string>>> {
+export async function mintJoinTokens(tx: Store, digest: string, roles: readonly Role[] = ROLES): Promise<Partial<Record<Role, string>>> {
   const tokens: Partial<Record<Role, string>> = {};
   for (const role of roles) {
     const secret = newSecret();

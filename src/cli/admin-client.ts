@@ -1,5 +1,5 @@
 import { request } from '../agent/client.js';
-import { statePaths, readReplicaConfig } from '../server/state.js';
+import { statePaths, readReplicaConfig } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
 import { exists, readKeyFile, readText } from '../util/files.js';
 

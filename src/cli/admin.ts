@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { REVOCATION_REASONS } from '../pki/index.js';
-import { DEFAULT_LISTEN } from '../server/state.js';
+import { DEFAULT_LISTEN } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
 import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
 import { adminCall, adminPages } from './admin-client.js';
@@ -21,7 +21,7 @@ export function replicaCommand(): Command {
     .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
     .addOption(jsonOption())
     .action(async (f: { stateDir: string; store: string; unlockKeyFile?: string; advertiseAddr: string; san: string[]; listen: string; json?: boolean }) => {
-      const { addReplica } = await import('../server/replica.js');
+      const { addReplica } = await import('../server/bootstrap.js');
       const r = await addReplica({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen });
       if (f.json) return printJson(r);
       out(`Replica ${r.replicaId} of cluster ${r.clusterId} prepared in ${f.stateDir}.`);
@@ -66,7 +66,7 @@ The way back in when every admin certificate is revoked, lost or expired. Replac
 admin/ca.pem, admin/cert.pem and admin/key.pem (0600) in the state directory; the bundle it
 replaces is not revoked (revoke it with "cairn revoke <serial>" if it was compromised).`)
     .action(async (f: { stateDir: string; store?: string; unlockKeyFile?: string; name: string; json?: boolean }) => {
-      const { issueAdminBundle } = await import('../server/replica.js');
+      const { issueAdminBundle } = await import('../server/bootstrap.js');
       const r = await issueAdminBundle({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, name: f.name });
       if (f.json) return printJson({ serial: r.serial, notAfter: r.notAfter.toISOString(), clusterId: r.clusterId, dir: r.dir });
       out(`Issued admin certificate ${r.serial} (valid until ${r.notAfter.toISOString()}) into ${r.dir}.`);

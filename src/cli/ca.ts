@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { createApiCertificate, createControlCertificate, createNodeCertificate, initializeCa, loadCa } from '../authority/offline.js';
+import { createApiCertificate, createControlCertificate, createNodeCertificate, initializeCa, loadCa } from '../authority/offline-ca.js';
 import { KeyType } from '../pki/index.js';
 import { HOUR_MS } from '../pki/profiles.js';
 import { keyTypeOption, out, parseDurationArg, printJson, requireMinDuration } from './common.js';

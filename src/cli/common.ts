@@ -83,3 +83,22 @@ export function requireMinDuration(ms: number, minMs: number, what: string): voi
 }
 
 export type { Command };
+
+/** Run until SIGTERM or SIGINT: `run` gets a signal that aborts on the first of them; the handlers go when it settles. */
+export async function untilSignal<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const stop = () => ac.abort();
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  try {
+    return await run(ac.signal);
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+  }
+}
+
+/** Serve until SIGTERM or SIGINT, then close (a server's or the dashboard's shutdown). */
+export function closeOnSignal(close: () => Promise<void>): Promise<void> {
+  return untilSignal((signal) => new Promise<void>((resolve) => signal.addEventListener('abort', () => close().then(resolve, resolve), { once: true })));
+}

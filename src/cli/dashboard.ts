@@ -1,10 +1,10 @@
 import path from 'node:path';
 import { Command } from 'commander';
-import { parseHostPort, readTokens, saveToken, statePaths } from '../server/state.js';
+import { parseHostPort, readTokens, saveToken, statePaths } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
 import { exists, readKeyFile, readText } from '../util/files.js';
 import { serverUrl } from './admin-client.js';
-import { out } from './common.js';
+import { closeOnSignal, out } from './common.js';
 
 export const DEFAULT_DASHBOARD_LISTEN = '127.0.0.1:8080';
 
@@ -56,14 +56,6 @@ Pages: overview, nodes, certificates, expiry, rotation, tokens, audit. See docs/
       });
       out(`cairn dashboard on ${dash.url} (API: ${api.endpoints.join(', ')})`);
       out(`Log in (this link works once): ${dash.loginUrl()}`);
-      await new Promise<void>((resolve) => {
-        const stop = () => {
-          process.off('SIGTERM', stop);
-          process.off('SIGINT', stop);
-          dash.close().then(resolve, resolve);
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
-      });
+      await closeOnSignal(() => dash.close());
     });
 }

@@ -2,7 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { PkiError } from '../pki/index.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { caCommand } from './ca.js';
-import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreCommand } from './backup.js';
+import { backupCommand, clonePrepareCommand, pkcs12CertFindCommand, restoreCommand } from './backup-commands.js';
 import { adminBundleCommand, certCommand, crlCommand, replicaCommand, revokeCommand } from './admin.js';
 import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } from './server-side.js';
 import { agentCommand, joinCommand } from './node-side.js';

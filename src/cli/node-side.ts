@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { CairnError, usageError } from '../util/errors.js';
-import { ExitStatus, out, parseDurationArg, printJson } from './common.js';
+import { ExitStatus, out, parseDurationArg, printJson, untilSignal } from './common.js';
 import { cairnCommand, outputDir, unitFile } from './systemd.js';
 
 const stateDirOption = () =>
@@ -169,7 +169,7 @@ Subcommands:
       const logger = pino({ level: f.logLevel, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
       if (f.renewNow) {
         const { Hooks } = await import('../agent/hooks.js');
-        const { readNodeIdentity } = await import('../agent/state.js');
+        const { readNodeIdentity } = await import('../agent/node-state.js');
         const { recordFailure, recordHook, recordSuccess } = await import('../agent/status.js');
         const { describeOutputs } = await import('../agent/outputs.js');
         let r;
@@ -199,16 +199,7 @@ Subcommands:
         if (hr) out(`Hook ran (${hr.durationMs} ms${hr.exitCode !== null ? `, exit ${hr.exitCode}` : ''})`);
         return;
       }
-      const ac = new AbortController();
-      const stop = () => ac.abort();
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
-      try {
-        await runAgent(stateDir, { signal: ac.signal, logger, trustDigests, outputs, hooks, metricsFile: f.metricsFile });
-      } finally {
-        process.off('SIGTERM', stop);
-        process.off('SIGINT', stop);
-      }
+      await untilSignal((signal) => runAgent(stateDir, { signal, logger, trustDigests, outputs, hooks, metricsFile: f.metricsFile }));
     });
 
   agent

@@ -1,12 +1,12 @@
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
-import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/state.js';
+import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/state-dir.js';
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { adminCall, adminPages, serverUrl } from './admin-client.js';
-import { addPkcs12InitOptions, casFromInitFlags } from './backup.js';
-import { jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
+import { addPkcs12InitOptions, casFromInitFlags } from './backup-commands.js';
+import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
 
 
 function joinCommand(token: string, url: string): string {
@@ -35,7 +35,7 @@ Writes into the state directory (created 0700):
       const { validateClusterName } = await import('../authority/policy.js');
       validateClusterName(name);
       const ca = await casFromInitFlags(f);
-      const { initReplica } = await import('../server/replica.js'); // heavy (store, server): loaded only when used
+      const { initReplica } = await import('../server/bootstrap.js'); // heavy (store, server): loaded only when used
       const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca });
       if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
       const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
@@ -64,18 +64,10 @@ Subcommand:
   cairn serve systemd-unit [--state-dir DIR] [--user U] ...   print a systemd unit running this replica`)
     .action(async (f: { stateDir?: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string; proxyProtocol?: boolean }) => {
       if (!f.stateDir) throw new CairnError('usage', "required option '--state-dir <dir>' not specified");
-      const { serveReplica } = await import('../server/replica.js');
+      const { serveReplica } = await import('../server/bootstrap.js');
       const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel, proxyProtocol: f.proxyProtocol });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
-      await new Promise<void>((resolve) => {
-        const stop = () => {
-          process.off('SIGTERM', stop);
-          process.off('SIGINT', stop);
-          srv.close().then(resolve, resolve);
-        };
-        process.on('SIGTERM', stop);
-        process.on('SIGINT', stop);
-      });
+      await closeOnSignal(() => srv.close());
     });
   serve
     .command('systemd-unit')

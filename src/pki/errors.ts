@@ -7,7 +7,11 @@ export const PKI_ERROR_CODES = [
 
 export type PkiErrorCode = (typeof PKI_ERROR_CODES)[number];
 
-/** An error in PKI input (malformed PEM/DER, weak key, bad signature...). `code` is stable. */
+/**
+ * An error in PKI input (malformed PEM/DER, weak key, bad signature...). `code` is stable.
+ * Shaped like util/errors.ts's CairnError on purpose: pki imports nothing of cairn, and
+ * fromPki() turns one into the other.
+ */
 export class PkiError extends Error {
   readonly code: PkiErrorCode;
   constructor(code: PkiErrorCode, message: string) {

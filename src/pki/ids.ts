@@ -12,6 +12,11 @@ export function randomId(): string {
 
 export const ID_RE = /^[0-9a-z]{25}$/;
 
+/** The roles a node certificate's OU carries. */
+export type Role = 'worker' | 'manager';
+export const ROLES: readonly Role[] = ['worker', 'manager'];
+export const isRole = (s: unknown): s is Role => typeof s === 'string' && (ROLES as readonly string[]).includes(s);
+
 /** SHA-256 of DER bytes, lowercase hex. */
 export function sha256Hex(der: Uint8Array): string {
   return createHash('sha256').update(der).digest('hex');

@@ -98,6 +98,9 @@ export function parseProxyHeader(buf: Buffer): ProxyHeader {
   return invalid('not a PROXY header');
 }
 
+/** Events after which no PROXY header can come. */
+const END_EVENTS = ['error', 'end', 'close'] as const;
+
 /**
  * Read the PROXY header from a fresh socket, then call `cb` (synchronously with the last
  * chunk's event, so no socket event is missed in between) with the rest of the stream left
@@ -111,9 +114,7 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number, cb: (err:
     finished = true;
     clearTimeout(timer);
     socket.off('data', onData);
-    socket.off('error', onEnd);
-    socket.off('end', onEnd);
-    socket.off('close', onEnd);
+    for (const ev of END_EVENTS) socket.off(ev, onEnd);
     cb(err, v);
   };
   const onEnd = () => done(new Error('connection closed before a complete PROXY header'));
@@ -132,9 +133,7 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number, cb: (err:
   };
   const timer = setTimeout(() => done(new Error(`no PROXY header within ${timeoutMs} ms`)), timeoutMs);
   socket.on('data', onData);
-  socket.on('error', onEnd);
-  socket.on('end', onEnd);
-  socket.on('close', onEnd);
+  for (const ev of END_EVENTS) socket.on(ev, onEnd);
 }
 
 const peerKey = (s: { remoteAddress?: string; remotePort?: number; localAddress?: string; localPort?: number }) =>

@@ -11,7 +11,7 @@ import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
 import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable } from './schema.js';
-import { redactUrl, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import { redactUrl, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
 // PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
@@ -451,22 +451,24 @@ export class SqlStore implements Store {
     return rows.map((r) => r.serial);
   }
 
-  async findCertificates(f: { nodeId?: string; status?: string; kind?: string; limit?: number }): Promise<CertificateTable[]> {
-    let q = this.db.selectFrom('certificates').selectAll();
-    if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
-    if (f.status) q = q.where('status', '=', f.status);
-    if (f.kind) q = q.where('kind', '=', f.kind);
-    q = q.orderBy('created_at').orderBy('serial');
-    return (f.limit === undefined ? q : q.limit(f.limit)).execute();
-  }
-
-  /** One page of certificates in (created_at, serial) order, after the key `after`. */
-  async findCertificatesPage(f: { nodeId?: string; status?: string; kind?: string; notAfterBetween?: [number, number]; after?: PageKey; limit: number }): Promise<CertificateTable[]> {
+  /** Certificates matching a filter (node, status, kind, expiry window). */
+  private certificates(f: CertificateFilter & { notAfterBetween?: [number, number] }) {
     let q = this.db.selectFrom('certificates').selectAll();
     if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
     if (f.status) q = q.where('status', '=', f.status);
     if (f.kind) q = q.where('kind', '=', f.kind);
     if (f.notAfterBetween) q = q.where('not_after', '>', f.notAfterBetween[0]).where('not_after', '<=', f.notAfterBetween[1]);
+    return q;
+  }
+
+  async findCertificates(f: CertificateFilter & { limit?: number }): Promise<CertificateTable[]> {
+    const q = this.certificates(f).orderBy('created_at').orderBy('serial');
+    return (f.limit === undefined ? q : q.limit(f.limit)).execute();
+  }
+
+  /** One page of certificates in (created_at, serial) order, after the key `after`. */
+  async findCertificatesPage(f: CertificateFilter & { notAfterBetween?: [number, number]; after?: PageKey; limit: number }): Promise<CertificateTable[]> {
+    let q = this.certificates(f);
     const a = f.after;
     if (a) q = q.where((eb) => eb.or([eb('created_at', '>', a.t), eb.and([eb('created_at', '=', a.t), eb('serial', '>', a.k)])]));
     return q.orderBy('created_at').orderBy('serial').limit(f.limit).execute();

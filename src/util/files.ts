@@ -106,6 +106,13 @@ export function exists(file: string): boolean {
   }
 }
 
+const existsError = (file: string) => new CairnError('exists', `${file} already exists; use --force to overwrite it`);
+
+/** Refuse (before any work is done) when one of these files exists: the caller overwrites only with --force. */
+export function refuseExisting(files: (string | undefined)[]): void {
+  for (const f of files) if (f && exists(f)) throw existsError(f);
+}
+
 export interface PlannedFile {
   path: string;
   data: string | Buffer;
@@ -117,19 +124,26 @@ export interface PlannedFile {
   owner?: { uid: number; gid: number };
 }
 
+/** Files written under temporary names next to their final place; none is in place until `commit()`. */
+export interface StagedFiles {
+  /** Put every file in place (all or nothing), then sync their directories. */
+  commit(): void;
+  /** Remove the temporary files. */
+  abort(): void;
+}
+
 /**
- * Write several files all-or-nothing. Refuses up front if any exists (unless `overwrite`);
- * each file is written to a temp file with its final mode from creation, fsynced, then put
- * in place; if anything fails, the files already placed by this call are removed.
+ * Write each file to a temp file next to its final place, with its final mode (and owner)
+ * from creation, fsynced. Refuses up front if any exists (unless `overwrite`). Nothing is in
+ * place until commit(): a restore stages its files, commits its store transaction, then
+ * commits the files.
  */
-export function writeFilesAtomic(files: PlannedFile[], opts: { overwrite?: boolean } = {}): void {
-  if (!opts.overwrite) {
-    for (const f of files) {
-      if (exists(f.path)) throw new CairnError('exists', `${f.path} already exists; use --force to overwrite it`);
-    }
-  }
+export function stageFiles(files: PlannedFile[], opts: { overwrite?: boolean } = {}): StagedFiles {
+  if (!opts.overwrite) refuseExisting(files.map((f) => f.path));
   const temps: string[] = [];
-  const placed: string[] = [];
+  const removeTemps = () => {
+    for (const t of temps) fs.rmSync(t, { force: true });
+  };
   try {
     for (const f of files) {
       const tmp = path.join(path.dirname(f.path), `.${path.basename(f.path)}.${randomBytes(6).toString('hex')}.tmp`);
@@ -152,33 +166,51 @@ export function writeFilesAtomic(files: PlannedFile[], opts: { overwrite?: boole
         fs.closeSync(fd);
       }
     }
-    files.forEach((f, i) => {
-      try {
-        if (opts.overwrite) fs.renameSync(temps[i], f.path);
-        else {
-          fs.linkSync(temps[i], f.path); // fails if the file appeared meanwhile: never clobber
-          fs.unlinkSync(temps[i]);
-        }
-      } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        if (err.code === 'EEXIST') throw new CairnError('exists', `${f.path} already exists; use --force to overwrite it`);
-        throw new CairnError('io', `cannot write ${f.path}: ${describe(e)}`);
-      }
-      placed.push(f.path);
-    });
   } catch (e) {
-    for (const t of temps) fs.rmSync(t, { force: true });
-    if (!opts.overwrite) for (const p of placed) fs.rmSync(p, { force: true });
+    removeTemps();
     throw e;
   }
-  try {
-    const dirs = new Set(files.map((f) => path.dirname(f.path)));
-    for (const d of dirs) {
-      const fd = fs.openSync(d, 'r');
-      fs.fsyncSync(fd);
-      fs.closeSync(fd);
-    }
-  } catch {
-    // directory fsync is best effort
-  }
+  return {
+    abort: removeTemps,
+    commit() {
+      const placed: string[] = [];
+      try {
+        files.forEach((f, i) => {
+          try {
+            if (opts.overwrite) fs.renameSync(temps[i], f.path);
+            else {
+              fs.linkSync(temps[i], f.path); // fails if the file appeared meanwhile: never clobber
+              fs.unlinkSync(temps[i]);
+            }
+          } catch (e) {
+            const err = e as NodeJS.ErrnoException;
+            if (err.code === 'EEXIST') throw existsError(f.path);
+            throw new CairnError('io', `cannot write ${f.path}: ${describe(e)}`);
+          }
+          placed.push(f.path);
+        });
+      } catch (e) {
+        removeTemps();
+        if (!opts.overwrite) for (const p of placed) fs.rmSync(p, { force: true });
+        throw e;
+      }
+      try {
+        for (const d of new Set(files.map((f) => path.dirname(f.path)))) {
+          const fd = fs.openSync(d, 'r');
+          fs.fsyncSync(fd);
+          fs.closeSync(fd);
+        }
+      } catch {
+        // directory fsync is best effort
+      }
+    },
+  };
+}
+
+/**
+ * Write several files all-or-nothing: staged (temp files with their final mode, fsynced),
+ * then put in place; if anything fails, the files already placed by this call are removed.
+ */
+export function writeFilesAtomic(files: PlannedFile[], opts: { overwrite?: boolean } = {}): void {
+  stageFiles(files, opts).commit();
 }

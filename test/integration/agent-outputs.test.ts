@@ -13,7 +13,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { nodePaths, readNodeIdentity } from '../../src/agent/state.js';
+import { nodePaths, readNodeIdentity } from '../../src/agent/node-state.js';
 import { Background, freePort, run, startBackground, tmpDir } from '../helpers.js';
 import { adminId, api, cliAsync, Cluster, startCluster } from './cluster.js';
 

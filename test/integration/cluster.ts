@@ -5,16 +5,16 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
-import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import { CAIRN_BIN, freePort, RunOptions, runCli } from '../helpers.js';
+import { CAIRN_BIN, freePort, RunOptions, runCli, tmpDir } from '../helpers.js';
 
 export const CAIRN = CAIRN_BIN;
 export { freePort };
 
+/** A temp directory (helpers.ts tmpDir: removed when the process exits at the latest). */
 export function mkTemp(prefix = 'cairn-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return tmpDir(undefined, prefix);
 }
 
 export interface CliResult {

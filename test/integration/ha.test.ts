@@ -370,7 +370,10 @@ describe('store migrations', () => {
       const stores = await Promise.all([openStore('postgres', db.url), openStore('postgres', db.url), openStore('postgres', db.url)]);
       for (const s of stores) await s.close();
       const rows = await pgQuery(db.url, 'select name from kysely_migration order by name');
-      assert.deepEqual(rows.map((r) => r.name), ['0001_initial', '0002_crls', '0003_listing_order', '0004_renewal_guards']);
+      const { migrationProvider } = await import('../../src/store/migrations.js');
+      const all = Object.keys(await migrationProvider.getMigrations()).sort();
+      assert.ok(all.length >= 5);
+      assert.deepEqual(rows.map((r) => r.name), all);
     } finally {
       await db.drop();
     }

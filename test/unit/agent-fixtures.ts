@@ -13,7 +13,7 @@ import {
   buildCrl, certificateToPem, csrDerFrom, generateKeyPair, Issuer, issueCertificate, KeyPair, leafProfile, makeIssuer, makeSerial, parseCsr,
   privateKeyToPem, randomId, RevokedEntry, rootCaProfile, rootDigest, selfSignCertificate, spkiDer, SubjectAltName, toPem,
 } from '../../src/pki/index.js';
-import { NodeConfig, readNodeIdentity, writeNewIdentity } from '../../src/agent/state.js';
+import { NodeConfig, readNodeIdentity, writeNewIdentity } from '../../src/agent/node-state.js';
 import type { NodeTls } from '../../src/agent/tls.js';
 import { CairnError } from '../../src/util/errors.js';
 

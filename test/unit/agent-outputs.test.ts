@@ -15,7 +15,7 @@ import { runAgent } from '../../src/agent/agent.js';
 import { closeAgents } from '../../src/agent/client.js';
 import { HookResult, Hooks, parseSignal, signalTargets } from '../../src/agent/hooks.js';
 import { parseOutputSpec, parseOutputSpecs, writeOutputs } from '../../src/agent/outputs.js';
-import { nodePaths, readNodeIdentity } from '../../src/agent/state.js';
+import { nodePaths, readNodeIdentity } from '../../src/agent/node-state.js';
 import { health, metricsText, recordFailure, recordSuccess } from '../../src/agent/status.js';
 import { systemdQuote } from '../../src/cli/systemd.js';
 import { CairnError } from '../../src/util/errors.js';

@@ -20,7 +20,7 @@ import { closeAgents, request } from '../../src/agent/client.js';
 import { checkCrl, refreshCrl } from '../../src/agent/crl.js';
 import { join } from '../../src/agent/join.js';
 import { renewOnce } from '../../src/agent/renew.js';
-import { nodePaths, readNodeIdentity } from '../../src/agent/state.js';
+import { nodePaths, readNodeIdentity } from '../../src/agent/node-state.js';
 import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { acceptTrustBundle } from '../../src/agent/trust.js';
 import { CairnError } from '../../src/util/errors.js';

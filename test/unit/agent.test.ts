@@ -16,7 +16,7 @@ import { generateKeyPair, privateKeyToPem, randomId, rootDigest } from '../../sr
 import { refreshTrustBundle, renewalTime, renewalWindow, runAgent } from '../../src/agent/agent.js';
 import { ApiError, closeAgents, isRetryable, normalizeEndpoint, request } from '../../src/agent/client.js';
 import { backoffDelay, isFatalRenewalError, renewOnce, RenewResult } from '../../src/agent/renew.js';
-import { NodeConfig, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from '../../src/agent/state.js';
+import { NodeConfig, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from '../../src/agent/node-state.js';
 import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { parseJoinToken } from '../../src/agent/token.js';
 import { CairnError } from '../../src/util/errors.js';

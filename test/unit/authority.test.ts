@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { Authority } from '../../src/authority/authority.js';
-import { initCluster } from '../../src/authority/cluster.js';
+import { initCluster } from '../../src/authority/init.js';
 import { certificateFromPem, certificateInfo, createCsr, csrToPem, generateKeyPair } from '../../src/pki/index.js';
 import { CairnError } from '../../src/util/errors.js';
 import { MemoryStore } from './memory-store.js';

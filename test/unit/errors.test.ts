@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { initCluster } from '../../src/authority/cluster.js';
+import { initCluster } from '../../src/authority/init.js';
 import { PKI_ERROR_CODES, PkiError, sanFor } from '../../src/pki/index.js';
 import { openStore } from '../../src/store/store.js';
 import { CairnError, ERRORS, fromPki, isErrorCode, RetryLater, usageError } from '../../src/util/errors.js';

@@ -3,23 +3,23 @@
  * is, the unlock key, and the files a restore rewrites. The store-level work is in
  * ../authority/backup.ts and ../authority/clone.ts.
  */
-import { randomBytes } from 'node:crypto';
+import {  } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { Authority } from '../authority/authority.js';
-import {
-  BackupManifest, encodeArchive, encryptBackup, openBackup, readSnapshot, restoreFullIn, restoreRootCaIn,
-} from '../authority/backup.js';
+import { BackupManifest, encodeArchive } from '../authority/backup-archive.js';
+import { encryptBackup, openBackup } from '../authority/backup-crypto.js';
+import { readSnapshot, restoreFullIn, restoreRootCaIn } from '../authority/backup-restore.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
 import { certificateFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
-import { exists, KEY_MODE, PlannedFile } from '../util/files.js';
+import { exists, KEY_MODE, stageFiles, StagedFiles } from '../util/files.js';
 import { VERSION } from '../version.js';
-import { adminBundleFiles, serverIdentityFiles, withNewStateDir } from './replica.js';
-import { loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
+import { adminBundleFiles, serverIdentityFiles, withNewStateDir } from './bootstrap.js';
+import { loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
 
 export interface StateAccess {
   stateDir: string;
@@ -67,40 +67,6 @@ export async function backupStateDir(o: StateAccess & { rootCaOnly: boolean; pas
 }
 
 // ---------------------------------------------------------------- restore
-
-interface Staged {
-  commit(): void;
-  abort(): void;
-}
-
-/** Files written to temporary names next to their final place, put in place only on commit. */
-function stageFiles(files: PlannedFile[]): Staged {
-  const temps: string[] = [];
-  try {
-    for (const f of files) {
-      const tmp = path.join(path.dirname(f.path), `.${path.basename(f.path)}.${randomBytes(6).toString('hex')}.restore`);
-      const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, f.mode);
-      temps.push(tmp);
-      try {
-        fs.writeSync(fd, typeof f.data === 'string' ? Buffer.from(f.data) : f.data);
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-    }
-  } catch (e) {
-    for (const t of temps) fs.rmSync(t, { force: true });
-    throw new CairnError('io', `cannot write into ${path.dirname(files[temps.length]?.path ?? files[0].path)}: ${(e as Error).message}`);
-  }
-  return {
-    commit() {
-      files.forEach((f, i) => fs.renameSync(temps[i], f.path));
-    },
-    abort() {
-      for (const t of temps) fs.rmSync(t, { force: true });
-    },
-  };
-}
 
 /** Whether a cairn server answers on this replica's listen address. */
 function serverAnswers(listen: string): Promise<boolean> {
@@ -187,7 +153,7 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
     if (active && !o.force) {
       throw new CairnError('has_nodes', `${active} node(s) joined this controller under its current CAs; their certificates would no longer verify: give --force to replace the CAs anyway (those nodes must join again)`);
     }
-    const stage: { files: Staged | null } = { files: null };
+    const stage: { files: StagedFiles | null } = { files: null };
     let result: Awaited<ReturnType<typeof restoreRootCaIn>>;
     try {
       result = await store.transaction(async (tx) => {
@@ -200,7 +166,7 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
           { path: p.adminTokens, data: JSON.stringify(r.tokens, null, 2) + '\n', mode: KEY_MODE },
           { path: p.replica, data: JSON.stringify(newCfg, null, 2) + '\n', mode: KEY_MODE },
         );
-        stage.files = stageFiles(files);
+        stage.files = stageFiles(files, { overwrite: true });
         return r;
       });
     } catch (e) {
@@ -263,7 +229,7 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
   }
   const storeUrl = o.store ?? process.env.CAIRN_STORE;
   return withNewStateDir({ ...o, store: storeUrl, poolSize: 2 }, async ({ store: s, unlockKey, listen, advertiseAddr, sans, created }) => {
-    const stage: { files: Staged | null } = { files: null };
+    const stage: { files: StagedFiles | null } = { files: null };
     try {
       const replicaId = randomId();
       const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
@@ -276,7 +242,7 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
         const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
         await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });
         files.push({ path: p.replica, data: JSON.stringify(cfg, null, 2) + '\n', mode: KEY_MODE });
-        stage.files = stageFiles(files);
+        stage.files = stageFiles(files, { overwrite: true });
       });
       stage.files!.commit();
       return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: true, replicaId, manifest: content.manifest };

@@ -17,19 +17,15 @@
 import { KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  CertificateInfo, certificateInfo, certificatesFromPem, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem,
-} from '../pki/index.js';
+import { CertificateInfo, certificateInfo, certificatesFromPem, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem, Role, ID_RE, ROLES } from '../pki/index.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import type { ClientTls } from './client.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 
-export type NodeRole = 'worker' | 'manager';
-export const NODE_ROLES: NodeRole[] = ['worker', 'manager'];
 
 export interface NodeConfig {
   nodeId: string;
-  role: NodeRole;
+  role: Role;
   clusterId: string;
   /** CA API endpoints (https://host:port), tried in order */
   endpoints: string[];
@@ -51,7 +47,6 @@ export function nodePaths(dir: string) {
   };
 }
 
-const ID = /^[0-9a-z]{25}$/;
 
 export function parseNodeConfig(text: string, file: string): NodeConfig {
   let j: any;
@@ -62,9 +57,9 @@ export function parseNodeConfig(text: string, file: string): NodeConfig {
   }
   const bad = (why: string) => new CairnError('bad_state', `${file}: ${why}`);
   if (!j || typeof j !== 'object') throw bad('expected a JSON object');
-  if (typeof j.nodeId !== 'string' || !ID.test(j.nodeId)) throw bad('nodeId is missing or malformed');
-  if (typeof j.clusterId !== 'string' || !ID.test(j.clusterId)) throw bad('clusterId is missing or malformed');
-  if (!NODE_ROLES.includes(j.role)) throw bad('role must be worker or manager');
+  if (typeof j.nodeId !== 'string' || !ID_RE.test(j.nodeId)) throw bad('nodeId is missing or malformed');
+  if (typeof j.clusterId !== 'string' || !ID_RE.test(j.clusterId)) throw bad('clusterId is missing or malformed');
+  if (!ROLES.includes(j.role)) throw bad('role must be worker or manager');
   if (!Array.isArray(j.endpoints) || j.endpoints.length === 0 || !j.endpoints.every((e: unknown) => typeof e === 'string')) {
     throw bad('endpoints must be a non-empty list of https:// addresses');
   }

@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import pino, { Logger } from 'pino';
 import { Authority } from '../authority/authority.js';
-import { initCluster } from '../authority/cluster.js';
+import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
@@ -21,7 +21,7 @@ import { CairnError, fromPki } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
-import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state.js';
+import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
 
 export function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
   const names = [advertise, ...extra];
@@ -235,6 +235,32 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
   }
 }
 
+/**
+ * Open the store of an initialized replica (its state directory's, or the one given) and load
+ * its authority: the store must hold this replica's cluster, and the unlock key must open the
+ * CA keys. The store is closed again if anything fails.
+ */
+async function openReplica(
+  o: { stateDir: string; store?: string; unlockKeyFile?: string },
+  cfg: ReplicaConfig,
+  migrate: (kind: 'sqlite' | 'postgres', location: string) => boolean,
+): Promise<{ store: Store; auth: Authority; kind: 'sqlite' | 'postgres'; location: string }> {
+  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
+  const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
+  const store = await openStore(kind, location, { migrate: migrate(kind, location) });
+  try {
+    const cluster = await store.getCluster();
+    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
+    if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
+    const auth = new Authority(store, cfg.replicaId, unlockKey);
+    await auth.load(); // proves the unlock key opens the CA keys
+    return { store, auth, kind, location };
+  } catch (e) {
+    await store.close().catch(() => {});
+    throw e;
+  }
+}
+
 export interface AdminBundleOptions {
   stateDir: string;
   /** default: CAIRN_STORE, then the state directory's store */
@@ -254,20 +280,15 @@ export async function issueAdminBundle(o: AdminBundleOptions): Promise<{ serial:
   const cfg = readReplicaConfig(o.stateDir);
   const name = o.name ?? 'admin';
   if (!/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/.test(name)) throw new CairnError('usage', `--name "${name}" must be 1-64 letters, digits, ".", "_", "@" or "-"`);
-  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
-  const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
-  if (kind === 'sqlite' && !exists(location)) throw new CairnError('not_initialized', `no store at ${location}: is ${o.stateDir} a replica state directory?`);
-  const store = await openStore(kind, location, { migrate: false });
+  const { store, auth } = await openReplica(o, cfg, (kind, location) => {
+    if (kind === 'sqlite' && !exists(location)) throw new CairnError('not_initialized', `no store at ${location}: is ${o.stateDir} a replica state directory?`);
+    return false;
+  });
   try {
-    const cluster = await store.getCluster();
-    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
-    if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
-    const auth = new Authority(store, cfg.replicaId, unlockKey);
-    await auth.load(); // proves the unlock key opens the CA keys
     const files = await adminBundleFiles(auth, o.stateDir, name);
     writeFilesAtomic(files, { overwrite: true });
     const info = certificateInfo(certificateFromPem(files.find((f) => f.path.endsWith('cert.pem'))!.data.toString(), 'the admin certificate'));
-    return { serial: info.serialHex, notAfter: info.notAfter, clusterId: cluster.id, dir: statePaths(o.stateDir).adminDir };
+    return { serial: info.serialHex, notAfter: info.notAfter, clusterId: auth.clusterId, dir: statePaths(o.stateDir).adminDir };
   } finally {
     await store.close();
   }
@@ -295,16 +316,8 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   const cfg = readReplicaConfig(o.stateDir);
   const p = statePaths(o.stateDir);
   const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId } }, pino.destination({ fd: 2, sync: false }));
-  const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
-  const storeUrl = o.store ?? process.env.CAIRN_STORE ?? cfg.store;
-  const { kind, location } = resolveStoreUrl(storeUrl, o.stateDir);
-  const store = await openStore(kind, location, { migrate: kind === 'postgres' ? true : exists(location) ? true : false });
+  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => kind === 'postgres' || exists(location));
   try {
-    const cluster = await store.getCluster();
-    if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
-    if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
-    const auth = new Authority(store, cfg.replicaId, unlockKey);
-    await auth.load();
     if ((await store.getReplica(cfg.replicaId))?.removed_at) {
       throw new CairnError('replica_removed', `replica ${cfg.replicaId} was removed from the cluster ("cairn replica rm"); prepare a new one with "cairn replica add"`);
     }

@@ -3,6 +3,7 @@
  * directory, no server. What the certificates say is decided in policy.ts (as for the online
  * CA), serials come from serials.ts (a counter file), the bytes from the pure `pki` core.
  */
+import type { KeyObject } from 'node:crypto';
 import path from 'node:path';
 import {
   certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, ID_RE, issueCertificate,
@@ -10,7 +11,7 @@ import {
   randomUuid, rootCaProfile, selfSignCertificate, spkiDer,
 } from '../pki/index.js';
 import { CairnError, fromPki } from '../util/errors.js';
-import { ensureDir, exists, FILE_MODE, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
+import { ensureDir, exists, refuseExisting, FILE_MODE, KEY_MODE, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { LeafPolicy, offlineApiPolicy, offlineControlPolicy, offlineNodePolicy, offlineRootSubject, validateClusterName } from './policy.js';
 import { nextOfflineSequence, startOfflineCounter } from './serials.js';
 
@@ -30,6 +31,17 @@ export interface IssuedFiles {
 }
 
 
+/** A key (0600) and its certificate, written together or not at all. */
+function writeKeyAndCertificate(keyPath: string, key: KeyObject, certPath: string, der: Buffer, overwrite?: boolean): void {
+  writeFilesAtomic(
+    [
+      { path: keyPath, data: privateKeyToPem(key), mode: KEY_MODE },
+      { path: certPath, data: certificateToPem(der), mode: FILE_MODE },
+    ],
+    { overwrite },
+  );
+}
+
 export interface InitializeOptions {
   dir: string;
   keyType?: KeyType;
@@ -42,19 +54,11 @@ export function initializeCa(clusterName: string, o: InitializeOptions): { certP
   ensureDir(o.dir);
   const certPath = path.join(o.dir, CA_CERT_FILE);
   const keyPath = path.join(o.dir, CA_KEY_FILE);
-  if (!o.force) {
-    for (const p of [certPath, keyPath]) if (exists(p)) throw new CairnError('exists', `${p} already exists; use --force to overwrite it`);
-  }
+  if (!o.force) refuseExisting([certPath, keyPath]);
   const clusterId = randomId();
   const kp = generateKeyPair(o.keyType);
   const cert = fromPki(() => selfSignCertificate(rootCaProfile(offlineRootSubject(clusterId, clusterName), spkiDer(kp.publicKey), makeSerial(0n)), kp.privateKey));
-  writeFilesAtomic(
-    [
-      { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
-      { path: certPath, data: certificateToPem(cert), mode: FILE_MODE },
-    ],
-    { overwrite: o.force },
-  );
+  writeKeyAndCertificate(keyPath, kp.privateKey, certPath, cert, o.force);
   startOfflineCounter(o.dir);
   return { certPath, keyPath, clusterId };
 }
@@ -86,19 +90,11 @@ function issueLeafFiles(ca: OfflineCa, r: LeafRequest): IssuedFiles {
   ensureDir(r.outDir);
   const certPath = path.join(r.outDir, `${r.baseName}.crt`);
   const keyPath = path.join(r.outDir, `${r.baseName}.key`);
-  if (!r.force) {
-    for (const p of [certPath, keyPath]) if (exists(p)) throw new CairnError('exists', `${p} already exists; use --force to overwrite it`);
-  }
+  if (!r.force) refuseExisting([certPath, keyPath]);
   const kp = generateKeyPair(r.keyType);
   const serial = makeSerial(nextOfflineSequence(ca.dir));
   const der = fromPki(() => issueCertificate(leafProfile({ ...r.policy, publicKeyDer: spkiDer(kp.publicKey), publicKey: kp.publicKey, serial }), ca.issuer));
-  writeFilesAtomic(
-    [
-      { path: keyPath, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
-      { path: certPath, data: certificateToPem(der), mode: FILE_MODE },
-    ],
-    { overwrite: r.force },
-  );
+  writeKeyAndCertificate(keyPath, kp.privateKey, certPath, der, r.force);
   return { certPath, keyPath, serialHex: serial.toString('hex').toUpperCase() };
 }
 

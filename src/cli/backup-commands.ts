@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import tty from 'node:tty';
 import { Command, Option } from 'commander';
 import type { ProvidedCas } from '../authority/clone.js';
-import { DEFAULT_LISTEN } from '../server/state.js';
+import { DEFAULT_LISTEN } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
-import { exists, KEY_MODE, readBytes, readKeyFile, writeFilesAtomic } from '../util/files.js';
+import { KEY_MODE, refuseExisting, readBytes, readKeyFile, writeFilesAtomic } from '../util/files.js';
 import { jsonOption, out, printJson, stateDirOption } from './common.js';
 
 export const PASSPHRASE_ENV = 'CAIRN_BACKUP_PASSPHRASE';
@@ -173,9 +173,9 @@ with --passphrase-file, ${PASSPHRASE_ENV}, --interactive (asked twice) or --pass
 Standard output must not be a terminal. See docs/backup.md.`)
     .action(async (f: PassphraseFlags & { rootCaOnly?: boolean; stateDir: string; store?: string; unlockKeyFile?: string; out?: string; force?: boolean }) => {
       if (!f.out && process.stdout.isTTY) throw usage('refusing to write the backup to a terminal: redirect standard output (cairn backup … > backup.tar.age) or give --out <file>');
-      if (f.out && !f.force && exists(f.out)) throw new CairnError('exists', `${f.out} already exists; use --force to overwrite it`);
+      if (!f.force) refuseExisting([f.out]);
       const passphrase = await backupPassphrase(f, true);
-      const { backupStateDir } = await import('../server/backup.js'); // heavy: loaded only when used
+      const { backupStateDir } = await import('../server/state-backup.js'); // heavy: loaded only when used
       const r = await backupStateDir({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, rootCaOnly: !!f.rootCaOnly, passphrase });
       if (f.out) writeFilesAtomic([{ path: f.out, data: r.data, mode: KEY_MODE }], { overwrite: !!f.force });
       else await writeStdout(r.data);
@@ -215,7 +215,7 @@ restore succeeds. See docs/backup.md.`)
       if (f.force && !f.rootCaOnly) throw usage('--force goes with --root-ca-only');
       const data = await readInput(f.in);
       const passphrase = await backupPassphrase(f, false);
-      const { restoreStateDir } = await import('../server/backup.js');
+      const { restoreStateDir } = await import('../server/state-backup.js');
       const r = await restoreStateDir({
         stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, data, passphrase, rootCaOnly: !!f.rootCaOnly, force: f.force,
         listen: f.listen, advertiseAddr: f.advertiseAddr, sans: f.san,
@@ -263,9 +263,9 @@ Nicknames (friendly names): cluster-root-ca and client-root-ca for the CAs that 
 other CA certificate (a root rotation's) is named by its ID. A new controller is created from
 the file with: cairn init <name> --from-pkcs12 <file> --pkcs12-password-file <file> …`)
     .action(async (f: Pkcs12PasswordFlags & { stateDir: string; store?: string; unlockKeyFile?: string; pkcs12File: string; force?: boolean; json?: boolean }) => {
-      if (!f.force && exists(f.pkcs12File)) throw new CairnError('exists', `${f.pkcs12File} already exists; use --force to overwrite it`);
+      if (!f.force) refuseExisting([f.pkcs12File]);
       const password = await pkcs12Password(f);
-      const { clonePrepare } = await import('../server/backup.js');
+      const { clonePrepare } = await import('../server/state-backup.js');
       const r = await clonePrepare({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, password });
       writeFilesAtomic([{ path: f.pkcs12File, data: r.der, mode: KEY_MODE }], { overwrite: !!f.force });
       if (f.json) return printJson({ file: f.pkcs12File, entries: r.entries });
