@@ -3,6 +3,7 @@
  * CRLs; every replica serves the newest one from the store. The CRL number is claimed from
  * a store sequence with an atomic update, so it only ever increases, across leaders.
  */
+import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { buildCrl, isRevocationReason, RevokedEntry } from '../pki/index.js';
 import type { Authority } from './authority.js';
@@ -82,6 +83,7 @@ export class CrlPublisher {
   async publish(ca: 'cluster' | 'client', term: number, mark: number): Promise<void> {
     const store = this.auth.store;
     const issuer = this.auth.crlIssuer(ca);
+    const started = performance.now();
     const now = Date.now();
     const rows = await store.revokedFor(this.auth.caKeyIds(ca), now);
     const revoked: RevokedEntry[] = rows.map((r) => ({
@@ -100,7 +102,7 @@ export class CrlPublisher {
         trx,
       );
       await store.pruneCrls(ca, 10, trx);
-      this.log.info({ ca, number, entries: revoked.length }, 'published CRL');
+      this.log.info({ ca, number, entries: revoked.length, ms: Math.round(performance.now() - started) }, 'published CRL');
     });
   }
 }
