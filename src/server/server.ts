@@ -39,6 +39,10 @@ export interface ServerOptions {
   proxyProtocol?: boolean;
   /** failed joins allowed per client address per minute */
   joinFailuresPerMinute?: number;
+  /** the /metrics answer, when it is not this process's own registry (serve --workers: all workers summed) */
+  metricsText?: () => Promise<string>;
+  /** told of every failed join (serve --workers: the other workers count it too) */
+  onJoinFailure?: (addr: string) => void;
 }
 
 /** Failed-join limiter: a fixed one-minute window per client address. */
@@ -106,7 +110,7 @@ function checkQuery(req: FastifyRequest): void {
   }
 }
 
-export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics } {
+export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics; recordJoinFailure(addr: string): void } {
   const { authority } = o;
   const metrics = createMetrics(authority.store);
   const limiter = new FailureLimiter(o.joinFailuresPerMinute ?? 20);
@@ -195,7 +199,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
+    return o.metricsText ? o.metricsText() : metrics.registry.metrics();
   });
 
   // a node calling with its certificate (the agent's trust poll) also learns whether to renew
@@ -225,6 +229,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     } catch (e) {
       if (e instanceof CairnError && !isUnavailable(e)) {
         limiter.fail(addr);
+        o.onJoinFailure?.(addr);
         metrics.joinRejected.inc({ reason: e.code });
         req.log.warn({ code: e.code, client: addr }, 'join refused');
       }
@@ -338,5 +343,5 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return authority.updateConfig(body(req), actor(p));
   });
 
-  return { app, metrics };
+  return { app, metrics, recordJoinFailure: (addr) => limiter.fail(addr) };
 }

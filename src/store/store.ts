@@ -85,7 +85,10 @@ export class Store {
           sqlite.close();
         },
       };
-      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database })) });
+      // several processes may share the file (serve --workers, a CLI command beside a server):
+      // WAL, a busy timeout, and transactions that take the write lock as they begin (every
+      // transaction of cairn writes), so none fails another with SQLITE_BUSY
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }), 'begin immediate') });
     } else {
       const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
       pool.on('error', () => {
