@@ -47,10 +47,13 @@ export function redactUrl(url: string): string {
 export class Store {
   readonly db: Kysely<Database>;
   readonly kind: StoreKind;
+  /** the SQLite file or PostgreSQL URL it was opened with (another thread may open its own) */
+  readonly location: string;
 
-  private constructor(db: Kysely<Database>, kind: StoreKind) {
+  private constructor(db: Kysely<Database>, kind: StoreKind, location: string) {
     this.db = db;
     this.kind = kind;
+    this.location = location;
   }
 
   /** Open (and migrate) the store. Migration is safe to run from several replicas at once. */
@@ -102,7 +105,7 @@ export class Store {
       });
       db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
-    const store = new Store(db, kind);
+    const store = new Store(db, kind, location);
     if (opts.migrate !== false) await store.migrate(location);
     return store;
   }
