@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { adminId, cliAsync, ServeProcess, startCluster } from '../test/integration/cluster.js';
+import { adminId, cliAsync, seededSerial, seedRows, ServeProcess, startCluster } from '../test/integration/cluster.js';
 import { BenchContext, BenchGroup, Derived, Row } from './harness.js';
 import { post } from './https.js';
 import { buildLoadgen, hasCommand, LoadResult, runLoadgen, startCfssl, tempDir } from './procs.js';
@@ -53,18 +53,6 @@ async function serve(dir: string, workers: number | undefined): Promise<ServePro
 
 async function supportsWorkers(): Promise<boolean> {
   return (await cliAsync(['serve', '--help'])).stdout.includes('--workers');
-}
-
-/** Rows inserted straight into the SQLite store: a bench fixture, not the API. */
-async function seed(dir: string, f: (db: import('better-sqlite3').Database) => void): Promise<void> {
-  const { default: Database } = await import('better-sqlite3');
-  const db = new Database(path.join(dir, 'cairn.db'));
-  db.pragma('busy_timeout = 10000');
-  try {
-    f(db);
-  } finally {
-    db.close();
-  }
 }
 
 async function run(ctx: BenchContext): Promise<Row[]> {
@@ -133,26 +121,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
 
     // ---- stalls: a 10k-node listing, a 100k-entry CRL, renewals during its publication
     server = await serve(c.dir, multi ? 1 : undefined);
-    let clusterKeyId = '';
-    await seed(c.dir, (db) => {
-      clusterKeyId = (db.prepare("SELECT key_id FROM cas WHERE name = 'cluster' AND status = 'active'").get() as { key_id: string }).key_id;
-      const now = Date.now();
-      const node = db.prepare("INSERT INTO nodes (id, role, status, created_at, updated_at, current_serial, previous_serial, renewed_at) VALUES (?, 'worker', 'active', ?, ?, ?, NULL, ?)");
-      const cert = db.prepare(
-        "INSERT INTO certificates (serial, kind, node_id, role, subject, issuer_key_id, not_before, not_after, status, revoked_at, revocation_reason, cert_pem, created_at, replica_id) VALUES (?, 'node', ?, 'worker', ?, ?, ?, ?, ?, ?, ?, '', ?, NULL)",
-      );
-      db.transaction(() => {
-        for (let i = 0; i < 10_000; i++) {
-          const id = `bench${i.toString(36).padStart(20, '0')}`;
-          const serial = `7E${i.toString(16).toUpperCase().padStart(30, '0')}`;
-          node.run(id, now + i, now + i, serial, now);
-          cert.run(serial, id, `CN=${id}`, clusterKeyId, now, now + 86_400_000 * 90, 'good', null, null, now + i);
-        }
-        for (let i = 0; i < 100_000; i++) {
-          cert.run(`7F${i.toString(16).toUpperCase().padStart(30, '0')}`, null, 'CN=revoked', clusterKeyId, now, now + 86_400_000 * 90, 'revoked', now, 'keyCompromise', now);
-        }
-      })();
-    });
+    await seedRows(c.dir, { nodes: 10_000, revoked: 100_000 });
     const lsTimes: number[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       const t0 = performance.now();
@@ -184,7 +153,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     const pubTimes: number[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       const t = Date.now();
-      await revokeOne(`7E${i.toString(16).toUpperCase().padStart(30, '0')}`);
+      await revokeOne(seededSerial(i));
       pubTimes.push(await published(t));
     }
     out.push({ name: 'crl.publish_100k_ms', value: Math.round(median(pubTimes)), unit: 'ms', note: `one CRL publication, 100,000 entries (as the leader logs it); ${pubTimes.map((x) => Math.round(x)).join(', ')}` });
@@ -194,7 +163,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     const burst = async () => {
       for (let i = 0; i < 3; i++) {
         await new Promise((r) => setTimeout(r, (seconds * 1000) / 4));
-        await revokeOne(`7E${(k++).toString(16).toUpperCase().padStart(30, '0')}`);
+        await revokeOne(seededSerial(k++));
       }
     };
     const during = await runLoadgen(loadgen, lg(c.url, 'renew', ['-token', c.tokens.worker]), server.proc!.pid!, burst);
