@@ -53,6 +53,9 @@ export async function servePrimary(
   const workers = new Set<Worker>();
   let closing = false;
   let leader: { stop(): Promise<void> } | null = null;
+  // workers accept from the shared socket themselves: with round-robin the first process
+  // would accept every connection and hand it over by IPC (CPU per connection, one core)
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   cluster.setupPrimary({ exec: CAIRN_BIN, args: workerArgs(o) });
 
   const onMessage = (w: Worker, m: Msg) => {
