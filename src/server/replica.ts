@@ -360,7 +360,7 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
 }
 
 /** The HTTPS API of one process, listening; `metricsText` replaces its own /metrics answer. */
-async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<string>, onJoinFailure?: (addr: string) => void) {
+async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<string>, onJoinFailure?: (addr: string) => void, onConfigChange?: () => Promise<void>) {
   const { app, metrics, recordJoinFailure } = buildServer({
     authority: r.auth,
     logger: r.logger,
@@ -368,6 +368,7 @@ async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<
     tls: { key: r.key, cert: r.certPem, ca: r.auth.clientTrust().map((d) => certificateToPem(d)) },
     metricsText,
     onJoinFailure,
+    onConfigChange,
   });
   const { host, port } = parseHostPort(o.listen ?? r.cfg.listen);
   await app.listen({ host, port });
@@ -436,16 +437,18 @@ export async function serveWorker(
   send: (m: { cairn: 'listening'; url: string; port: number; kind: string; proxyProtocol: boolean }) => void,
   metricsText: () => Promise<string>,
   onJoinFailure: (addr: string) => void,
-): Promise<{ close(): Promise<void>; registry: import('prom-client').Registry; recordJoinFailure(addr: string): void }> {
+  onConfigChange: () => Promise<void>,
+): Promise<{ close(): Promise<void>; registry: import('prom-client').Registry; recordJoinFailure(addr: string): void; refreshConfig(): Promise<unknown> }> {
   const r = await prepare(o, false, { worker: process.env.CAIRN_WORKER_ID });
   try {
-    const { app, metrics, url, port, recordJoinFailure } = await listen(o, r, metricsText, onJoinFailure);
+    const { app, metrics, url, port, recordJoinFailure } = await listen(o, r, metricsText, onJoinFailure, onConfigChange);
     const refresh = setInterval(() => r.auth.refreshConfig().catch((err) => r.logger.warn({ err }, 'config refresh failed')), 2000);
     refresh.unref();
     send({ cairn: 'listening', url, port, kind: r.kind, proxyProtocol: r.proxyProtocol });
     return {
       registry: metrics.registry,
       recordJoinFailure,
+      refreshConfig: () => r.auth.refreshConfig(),
       async close() {
         clearInterval(refresh);
         await app.close();

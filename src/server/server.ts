@@ -43,6 +43,8 @@ export interface ServerOptions {
   metricsText?: () => Promise<string>;
   /** told of every failed join (serve --workers: the other workers count it too) */
   onJoinFailure?: (addr: string) => void;
+  /** after a configuration change, before answering it (serve --workers: every worker reloads it) */
+  onConfigChange?: () => Promise<void>;
 }
 
 /** Failed-join limiter: a fixed one-minute window per client address. */
@@ -278,12 +280,14 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return n;
   });
 
-  // CRLs: every replica serves the newest stored CRL (cached for a second)
-  const crlCache = new Map<string, { at: number; der: Buffer | null }>();
+  // CRLs: every replica (and worker) serves the newest stored CRL; the DER is kept while its
+  // number is still the newest (a cheap query), so every process serves a new CRL at once
+  const crlCache = new Map<string, { number: number | null; der: Buffer | null }>();
   app.get<{ Params: { ca: string }; Querystring: { format?: string } }>('/v1/crl/:ca', { config: { query: ['format'] } }, async (req, reply) => {
+    const number = await authority.latestCrlNumber(req.params.ca);
     let hit = crlCache.get(req.params.ca);
-    if (!hit || Date.now() - hit.at > 1000) {
-      hit = { at: Date.now(), der: await authority.latestCrl(req.params.ca) };
+    if (!hit || hit.number !== number) {
+      hit = { number, der: number === null ? null : await authority.latestCrl(req.params.ca) };
       crlCache.set(req.params.ca, hit);
     }
     if (!hit.der) throw new CairnError('not_found', `no CRL has been published for ${req.params.ca} yet`);
@@ -340,7 +344,9 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
   app.patch('/v1/config', async (req) => {
     const p = await admin(req);
-    return authority.updateConfig(body(req), actor(p));
+    const c = await authority.updateConfig(body(req), actor(p));
+    await o.onConfigChange?.();
+    return c;
   });
 
   return { app, metrics, recordJoinFailure: (addr) => limiter.fail(addr) };

@@ -5,8 +5,9 @@
  * certificate), then forks the workers, which each open the store, load the authority and
  * serve the API. What must run once per replica stays in the primary: CRL publication under
  * the lease, the heartbeat. The primary also answers for the replica as a whole where a
- * worker alone cannot: /metrics (summed over workers) and the failed-join limiter (a failure
- * seen by one worker is counted by all). Workers ignore SIGINT/SIGTERM: the primary drains
+ * worker alone cannot: /metrics (summed over workers), the failed-join limiter (a failure
+ * seen by one worker is counted by all) and configuration changes (every process reloads
+ * the configuration before the change is answered). Workers ignore SIGINT/SIGTERM: the primary drains
  * and stops them, and a worker whose primary is gone exits (node:cluster does so).
  */
 import cluster, { Worker } from 'node:cluster';
@@ -21,6 +22,11 @@ type Msg =
   | { cairn: 'listening'; url: string; port: number; kind: string; proxyProtocol: boolean }
   | { cairn: 'metrics'; id: number; text?: string; error?: string }
   | { cairn: 'join-failed'; addr: string }
+  /** worker → primary: the configuration changed; primary → that worker: every process reloaded it */
+  | { cairn: 'config-changed'; id: number }
+  /** primary → worker: reload the configuration; worker → primary: done */
+  | { cairn: 'reload-config'; id: number }
+  | { cairn: 'config-reloaded'; id: number }
   | { cairn: 'shutdown' };
 
 const CAIRN_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/cairn.js');
@@ -66,7 +72,35 @@ export async function servePrimary(
       );
     } else if (m?.cairn === 'join-failed') {
       for (const other of workers) if (other !== w && other.isConnected()) other.send(m);
+    } else if (m?.cairn === 'config-changed') {
+      void reloadEverywhere(w).finally(() => w.isConnected() && w.send({ cairn: 'config-changed', id: m.id }));
+    } else if (m?.cairn === 'config-reloaded') {
+      reloads.get(m.id)?.();
     }
+  };
+  const reloads = new Map<number, () => void>();
+  let reloadSeq = 0;
+  /** Reload the configuration here and in every worker but `origin` (which did already). */
+  const reloadEverywhere = async (origin: Worker) => {
+    await r.auth.refreshConfig().catch((err) => r.logger.warn({ err }, 'config refresh failed'));
+    await Promise.all(
+      [...workers]
+        .filter((w) => w !== origin && w.isConnected())
+        .map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              const id = ++reloadSeq;
+              const t = setTimeout(() => done(), 5000);
+              const done = () => {
+                clearTimeout(t);
+                reloads.delete(id);
+                resolve();
+              };
+              reloads.set(id, done);
+              w.send({ cairn: 'reload-config', id });
+            }),
+        ),
+    );
   };
   cluster.on('message', onMessage);
 
@@ -149,7 +183,21 @@ export async function runWorker(o: ServeOptions): Promise<void> {
   process.on('SIGTERM', ignore);
   const send = (m: Msg) => process.send?.(m);
   const pending = new Map<number, { resolve(t: string): void; reject(e: Error): void }>();
+  const configAcks = new Map<number, () => void>();
   let seq = 0;
+  // answered once every process of the replica reloaded it (or after 10 s)
+  const onConfigChange = () =>
+    new Promise<void>((resolve) => {
+      const id = ++seq;
+      const t = setTimeout(() => done(), 10_000);
+      const done = () => {
+        clearTimeout(t);
+        configAcks.delete(id);
+        resolve();
+      };
+      configAcks.set(id, done);
+      send({ cairn: 'config-changed', id });
+    });
   const metricsText = () =>
     new Promise<string>((resolve, reject) => {
       const id = ++seq;
@@ -173,11 +221,16 @@ export async function runWorker(o: ServeOptions): Promise<void> {
       if (m.text !== undefined) p?.resolve(m.text);
       else p?.reject(new Error(m.error ?? 'metrics failed'));
     } else if (m?.cairn === 'join-failed') remoteFailure?.(m.addr);
-    else if (m?.cairn === 'shutdown') stop!();
+    else if (m?.cairn === 'config-changed') configAcks.get(m.id)?.();
+    else if (m?.cairn === 'reload-config') {
+      void (reloadConfig?.() ?? Promise.resolve()).catch(() => {}).finally(() => send({ cairn: 'config-reloaded', id: m.id }));
+    } else if (m?.cairn === 'shutdown') stop!();
   });
+  let reloadConfig: (() => Promise<unknown>) | null = null;
   const { serveWorker } = await import('./replica.js');
-  const w = await serveWorker(o, send, metricsText, (addr) => send({ cairn: 'join-failed', addr }));
+  const w = await serveWorker(o, send, metricsText, (addr) => send({ cairn: 'join-failed', addr }), onConfigChange);
   remoteFailure = w.recordJoinFailure;
+  reloadConfig = w.refreshConfig;
   // answer the primary's requests for this worker's metrics (prom-client's cluster protocol)
   AggregatorRegistry.setRegistries([w.registry]);
   new AggregatorRegistry();

@@ -413,6 +413,12 @@ export class Store {
     return db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
   }
 
+  /** The number of a CA's newest CRL (cheap: tells whether a cached CRL is still the newest). */
+  async latestCrlNumber(caName: string, db: Db = this.db): Promise<number | undefined> {
+    const r = await db.selectFrom('crls').select('number').where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
+    return r ? Number(r.number) : undefined;
+  }
+
   async insertCrl(c: CrlTable, db: Db = this.db): Promise<void> {
     await db.insertInto('crls').values(c).execute();
   }
