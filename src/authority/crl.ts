@@ -45,13 +45,17 @@ export class CrlPublisher {
     return this.term !== null;
   }
 
-  start(): void {
+  /** Start the cycles; resolves when the first one is over (a new cluster then has its first CRLs). */
+  start(): Promise<void> {
+    let first: () => void;
+    const firstDone = new Promise<void>((resolve) => (first = resolve));
     const loop = async () => {
-      if (this.stopped) return;
-      await this.tick().catch((err) => this.log.warn({ err }, 'CRL cycle failed'));
+      if (!this.stopped) await this.tick().catch((err) => this.log.warn({ err }, 'CRL cycle failed'));
+      first();
       if (!this.stopped) this.timer = setTimeout(loop, this.settings().cycleMs);
     };
     this.timer = setTimeout(loop, 0);
+    return firstDone;
   }
 
   async stop(): Promise<void> {

@@ -387,8 +387,9 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   const r = await prepare(o, true);
   try {
     const { app, url, port } = await listen(o, r);
-    r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
     const leader = startLeaderTasks(r);
+    await leader.started;
+    r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
     let closing: Promise<void> | null = null;
     return {
       url,
@@ -414,16 +415,18 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
  * What runs once per replica, not once per worker process: CRL publication under the lease,
  * the heartbeat, and the configuration refresh the CRL settings come from.
  */
-function startLeaderTasks(r: Prepared): { stop(): Promise<void> } {
+function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promise<void> } {
   const { auth, store, logger, cfg } = r;
   const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
-  crl.start();
+  // the first CRL cycle (a new cluster's first CRLs) is over before the replica says it serves
+  const started = crl.start();
   const timers = [
     setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
     setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
   ];
   timers.forEach((t) => t.unref());
   return {
+    started,
     async stop() {
       timers.forEach(clearInterval);
       await crl.stop();

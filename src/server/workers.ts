@@ -51,14 +51,14 @@ function workerArgs(o: ServeOptions): string[] {
 export async function servePrimary(
   o: ServeOptions,
   prepare: (o: ServeOptions, primary: boolean) => Promise<Prepared>,
-  startLeaderTasks: (r: Prepared) => { stop(): Promise<void> },
+  startLeaderTasks: (r: Prepared) => { started: Promise<void>; stop(): Promise<void> },
 ): Promise<RunningServer> {
   const r = await prepare(o, true);
   const n = o.workers!;
   const aggregator = new AggregatorRegistry();
   const workers = new Set<Worker>();
   let closing = false;
-  let leader: { stop(): Promise<void> } | null = null;
+  let leader: { started: Promise<void>; stop(): Promise<void> } | null = null;
   // workers accept from the shared socket themselves: with round-robin the first process
   // would accept every connection and hand it over by IPC (CPU per connection, one core)
   cluster.schedulingPolicy = cluster.SCHED_NONE;
@@ -146,10 +146,11 @@ export async function servePrimary(
   };
 
   try {
+    leader = startLeaderTasks(r);
     const up = await Promise.all(Array.from({ length: n }, (_, i) => fork(i + 1)));
+    await leader.started;
     const { url, port } = up[0];
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol, workers: n }, 'cairn serving');
-    leader = startLeaderTasks(r);
     let done: Promise<void> | null = null;
     return {
       url,
@@ -171,6 +172,7 @@ export async function servePrimary(
     closing = true;
     await stopWorkers();
     cluster.off('message', onMessage);
+    await leader?.stop().catch(() => {});
     await r.store.close().catch(() => {});
     throw e;
   }
