@@ -41,6 +41,8 @@ export interface Bench {
   name: string;
   /** One line: what one operation is. */
   description: string;
+  /** Prefixes of the other rows it produces (so that --only and derived rows find it). */
+  produces?: string[];
   run?(ctx: BenchContext): Promise<Row[]>;
   prepare?(ctx: BenchContext): Promise<Timed>;
 }

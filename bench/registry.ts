@@ -5,7 +5,7 @@
 import { BenchGroup } from './harness.js';
 import floor from './floor.js';
 import issue from './issue.js';
-import httpsGroup from './https.js';
+import server from './server.js';
 import ha from './ha.js';
 
-export const groups: BenchGroup[] = [floor, issue, httpsGroup, ha];
+export const groups: BenchGroup[] = [floor, issue, server, ha];

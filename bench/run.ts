@@ -65,7 +65,7 @@ function parseArgs(argv: string[]): Options {
 
 /** The bench producing a row name: exact match, or the bench whose name prefixes it ("a.b" makes "a.b.c"). */
 function benchFor(row: string, benches: Bench[]): Bench | undefined {
-  return benches.find((b) => b.name === row) ?? benches.find((b) => row.startsWith(b.name + '.'));
+  return benches.find((b) => b.name === row) ?? benches.find((b) => row.startsWith(b.name + '.') || b.produces?.some((p) => row.startsWith(p)));
 }
 
 function select(o: Options): { benches: Bench[]; derived: Derived[] } {
@@ -73,7 +73,7 @@ function select(o: Options): { benches: Bench[]; derived: Derived[] } {
   const allDerived = groups.flatMap((g) => g.derived ?? []);
   const wanted = (name: string) => o.only.length === 0 || o.only.some((p) => name.startsWith(p));
   const derived = allDerived.filter((d) => wanted(d.name));
-  const names = new Set(allBenches.filter((b) => wanted(b.name)).map((b) => b.name));
+  const names = new Set(allBenches.filter((b) => wanted(b.name) || b.produces?.some(wanted)).map((b) => b.name));
   for (const d of derived) {
     for (const input of d.inputs) {
       const b = benchFor(input, allBenches);
@@ -134,7 +134,7 @@ async function main(): Promise<void> {
   const env =
     `node ${process.version}, OpenSSL ${process.versions.openssl}, ${cpus()[0]?.model.trim() ?? 'unknown cpu'}, ` +
     `${availableParallelism()} cpus, load average ${loadavg()[0].toFixed(2)}; ` +
-    `each bench: ${o.warmup} s warm-up + ${o.seconds} s measured (${SAMPLES} samples, median), one core`;
+    `in-process benches: ${o.warmup} s warm-up + ${o.seconds} s measured (${SAMPLES} samples, median), one core`;
   process.stderr.write(`${env}\n`);
 
   const results = new Map<string, Row[]>();

@@ -10,9 +10,9 @@
  * digest in its token. Keep-alive agents are pooled per endpoint and TLS
  * identity, so a node (or a benchmark) renewing over mutual TLS reuses its connections.
  */
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import https from 'node:https';
-import tls from 'node:tls';
+import tls, { TLSSocket } from 'node:tls';
 import { normalizeSerialHex } from '../pki/index.js';
 import { CairnError, ErrorCode, isErrorCode } from '../util/errors.js';
 
@@ -42,6 +42,8 @@ export interface RequestOptions {
   /** Resolve a 2xx answer to its raw bytes instead of parsed JSON (e.g. a DER CRL). */
   raw?: boolean;
   signal?: AbortSignal;
+  /** Send it on this one connection (see SingleConnection); overrides keepAlive and the TLS options. */
+  connection?: SingleConnection;
 }
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
@@ -173,6 +175,70 @@ export function closeAgents(identity?: ClientTls): void {
   }
 }
 
+// ---- one connection for a join's two requests
+
+/**
+ * One TLS connection to an endpoint, opened unverified (a join's first contact) and kept for
+ * the requests that follow once `verify` has checked, on this very connection, the server's
+ * certificate against the root the caller trusts. A request that would go out on any other
+ * connection (the server closed this one meanwhile) is refused with a dropped-connection
+ * error instead: nothing is sent over a connection that was not verified.
+ */
+export class SingleConnection {
+  readonly agent: https.Agent;
+  socket: TLSSocket | null = null;
+  verified = false;
+  constructor() {
+    this.agent = new https.Agent({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1, timeout: 30_000, ...tlsOptions({ insecure: true }) });
+  }
+
+  /** Called with the socket a request goes out on: false when it may not be used. */
+  accept(s: TLSSocket): boolean {
+    if (!this.socket) {
+      this.socket = s;
+      return true;
+    }
+    return s === this.socket && !s.destroyed;
+  }
+
+  /**
+   * Check the server certificate of this connection: it chains (through the certificates the
+   * server presented) to `root`, every link within its validity, and it is a CA replica's
+   * (checkCaServer). Returns the reason it is not, or undefined.
+   */
+  verify(root: Buffer, t: Pick<ClientTls, 'clusterId' | 'crl'> = {}): CairnError | undefined {
+    const untrusted = (why: string) => new CairnError('untrusted_server', `the server is not a CA of this cluster: ${why}`);
+    const s = this.socket;
+    if (!s || s.destroyed) return untrusted('the connection is gone');
+    const peer = s.getPeerCertificate(true);
+    if (!peer?.raw) return untrusted('it presented no certificate');
+    const presented: X509Certificate[] = [];
+    for (let c: tls.DetailedPeerCertificate | undefined = peer; c?.raw && presented.length < 8; c = c.issuerCertificate === c ? undefined : c.issuerCertificate) {
+      presented.push(new X509Certificate(c.raw));
+    }
+    const anchor = new X509Certificate(root);
+    const now = Date.now();
+    const valid = (c: X509Certificate) => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
+    const signedBy = (c: X509Certificate, by: X509Certificate) => c.checkIssued(by) && c.verify(by.publicKey);
+    let cur = presented[0];
+    for (let depth = 0; ; depth++) {
+      if (!valid(cur)) return untrusted(`certificate ${cur.subject.replace(/\n/g, ',')} is not within its validity`);
+      if (signedBy(cur, anchor)) break;
+      const next = presented.slice(1).find((i) => i.ca && i !== cur && signedBy(cur, i));
+      if (!next || depth >= 6) return untrusted("its certificate does not chain to the token's root");
+      cur = next;
+    }
+    const err = checkCaServer(peer, t);
+    if (err) return err;
+    this.verified = true;
+    return undefined;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
 // ---- errors
 
 const TLS_VERIFY_CODES = new Set([
@@ -242,7 +308,8 @@ export function request<T = any>(endpoint: string, method: string, path: string,
     method,
     headers: { accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}) },
   };
-  if (opts.keepAlive === false) Object.assign(reqOpts, tlsOptions(t), { agent: false });
+  if (opts.connection) reqOpts.agent = opts.connection.agent;
+  else if (opts.keepAlive === false) Object.assign(reqOpts, tlsOptions(t), { agent: false });
   else reqOpts.agent = agentFor(base, t);
 
   return new Promise<T>((resolve, reject) => {
@@ -301,6 +368,15 @@ export function request<T = any>(endpoint: string, method: string, path: string,
     if (opts.signal?.aborted) return onAbort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     req.on('error', (e: NodeJS.ErrnoException) => finish(networkError(base, e)));
+    const conn = opts.connection;
+    if (conn) {
+      req.on('socket', (s) => {
+        if (!conn.accept(s as TLSSocket)) {
+          finish(new NetworkError(`the connection to ${base} was closed before the request`, true));
+          req.destroy();
+        }
+      });
+    }
     req.end(payload);
   });
 }

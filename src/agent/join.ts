@@ -1,14 +1,15 @@
 /**
  * Join a cluster with a token: fetch the CA certificate, check it against the token's digest
- * (so a man in the middle cannot substitute a CA), generate the key here (it never leaves the
- * node), send a CSR with the token over TLS verified against that root, check what comes back,
- * and write the identity into the node's state directory.
+ * (so a man in the middle cannot substitute a CA), check that the server's certificate on that
+ * same connection chains to that root, generate the key here (it never leaves the node), send
+ * a CSR with the token on that connection, check what comes back, and write the identity into
+ * the node's state directory.
  */
 import fs from 'node:fs';
 import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest, Role } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { ensureDir, exists } from '../util/files.js';
-import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions } from './client.js';
+import { ClientTls, isDroppedConnection, isRetryable, normalizeEndpoint, request, RequestOptions, SingleConnection } from './client.js';
 import { refreshCrl } from './crl.js';
 import { checkIssued, pemOf } from './issued.js';
 import { OutputResult, OutputSpec, writeOutputs } from './outputs.js';
@@ -114,11 +115,24 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
   const req = { timeoutMs: opts.timeoutMs, keepAlive: false, retryDelayMs: opts.retryDelayMs };
 
   for (const ep of eps) {
-    // 1. first contact, unverified: the answer is trusted only if its root matches the digest
+    // 1. first contact, unverified: the answer is trusted only if its root matches the digest.
+    //    The connection is kept for the join itself (one TLS handshake per join).
     let ca: CaAnswer;
+    let conn = new SingleConnection();
     try {
-      ca = await requestRetryingDrops<CaAnswer>(ep, 'GET', '/v1/ca', undefined, { insecure: true }, req);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          ca = await request<CaAnswer>(ep, 'GET', '/v1/ca', undefined, { insecure: true }, { ...req, connection: conn });
+          break;
+        } catch (e) {
+          if (!isDroppedConnection(e) || attempt >= JOIN_DROPPED_RETRIES) throw e;
+          conn.close();
+          conn = new SingleConnection();
+          await new Promise((r) => setTimeout(r, opts.retryDelayMs ?? 200));
+        }
+      }
     } catch (e) {
+      conn.close();
       if (!(e instanceof CairnError)) throw e;
       failures.push({ endpoint: ep, error: e });
       continue;
@@ -128,12 +142,14 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
       if (typeof ca?.roots?.cluster !== 'string') throw new PkiError('bad_pem', 'no cluster root');
       rootDer = certificateFromPem(ca.roots.cluster, 'the cluster root');
     } catch (e) {
+      conn.close();
       if (!(e instanceof PkiError)) throw e;
       failures.push({ endpoint: ep, error: new CairnError('bad_response', `the CA at ${ep} answered GET /v1/ca without a usable cluster root certificate (${e.message})`) });
       continue;
     }
     const digest = rootDigest(rootDer);
     if (digest !== t.digest) {
+      conn.close();
       failures.push({
         endpoint: ep,
         error: new CairnError(
@@ -147,11 +163,20 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     const rootPem = certificateToPem(rootDer);
     const expectCluster = typeof ca.clusterId === 'string' ? ca.clusterId : undefined;
 
-    // 2. the join itself, over TLS verified against that root, to a CA replica (OU=ca-replica
-    //    and DNS:ca) of the cluster it named: a node certificate never receives the token
+    // 2. the join itself, to a CA replica (OU=ca-replica and DNS:ca) of the cluster it named,
+    //    whose certificate chains to that root: checked on the connection of step 1, then the
+    //    join goes out on it. If the server closed it meanwhile, a new connection verified by
+    //    TLS against the root. A node certificate never receives the token.
     let answer: unknown;
     try {
-      answer = await requestRetryingDrops(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem, clusterId: expectCluster }, req);
+      const untrusted = conn.verify(rootDer, { clusterId: expectCluster });
+      if (untrusted) throw new CairnError(untrusted.code, untrusted.message.replace('the server is', `the server at ${ep} is`));
+      try {
+        answer = await request(ep, 'POST', '/v1/join', { token, csr }, { insecure: true }, { ...req, connection: conn });
+      } catch (e) {
+        if (!isDroppedConnection(e)) throw e;
+        answer = await requestRetryingDrops(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem, clusterId: expectCluster }, req);
+      }
     } catch (e) {
       if (!(e instanceof CairnError)) throw e;
       if (!isRetryable(e)) {
@@ -162,6 +187,8 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
       }
       failures.push({ endpoint: ep, error: e });
       continue;
+    } finally {
+      conn.close();
     }
 
     // 3. check what came back, then write it. The token's root is what we trust; the bundle

@@ -430,6 +430,12 @@ export class Authority {
     return r ? Buffer.from(r.der, 'base64') : null;
   }
 
+  /** The number of the newest CRL of a CA, or null before the first. */
+  async latestCrlNumber(ca: string): Promise<number | null> {
+    if (ca !== 'cluster' && ca !== 'client') throw new CairnError('not_found', `no CA "${ca}": use cluster or client`);
+    return (await this.store.latestCrlNumber(ca)) ?? null;
+  }
+
   // ---- configuration
 
   async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {

@@ -2,10 +2,16 @@
  * CRL publication. One replica at a time (the holder of the "crl" lease) builds and signs
  * CRLs; every replica serves the newest one from the store. The CRL number is claimed from
  * a store sequence with an atomic update, so it only ever increases, across leaders.
+ *
+ * The reading, building, signing and storing happen in a worker thread (crl-worker.ts) with
+ * its own store connection, so a large CRL does not stall the requests this process serves.
+ * A CA whose entries did not change since its last CRL is not re-signed when another CA's
+ * revocation moved the mark; it is when its CRL ages (half its validity).
  */
+import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import { buildCrl, isRevocationReason, RevokedEntry } from '../pki/index.js';
 import type { Authority } from './authority.js';
+import type { CrlJob, CrlJobResult } from './crl-worker.js';
 
 export const CRL_LEASE = 'crl';
 
@@ -23,6 +29,11 @@ export class CrlPublisher {
   private running = false;
   private term: number | null = null;
   private stopped = false;
+  private worker: Worker | null = null;
+  private jobs = new Map<number, { resolve(r: CrlJobResult): void; reject(e: Error): void }>();
+  private seq = 0;
+  /** per CA: the revocation mark up to which its entries are known to be unchanged */
+  private covered: Record<string, number> = {};
 
   constructor(
     private readonly auth: Authority,
@@ -34,13 +45,17 @@ export class CrlPublisher {
     return this.term !== null;
   }
 
-  start(): void {
+  /** Start the cycles; resolves when the first one is over (a new cluster then has its first CRLs). */
+  start(): Promise<void> {
+    let first: () => void;
+    const firstDone = new Promise<void>((resolve) => (first = resolve));
     const loop = async () => {
-      if (this.stopped) return;
-      await this.tick().catch((err) => this.log.warn({ err }, 'CRL cycle failed'));
+      if (!this.stopped) await this.tick().catch((err) => this.log.warn({ err }, 'CRL cycle failed'));
+      first();
       if (!this.stopped) this.timer = setTimeout(loop, this.settings().cycleMs);
     };
     this.timer = setTimeout(loop, 0);
+    return firstDone;
   }
 
   async stop(): Promise<void> {
@@ -49,6 +64,15 @@ export class CrlPublisher {
     while (this.running) await new Promise((r) => setTimeout(r, 10));
     if (this.term !== null) await this.auth.store.releaseLease(CRL_LEASE, this.auth.replicaId).catch(() => {});
     this.term = null;
+    const w = this.worker;
+    this.worker = null;
+    if (w) {
+      const exited = new Promise((r) => w.once('exit', r));
+      w.postMessage('close');
+      const t = setTimeout(() => void w.terminate(), 5000);
+      await exited;
+      clearTimeout(t);
+    }
   }
 
   /** One cycle: hold the lease, and publish when a revocation is pending or the CRL ages. */
@@ -71,33 +95,52 @@ export class CrlPublisher {
         const last = await store.latestCrl(ca);
         const now = Date.now();
         const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2;
-        if (aging || last.revocation_mark < mark) await this.publish(ca, term, mark);
+        if (aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(ca, term, mark, aging);
       }
     } finally {
       this.running = false;
     }
   }
 
-  /** Build, sign and store the next CRL of a CA, fenced by the lease term. */
-  async publish(ca: 'cluster' | 'client', term: number, mark: number): Promise<void> {
-    const store = this.auth.store;
+  /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
+  async publish(ca: 'cluster' | 'client', term: number, mark: number, aging = true): Promise<void> {
     const issuer = this.auth.crlIssuer(ca);
-    const now = Date.now();
-    const rows = await store.revokedFor(this.auth.caKeyIds(ca), now);
-    const revoked: RevokedEntry[] = rows.map((r) => ({
-      serial: Buffer.from(r.serial, 'hex'),
-      revokedAt: new Date(Number(r.revoked_at)),
-      reason: r.revocation_reason && isRevocationReason(r.revocation_reason) ? r.revocation_reason : undefined,
-    }));
-    const validity = this.settings().validityMs;
-    await store.transaction(async (tx) => {
-      if (!(await tx.holdsLease(CRL_LEASE, this.auth.replicaId, term))) throw new Error('lost the CRL lease before publishing');
-      await tx.ensureSequence(`crl-${ca}`, 1);
-      const { start: number } = await tx.claimRange(`crl-${ca}`, 1);
-      const der = buildCrl({ issuer, number: BigInt(number), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + validity), revoked });
-      await tx.insertCrl({ ca_name: ca, number, der: der.toString('base64'), this_update: now - 60_000, next_update: now + validity, revocation_mark: mark, entries: revoked.length, replica_id: this.auth.replicaId, term });
-      await tx.pruneCrls(ca, 10);
-      this.log.info({ ca, number, entries: revoked.length }, 'published CRL');
+    const r = await this.run({
+      ca, keyIds: this.auth.caKeyIds(ca), certDer: issuer.certDer, key: issuer.key, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark,
+      validityMs: this.settings().validityMs, aging, keep: 10,
+    });
+    if (r.skipped) {
+      this.covered[ca] = mark;
+      this.log.debug({ ca, entries: r.entries, ms: r.ms }, 'CRL entries unchanged: not re-signed');
+      return;
+    }
+    this.covered[ca] = mark;
+    this.log.info({ ca, number: r.number, entries: r.entries, ms: r.ms }, 'published CRL');
+  }
+
+  private run(job: Omit<CrlJob, 'id'>): Promise<CrlJobResult> {
+    if (!this.worker) {
+      const w = new Worker(new URL('./crl-worker.js', import.meta.url), { workerData: { kind: this.auth.store.kind, location: this.auth.store.location } });
+      w.unref();
+      const failAll = (e: Error) => {
+        for (const j of this.jobs.values()) j.reject(e);
+        this.jobs.clear();
+        if (this.worker === w) this.worker = null;
+      };
+      w.on('message', (m: CrlJobResult) => {
+        const j = this.jobs.get(m.id);
+        this.jobs.delete(m.id);
+        if (m.error !== undefined) j?.reject(new Error(m.error));
+        else j?.resolve(m);
+      });
+      w.on('error', failAll);
+      w.on('exit', () => failAll(new Error('the CRL worker thread exited')));
+      this.worker = w;
+    }
+    const id = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.jobs.set(id, { resolve, reject });
+      this.worker!.postMessage({ ...job, id });
     });
   }
 }

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { isRole } from '../authority/tokens.js';
 import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/state-dir.js';
@@ -59,13 +60,19 @@ export function serveCommand(): Command {
     .option('--unlock-key-file <file>', 'unlock key file (default: CAIRN_UNLOCK_KEY, then <state-dir>/unlock.key)')
     .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
     .option('--proxy-protocol', 'behind a TCP load balancer that sends the PROXY protocol (HAProxy send-proxy-v2): every connection must start with its header, the client address is taken from it (default: "proxyProtocol" in replica.json)')
+    .option('--workers <n>', `server processes sharing the port (default: the number of cores, here ${availableParallelism()}); CRL publication and the heartbeat run once, in the first process`)
     .addHelpText('after', `
 Subcommand:
   cairn serve systemd-unit [--state-dir DIR] [--user U] ...   print a systemd unit running this replica`)
-    .action(async (f: { stateDir?: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string; proxyProtocol?: boolean }) => {
+    .action(async (f: { stateDir?: string; listen?: string; store?: string; unlockKeyFile?: string; logLevel: string; proxyProtocol?: boolean; workers?: string }) => {
       if (!f.stateDir) throw new CairnError('usage', "required option '--state-dir <dir>' not specified");
+      const opts = { stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel, proxyProtocol: f.proxyProtocol };
+      const { isServeWorker, runWorker } = await import('../server/workers.js');
+      if (isServeWorker()) return runWorker(opts);
+      const workers = f.workers === undefined ? availableParallelism() : Number(f.workers);
+      if (!/^[0-9]{1,3}$/.test(f.workers ?? '1') || workers < 1 || workers > 256) throw new CairnError('usage', `--workers must be a whole number between 1 and 256, not "${f.workers}"`);
       const { serveReplica } = await import('../server/bootstrap.js');
-      const srv = await serveReplica({ stateDir: f.stateDir, listen: f.listen, store: f.store, unlockKeyFile: f.unlockKeyFile, logLevel: f.logLevel, proxyProtocol: f.proxyProtocol });
+      const srv = await serveReplica({ ...opts, workers });
       process.stdout.write(`cairn serving on ${srv.url}\n`);
       await closeOnSignal(() => srv.close());
     });

@@ -303,6 +303,11 @@ export interface ServeOptions {
   logger?: Logger;
   /** require a PROXY protocol header on every connection (default: replica.json's proxyProtocol) */
   proxyProtocol?: boolean;
+  /**
+   * Server processes sharing the listening socket (node:cluster). 1 (the default here; the
+   * CLI defaults to the number of cores) serves from this process.
+   */
+  workers?: number;
 }
 
 export interface RunningServer {
@@ -311,65 +316,161 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** Start serving. Resolves once listening; `close()` drains in-flight requests. */
-export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
+/** What serving needs, once the store, the authority and this replica's TLS identity are ready. */
+interface Prepared {
+  cfg: ReplicaConfig;
+  logger: Logger;
+  store: Store;
+  auth: Authority;
+  kind: string;
+  key: string;
+  certPem: string;
+  proxyProtocol: boolean;
+}
+
+/**
+ * Open the store and load the authority. The first process of a replica (`primary`) also
+ * migrates, checks the replica is not removed, records it, and renews its server certificate;
+ * a worker process only reads.
+ */
+async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string, unknown> = {}): Promise<Prepared> {
   const cfg = readReplicaConfig(o.stateDir);
   const p = statePaths(o.stateDir);
-  const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId } }, pino.destination({ fd: 2, sync: false }));
-  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => kind === 'postgres' || exists(location));
+  const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId, ...logBase } }, pino.destination({ fd: 2, sync: false }));
+  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => primary && (kind === 'postgres' || exists(location)));
   try {
-    if ((await store.getReplica(cfg.replicaId))?.removed_at) {
-      throw new CairnError('replica_removed', `replica ${cfg.replicaId} was removed from the cluster ("cairn replica rm"); prepare a new one with "cairn replica add"`);
+    if (primary) {
+      if ((await store.getReplica(cfg.replicaId))?.removed_at) {
+        throw new CairnError('replica_removed', `replica ${cfg.replicaId} was removed from the cluster ("cairn replica rm"); prepare a new one with "cairn replica add"`);
+      }
+      await store.upsertReplica({ id: cfg.replicaId, address: cfg.advertiseAddr, version: VERSION });
+      // renew this replica's own server certificate when a third of its life is left
+      let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';
+      let needNew = !certPem;
+      if (certPem) {
+        const info = certificateInfo(certificateFromPem(certPem, p.serverCert));
+        const life = info.notAfter.getTime() - info.notBefore.getTime();
+        needNew = info.notAfter.getTime() - Date.now() < life / 3 || info.authorityKeyId?.toString('hex') !== auth.clusterRootKeyId;
+      }
+      if (needNew) {
+        writeFilesAtomic(await serverIdentityFiles(auth, o.stateDir, cfg), { overwrite: true });
+        logger.info('issued a new server certificate for this replica');
+      }
     }
-    await store.upsertReplica({ id: cfg.replicaId, address: cfg.advertiseAddr, version: VERSION });
-    // renew this replica's own server certificate when a third of its life is left
-    let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';
-    let needNew = !certPem;
-    if (certPem) {
-      const info = certificateInfo(certificateFromPem(certPem, p.serverCert));
-      const life = info.notAfter.getTime() - info.notBefore.getTime();
-      needNew = info.notAfter.getTime() - Date.now() < life / 3 || info.authorityKeyId?.toString('hex') !== auth.clusterRootKeyId;
-    }
-    if (needNew) {
-      writeFilesAtomic(await serverIdentityFiles(auth, o.stateDir, cfg), { overwrite: true });
-      certPem = readText(p.serverCert);
-      logger.info('issued a new server certificate for this replica');
-    }
+    const certPem = readText(p.serverCert);
     const key = readKeyFile(p.serverKey);
     checkServerKey(key, certPem, p.serverKey, p.serverCert);
-    const proxyProtocol = o.proxyProtocol ?? cfg.proxyProtocol === true;
-    const { app } = buildServer({ authority: auth, logger, proxyProtocol, tls: { key, cert: certPem, ca: auth.clientTrust().map((d) => certificateToPem(d)) } });
-    const { host, port } = parseHostPort(o.listen ?? cfg.listen);
-    await app.listen({ host, port });
-    const addr = app.server.address();
-    const boundPort = typeof addr === 'object' && addr ? addr.port : port;
-    const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
-    logger.info({ url, store: kind, cluster: cfg.clusterId, proxyProtocol }, 'cairn serving');
-    const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
-    crl.start();
-    const timers = [
-      setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
-      setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
-    ];
-    timers.forEach((t) => t.unref());
-    let closing: Promise<void> | null = null;
-    return {
-      url,
-      port: boundPort,
-      close() {
-        closing ??= (async () => {
-          timers.forEach(clearInterval);
-          await app.close();
-          await crl.stop();
-          await store.close();
-          logger.info('cairn stopped');
-          logger.flush?.();
-        })();
-        return closing;
-      },
-    };
+    return { cfg, logger, store, auth, kind, key, certPem, proxyProtocol: o.proxyProtocol ?? cfg.proxyProtocol === true };
   } catch (e) {
     await store.close().catch(() => {});
     throw e;
   }
 }
+
+/** The HTTPS API of one process, listening; `metricsText` replaces its own /metrics answer. */
+async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<string>, onJoinFailure?: (addr: string) => void, onConfigChange?: () => Promise<void>) {
+  const { app, metrics, recordJoinFailure } = buildServer({
+    authority: r.auth,
+    logger: r.logger,
+    proxyProtocol: r.proxyProtocol,
+    tls: { key: r.key, cert: r.certPem, ca: r.auth.clientTrust().map((d) => certificateToPem(d)) },
+    metricsText,
+    onJoinFailure,
+    onConfigChange,
+  });
+  const { host, port } = parseHostPort(o.listen ?? r.cfg.listen);
+  await app.listen({ host, port });
+  const addr = app.server.address();
+  const boundPort = typeof addr === 'object' && addr ? addr.port : port;
+  const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${boundPort}`;
+  return { app, metrics, url, port: boundPort, recordJoinFailure };
+}
+
+/** Start serving. Resolves once listening; `close()` drains in-flight requests. */
+export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
+  if ((o.workers ?? 1) > 1) {
+    const { servePrimary } = await import('./workers.js');
+    return servePrimary(o, prepare, startLeaderTasks);
+  }
+  const r = await prepare(o, true);
+  try {
+    const { app, url, port } = await listen(o, r);
+    const leader = startLeaderTasks(r);
+    await leader.started;
+    r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      port,
+      close() {
+        closing ??= (async () => {
+          await app.close();
+          await leader.stop();
+          await r.store.close();
+          r.logger.info('cairn stopped');
+          r.logger.flush?.();
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    await r.store.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * What runs once per replica, not once per worker process: CRL publication under the lease,
+ * the heartbeat, and the configuration refresh the CRL settings come from.
+ */
+function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promise<void> } {
+  const { auth, store, logger, cfg } = r;
+  const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
+  // the first CRL cycle (a new cluster's first CRLs) is over before the replica says it serves
+  const started = crl.start();
+  const timers = [
+    setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
+    setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
+  ];
+  timers.forEach((t) => t.unref());
+  return {
+    started,
+    async stop() {
+      timers.forEach(clearInterval);
+      await crl.stop();
+    },
+  };
+}
+
+/** A worker process of `serve --workers N`: the API only; the primary runs the leader tasks. */
+export async function serveWorker(
+  o: ServeOptions,
+  send: (m: { cairn: 'listening'; url: string; port: number; kind: string; proxyProtocol: boolean }) => void,
+  metricsText: () => Promise<string>,
+  onJoinFailure: (addr: string) => void,
+  onConfigChange: () => Promise<void>,
+): Promise<{ close(): Promise<void>; registry: import('prom-client').Registry; recordJoinFailure(addr: string): void; refreshConfig(): Promise<unknown> }> {
+  const r = await prepare(o, false, { worker: process.env.CAIRN_WORKER_ID });
+  try {
+    const { app, metrics, url, port, recordJoinFailure } = await listen(o, r, metricsText, onJoinFailure, onConfigChange);
+    const refresh = setInterval(() => r.auth.refreshConfig().catch((err) => r.logger.warn({ err }, 'config refresh failed')), 2000);
+    refresh.unref();
+    send({ cairn: 'listening', url, port, kind: r.kind, proxyProtocol: r.proxyProtocol });
+    return {
+      registry: metrics.registry,
+      recordJoinFailure,
+      refreshConfig: () => r.auth.refreshConfig(),
+      async close() {
+        clearInterval(refresh);
+        await app.close();
+        await r.store.close();
+        r.logger.flush?.();
+      },
+    };
+  } catch (e) {
+    await r.store.close().catch(() => {});
+    throw e;
+  }
+}
+
+export type { Prepared };

@@ -21,6 +21,8 @@ export function createMetrics(store: Store): Metrics {
     help: 'Unexpired, unrevoked certificates in the store, by days until expiry (upper bound of the bucket; +Inf for the rest)',
     labelNames: ['le_days'] as const,
     registers: [registry],
+    // read from the shared store: with serve --workers every worker sees the same counts
+    aggregator: 'first',
     async collect() {
       const counts = await store.countGoodByExpiry(Date.now(), BUCKETS_DAYS.map((d) => d * DAY));
       counts.forEach((n, i) => this.set({ le_days: i < BUCKETS_DAYS.length ? String(BUCKETS_DAYS[i]) : '+Inf' }, n));

@@ -32,6 +32,12 @@ export interface ServerOptions {
   proxyProtocol?: boolean;
   /** failed joins allowed per client address per minute */
   joinFailuresPerMinute?: number;
+  /** the /metrics answer, when it is not this process's own registry (serve --workers: all workers summed) */
+  metricsText?: () => Promise<string>;
+  /** told of every failed join (serve --workers: the other workers count it too) */
+  onJoinFailure?: (addr: string) => void;
+  /** after a configuration change, before answering it (serve --workers: every worker reloads it) */
+  onConfigChange?: () => Promise<void>;
 }
 
 /** Failed-join limiter: a fixed one-minute window per client address. */
@@ -102,7 +108,7 @@ function checkQuery(req: FastifyRequest): void {
   }
 }
 
-export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics } {
+export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, any, any>; metrics: Metrics; recordJoinFailure(addr: string): void } {
   const { authority } = o;
   const metrics = createMetrics(authority.store);
   const limiter = new FailureLimiter(o.joinFailuresPerMinute ?? 20);
@@ -187,7 +193,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
+    return o.metricsText ? o.metricsText() : metrics.registry.metrics();
   });
 
   // a node calling with its certificate (the agent's trust poll) also learns whether to renew
@@ -217,6 +223,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     } catch (e) {
       if (e instanceof CairnError && !isUnavailable(e)) {
         limiter.fail(addr);
+        o.onJoinFailure?.(addr);
         metrics.joinRejected.inc({ reason: e.code });
         req.log.warn({ code: e.code, client: addr }, 'join refused');
         recordFailure('join', e.code, addr);
@@ -274,12 +281,14 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return n;
   });
 
-  // CRLs: every replica serves the newest stored CRL (cached for a second)
-  const crlCache = new Map<string, { at: number; der: Buffer | null }>();
+  // CRLs: every replica (and worker) serves the newest stored CRL; the DER is kept while its
+  // number is still the newest (a cheap query), so every process serves a new CRL at once
+  const crlCache = new Map<string, { number: number | null; der: Buffer | null }>();
   app.get<{ Params: { ca: string }; Querystring: { format?: string } }>('/v1/crl/:ca', { config: { query: ['format'] } }, async (req, reply) => {
+    const number = await authority.latestCrlNumber(req.params.ca);
     let hit = crlCache.get(req.params.ca);
-    if (!hit || Date.now() - hit.at > 1000) {
-      hit = { at: Date.now(), der: await authority.latestCrl(req.params.ca) };
+    if (!hit || hit.number !== number) {
+      hit = { number, der: number === null ? null : await authority.latestCrl(req.params.ca) };
       crlCache.set(req.params.ca, hit);
     }
     if (!hit.der) throw new CairnError('not_found', `no CRL has been published for ${req.params.ca} yet`);
@@ -350,8 +359,10 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
   app.patch('/v1/config', async (req) => {
     const p = await admin(req);
-    return authority.updateConfig(body(req), actor(p));
+    const c = await authority.updateConfig(body(req), actor(p));
+    await o.onConfigChange?.();
+    return c;
   });
 
-  return { app, metrics };
+  return { app, metrics, recordJoinFailure: (addr) => limiter.fail(addr) };
 }

@@ -139,6 +139,15 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('audit_at_id').on('audit').columns(['at', 'id']).execute();
     },
   },
+  '0006_node_and_issuer_lookups': {
+    // A renewal revokes a node's good certificates of another role: with only (status, …)
+    // to choose from, SQLite walked every good certificate per renewal. A CRL reads one
+    // CA's revoked, unexpired certificates: not every revoked one of every CA.
+    async up(db: Kysely<any>) {
+      await db.schema.createIndex('certificates_node_status').on('certificates').columns(['node_id', 'status']).execute();
+      await db.schema.createIndex('certificates_issuer_status').on('certificates').columns(['issuer_key_id', 'status', 'not_after']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -33,12 +33,14 @@ export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: {
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
+  readonly location: string;
   private readonly handle: Db;
   private readonly inTransaction: boolean;
 
-  private constructor(db: Db, kind: StoreKind, inTransaction = false) {
+  private constructor(db: Db, kind: StoreKind, location: string, inTransaction = false) {
     this.handle = db;
     this.kind = kind;
+    this.location = location;
     this.inTransaction = inTransaction;
   }
 
@@ -81,7 +83,10 @@ export class SqlStore implements Store {
           sqlite.close();
         },
       };
-      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database })) });
+      // several processes may share the file (serve --workers, a CLI command beside a server):
+      // WAL, a busy timeout, and transactions that take the write lock as they begin (every
+      // transaction of cairn writes), so none fails another with SQLITE_BUSY
+      db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }), 'begin immediate') });
     } else {
       const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
       pool.on('error', () => {
@@ -95,7 +100,7 @@ export class SqlStore implements Store {
       });
       db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
-    const store = new SqlStore(db, kind);
+    const store = new SqlStore(db, kind, location);
     if (opts.migrate !== false) await store.migrate(location);
     return store;
   }
@@ -124,7 +129,7 @@ export class SqlStore implements Store {
    */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTransaction) return fn(this);
-    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, true))));
+    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true))));
   }
 
   /** A read-only transaction that sees one snapshot: REPEATABLE READ on PostgreSQL; one transaction on SQLite (WAL). */
@@ -132,7 +137,7 @@ export class SqlStore implements Store {
     if (this.inTransaction) return fn(this);
     const b = (this.db as Kysely<Database>).transaction();
     return (this.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute((trx) =>
-      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, true))),
+      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true))),
     );
   }
 
@@ -489,6 +494,11 @@ export class SqlStore implements Store {
 
   async latestCrl(caName: string): Promise<CrlTable | undefined> {
     return this.db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
+  }
+
+  async latestCrlNumber(caName: string): Promise<number | undefined> {
+    const r = await this.db.selectFrom('crls').select('number').where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
+    return r ? Number(r.number) : undefined;
   }
 
   async insertCrl(c: CrlTable): Promise<void> {

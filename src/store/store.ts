@@ -58,6 +58,8 @@ export interface CertificateFilter {
 
 export interface Store {
   readonly kind: StoreKind;
+  /** the SQLite file or PostgreSQL URL it was opened with (another thread may open its own) */
+  readonly location: string;
 
   // ---- lifetime and atomicity
   close(): Promise<void>;
@@ -130,6 +132,8 @@ export interface Store {
 
   // ---- CRLs
   latestCrl(caName: string): Promise<CrlTable | undefined>;
+  /** The number of a CA's newest CRL (cheap: tells whether a cached CRL is still the newest). */
+  latestCrlNumber(caName: string): Promise<number | undefined>;
   insertCrl(c: CrlTable): Promise<void>;
   pruneCrls(caName: string, keep: number): Promise<void>;
   deleteCrls(): Promise<void>;

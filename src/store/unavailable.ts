@@ -9,7 +9,8 @@
  * "Connection terminated") too. Errors about the query itself (constraints, syntax) pass
  * through unchanged.
  */
-import type { DatabaseConnection, Dialect, Driver, Kysely, QueryCompiler, TransactionSettings, CompiledQuery, QueryResult, DatabaseIntrospector, DialectAdapter } from 'kysely';
+import { CompiledQuery } from 'kysely';
+import type { DatabaseConnection, Dialect, Driver, Kysely, QueryCompiler, TransactionSettings, QueryResult, DatabaseIntrospector, DialectAdapter } from 'kysely';
 import { CairnError } from '../util/errors.js';
 
 export class StoreUnavailableError extends CairnError {
@@ -68,7 +69,10 @@ class GuardedConnection implements DatabaseConnection {
 const unwrap = (c: DatabaseConnection) => (c instanceof GuardedConnection ? c.inner : c);
 
 class GuardedDriver implements Driver {
-  constructor(private readonly inner: Driver) {}
+  constructor(
+    private readonly inner: Driver,
+    private readonly begin?: string,
+  ) {}
   async init(): Promise<void> {
     await this.inner.init().catch((e) => {
       throw unavailable(e);
@@ -81,7 +85,11 @@ class GuardedDriver implements Driver {
     });
     return new GuardedConnection(c);
   }
-  beginTransaction(c: DatabaseConnection, s: TransactionSettings): Promise<void> {
+  async beginTransaction(c: DatabaseConnection, s: TransactionSettings): Promise<void> {
+    if (this.begin) {
+      await unwrap(c).executeQuery(CompiledQuery.raw(this.begin)).catch(classify);
+      return;
+    }
     return this.inner.beginTransaction(unwrap(c), s).catch(classify);
   }
   commitTransaction(c: DatabaseConnection): Promise<void> {
@@ -110,11 +118,19 @@ class GuardedDriver implements Driver {
   }
 }
 
-/** A dialect whose connection failures surface as StoreUnavailableError. */
+/**
+ * A dialect whose connection failures surface as StoreUnavailableError. `begin` replaces the
+ * statement that starts a transaction (SQLite: "begin immediate", so that a transaction takes
+ * the write lock when it starts, waiting on the busy timeout, instead of failing with
+ * SQLITE_BUSY when another process wrote after it read).
+ */
 export class GuardedDialect implements Dialect {
-  constructor(private readonly inner: Dialect) {}
+  constructor(
+    private readonly inner: Dialect,
+    private readonly begin?: string,
+  ) {}
   createDriver(): Driver {
-    return new GuardedDriver(this.inner.createDriver());
+    return new GuardedDriver(this.inner.createDriver(), this.begin);
   }
   createQueryCompiler(): QueryCompiler {
     return this.inner.createQueryCompiler();

@@ -62,6 +62,7 @@ export const ERRORS = {
   io: { status: 500, exit: 1, api: false },
   hook_failed: { status: 500, exit: 1, api: false },
   listen_failed: { status: 500, exit: 1, api: false },
+  worker_failed: { status: 500, exit: 1, api: false },
   exists: { status: 409, exit: 1, api: false },
   locked: { status: 409, exit: 1, api: false },
   corrupt: { status: 500, exit: 1, api: false },

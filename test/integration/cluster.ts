@@ -246,3 +246,37 @@ export async function query<T = any>(dir: string, sql: string, ...params: unknow
     db.close();
   }
 }
+
+/**
+ * Rows written straight into a SQLite store, for tests and benchmarks of scale (not the API):
+ * `nodes` active workers, each with a good certificate, and `revoked` revoked, unexpired
+ * certificates of the cluster CA (entries of its next CRL). Serials: 7E… and 7F… followed by
+ * the index in hex; `seededSerial(i)` names the i-th node's certificate.
+ */
+export async function seedRows(dir: string, o: { nodes?: number; revoked?: number }): Promise<void> {
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(path.join(dir, 'cairn.db'));
+  db.pragma('busy_timeout = 10000');
+  try {
+    const keyId = (db.prepare("SELECT key_id FROM cas WHERE name = 'cluster' AND status = 'active'").get() as { key_id: string }).key_id;
+    const now = Date.now();
+    const node = db.prepare("INSERT INTO nodes (id, role, status, created_at, updated_at, current_serial, previous_serial, renewed_at) VALUES (?, 'worker', 'active', ?, ?, ?, NULL, ?)");
+    const cert = db.prepare(
+      "INSERT INTO certificates (serial, kind, node_id, role, subject, issuer_key_id, not_before, not_after, status, revoked_at, revocation_reason, cert_pem, created_at, replica_id) VALUES (?, 'node', ?, 'worker', ?, ?, ?, ?, ?, ?, ?, '', ?, NULL)",
+    );
+    db.transaction(() => {
+      for (let i = 0; i < (o.nodes ?? 0); i++) {
+        const id = `seed${i.toString(36).padStart(21, '0')}`;
+        node.run(id, now + i, now + i, seededSerial(i), now);
+        cert.run(seededSerial(i), id, `CN=${id}`, keyId, now, now + 90 * 86_400_000, 'good', null, null, now + i);
+      }
+      for (let i = 0; i < (o.revoked ?? 0); i++) {
+        cert.run(`7F${i.toString(16).toUpperCase().padStart(30, '0')}`, null, 'CN=revoked', keyId, now, now + 90 * 86_400_000, 'revoked', now, 'keyCompromise', now);
+      }
+    })();
+  } finally {
+    db.close();
+  }
+}
+
+export const seededSerial = (i: number) => `7E${i.toString(16).toUpperCase().padStart(30, '0')}`;

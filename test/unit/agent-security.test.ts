@@ -92,6 +92,22 @@ describe('only a CA replica speaks for the CA', () => {
     assert.equal(fs.existsSync(path.join(dir, 'node.key')), false);
   });
 
+  test('join refuses a server that relays the right root but whose own certificate does not chain to it, and never sends it the token', async (t) => {
+    // a man in the middle with its own CA: a replica-shaped certificate, the real /v1/ca answer
+    const mitmRoot = makeRoot('mitm-root');
+    const mitm = await fakeCa(root, clusterId, { server: issueLeaf(mitmRoot, { cn: randomId(), ou: 'ca-replica', clusterId, sans: [{ dns: 'ca' }] }) });
+    try {
+      const token = tokenFor(root);
+      mitm.tokens.set(token, 'worker');
+      const dir = path.join(tmpDir(t), 'node');
+      await rejectsWith(join(token, [mitm.url], dir), 'untrusted_server', /does not chain to the token's root/);
+      assert.deepEqual(mitm.requests, ['GET /v1/ca'], 'only the unverified first contact; no POST /v1/join');
+      assert.equal(fs.existsSync(path.join(dir, 'node.key')), false);
+    } finally {
+      await mitm.close();
+    }
+  });
+
   test('the agent (trust refresh, renewal) refuses a manager-style server and sends it nothing', async (t) => {
     const dir = path.join(tmpDir(t), 'node');
     makeNodeDir(dir, root, { role: 'worker', clusterId, endpoints: [impostor.url] });
@@ -358,16 +374,17 @@ describe('renewal and join stay on course', () => {
     assert.equal(ca.renewals, before, 'the second endpoint was not asked');
   });
 
-  test('join tries the same address again when a connection is accepted and dropped', async (t) => {
+  for (const drop of [[], [1]]) {
+  test(`join sends GET /v1/ca and POST /v1/join on one TLS connection${drop.length ? ', after trying the same address again when a connection is accepted and dropped' : ''}`, async (t) => {
     const token = tokenFor(root);
     ca.tokens.set(token, 'worker');
     let n = 0;
     const [host, port] = [new URL(ca.url).hostname, Number(new URL(ca.url).port)];
     const open = new Set<net.Socket>();
-    // a load balancer whose first connection, and the first of the POST, land on a dying replica
+    // a load balancer whose first connection (when asked) lands on a dying replica
     const lb = net.createServer((c) => {
       n++;
-      if (n === 1 || n === 3) return c.destroy();
+      if (drop.includes(n)) return c.destroy();
       const up = net.connect(port, host);
       open.add(c).add(up);
       c.pipe(up).pipe(c);
@@ -380,7 +397,8 @@ describe('renewal and join stay on course', () => {
       ca.requests.length = 0;
       const r = await join(token, [lbUrl], dir, { retryDelayMs: 10 });
       assert.equal(r.role, 'worker');
-      assert.ok(n >= 4, 'two dropped connections, each tried again');
+      // the dropped one, one for the join, one for the CRL fetch tried after it
+      assert.equal(n, drop.length + 2, 'one connection for GET /v1/ca and POST /v1/join');
       assert.deepEqual(ca.requests.slice(0, 2), ['GET /v1/ca', 'POST /v1/join']);
       assert.equal(readNodeIdentity(dir).config.nodeId, r.nodeId);
     } finally {
@@ -388,6 +406,7 @@ describe('renewal and join stay on course', () => {
       await close(lb);
     }
   });
+  }
 
   test('join does not retry an answer (401 invalid token) on the same address', async (t) => {
     ca.requests.length = 0;

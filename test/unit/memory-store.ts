@@ -32,6 +32,7 @@ const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (
 
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
+  readonly location = 'memory';
   t: Tables = empty();
   private queue: Promise<unknown> = Promise.resolve();
   private inTx = false;
@@ -280,6 +281,9 @@ export class MemoryStore implements Store {
   // ---- CRLs
   async latestCrl(ca: string) {
     return copy(this.t.crls.filter((c) => c.ca_name === ca).sort((a, b) => b.number - a.number)[0]);
+  }
+  async latestCrlNumber(ca: string) {
+    return (await this.latestCrl(ca))?.number;
   }
   async insertCrl(c: CrlTable) {
     this.t.crls.push(copy(c));
