@@ -1,4 +1,4 @@
-import { hash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
+import { createPublicKey, hash, KeyObject, X509Certificate as NodeX509 } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as pkijs from 'pkijs';
 import { asn1, decode, derChildren, derOf, derTop, namedBitsDer, oid, smallIntDer, timeDer, tlv, uintContents } from './der.js';
@@ -183,8 +183,7 @@ function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: Si
 
 /** Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING (0 unused bits) }. */
 function assemble(tbs: Buffer, scheme: SignatureScheme, key: KeyObject): Buffer {
-  const sig = signWith(key, scheme, tbs);
-  return tlv(SEQUENCE, tbs, scheme.algorithmDer, tlv(0x03, NO_UNUSED_BITS, sig));
+  return signedCertificate(tbs, scheme, signWith(key, scheme, tbs));
 }
 const NO_UNUSED_BITS = Buffer.from([0]);
 
@@ -195,10 +194,45 @@ function checkProfile(p: CertificateProfile): void {
 
 /** Issue a certificate signed by `issuer`. notAfter is clamped to the issuer's notAfter. */
 export function issueCertificate(p: CertificateProfile, issuer: Issuer): Buffer {
+  const tbs = certificateTbs(p, issuer);
+  return assemble(tbs, issuer.scheme, issuer.key);
+}
+
+/** What a CA needs to say about itself in what it signs (everything of an Issuer but the key). */
+export type IssuerInfo = Omit<Issuer, 'key'>;
+
+/**
+ * The TBSCertificate a CA signs, for signers that hold the key elsewhere (an HSM, another
+ * process): sign these bytes with the scheme of `issuer`, then `signedCertificate()`.
+ * notAfter is clamped to the issuer's notAfter.
+ */
+export function certificateTbs(p: CertificateProfile, issuer: IssuerInfo): Buffer {
   checkProfile(p);
   const profile = p.notAfter > issuer.notAfter ? { ...p, notAfter: issuer.notAfter } : p;
-  const tbs = tbsCertificate(profile, issuer.nameDer, issuer.scheme, issuer.akiExtDer);
-  return assemble(tbs, issuer.scheme, issuer.key);
+  return tbsCertificate(profile, issuer.nameDer, issuer.scheme, issuer.akiExtDer);
+}
+
+/** A certificate from its TBSCertificate and the signature over it. */
+export function signedCertificate(tbs: Buffer, scheme: SignatureScheme, signature: Buffer): Buffer {
+  return tlv(SEQUENCE, tbs, scheme.algorithmDer, tlv(0x03, NO_UNUSED_BITS, signature));
+}
+
+/**
+ * The parts of a CA certificate needed to sign with it, without its key (the key is held by
+ * a signer): `scheme` follows the CA's public key.
+ */
+export function issuerInfo(certDer: Buffer): IssuerInfo {
+  const info = certificateInfo(certDer);
+  if (!info.isCA) throw new PkiError('not_ca', `certificate ${info.subject} is not a CA certificate`);
+  const keyId = info.subjectKeyId ?? keyIdentifier(info.publicKeyDer);
+  return {
+    certDer,
+    nameDer: info.subjectDer,
+    keyId,
+    notAfter: info.notAfter,
+    scheme: signatureSchemeFor(createPublicKey({ key: info.publicKeyDer, format: 'der', type: 'spki' })),
+    akiExtDer: akiExtension(keyId),
+  };
 }
 
 /** Create a self-signed certificate (a root CA) with the given key. */

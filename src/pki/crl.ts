@@ -1,8 +1,8 @@
 import { verify as nodeVerify, X509Certificate } from 'node:crypto';
-import { certificateInfo, Issuer } from './cert.js';
+import { certificateInfo, Issuer, IssuerInfo } from './cert.js';
 import { asn1, bitsBytes, children, ctxConstructed, ctxPrimitive, decode, derChildren, derTop, encode, octets, oid, raw, seq, smallInt, time, timeDer, Tlv, tlv, uintBytes, uintContents } from './der.js';
 import { PkiError } from './errors.js';
-import { signWith } from './keys.js';
+import { SignatureScheme, signWith } from './keys.js';
 
 /** RFC 5280 5.3.1 reason codes. */
 export const REVOCATION_REASONS = {
@@ -62,6 +62,17 @@ function bigintBytes(n: bigint): Buffer {
 
 /** Build and sign a v2 CRL (RFC 5280): AKI and CRL number extensions, reason codes on entries. */
 export function buildCrl(p: CrlParams): Buffer {
+  const tbs = crlTbs(p);
+  return signedCrl(tbs, p.issuer.scheme, signWith(p.issuer.key, p.issuer.scheme, tbs));
+}
+
+/** A CRL from its TBSCertList and the signature over it. */
+export function signedCrl(tbs: Buffer, scheme: SignatureScheme, signature: Buffer): Buffer {
+  return encode(seq(raw(tbs), raw(scheme.algorithmDer), bitsBytes(signature)));
+}
+
+/** The TBSCertList a CA signs (for signers that hold the key elsewhere): then `signedCrl()`. */
+export function crlTbs(p: Omit<CrlParams, 'issuer'> & { issuer: IssuerInfo }): Buffer {
   if (p.number < 0n) throw new PkiError('bad_crl', 'CRL number must not be negative');
   const entries = p.revoked.map(crlEntryDer);
   const crlExts = seq(
@@ -80,8 +91,7 @@ export function buildCrl(p: CrlParams): Buffer {
       ctxConstructed(0, crlExts),
     ),
   );
-  const sig = signWith(p.issuer.key, p.issuer.scheme, tbs);
-  return encode(seq(raw(tbs), raw(p.issuer.scheme.algorithmDer), bitsBytes(sig)));
+  return tbs;
 }
 
 /** The CRL number of a CRL (for checks and tests). */
