@@ -215,6 +215,11 @@ export async function runWorker(o: ServeOptions): Promise<void> {
     });
   let stop: (() => void) | null = null;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
+  // the primary is gone (killed, even with SIGKILL): its IPC channel closes; a worker never outlives it
+  process.once('disconnect', () => {
+    stop?.();
+    setTimeout(() => process.exit(0), 5000).unref();
+  });
   let remoteFailure: ((addr: string) => void) | null = null;
   process.on('message', (m: Msg) => {
     if (m?.cairn === 'metrics') {
