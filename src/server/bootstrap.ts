@@ -446,6 +446,14 @@ async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<
   return { app, metrics, url, port: boundPort, recordJoinFailure };
 }
 
+/** The end of serving, once no request is answered any more: leader tasks, the store, the log. */
+export async function stopReplica(r: Prepared, leader: { stop(): Promise<void> } | null | undefined): Promise<void> {
+  await leader?.stop();
+  await r.store.close();
+  r.logger.info('cairn stopped');
+  r.logger.flush?.();
+}
+
 /** Start serving. Resolves once listening; `close()` drains in-flight requests. */
 export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   if ((o.workers ?? 1) > 1) {
@@ -457,6 +465,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
     const { app, url, port } = await listen(o, r);
     const leader = startLeaderTasks(r);
     await leader.started;
+    // the same RunningServer shape as servePrimary (workers.ts) returns, on purpose: one process or several
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
     let closing: Promise<void> | null = null;
     return {
@@ -465,10 +474,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
       close() {
         closing ??= (async () => {
           await app.close();
-          await leader.stop();
-          await r.store.close();
-          r.logger.info('cairn stopped');
-          r.logger.flush?.();
+          await stopReplica(r, leader);
         })();
         return closing;
       },

@@ -150,6 +150,7 @@ export async function servePrimary(
     const up = await Promise.all(Array.from({ length: n }, (_, i) => fork(i + 1)));
     await leader.started;
     const { url, port } = up[0];
+    // the same RunningServer shape as serveReplica (bootstrap.ts) returns, on purpose
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol, workers: n }, 'cairn serving');
     let done: Promise<void> | null = null;
     return {
@@ -160,10 +161,7 @@ export async function servePrimary(
           closing = true;
           await stopWorkers();
           cluster.off('message', onMessage);
-          await leader?.stop();
-          await r.store.close();
-          r.logger.info('cairn stopped');
-          r.logger.flush?.();
+          await (await import('./bootstrap.js')).stopReplica(r, leader);
         })();
         return done;
       },
