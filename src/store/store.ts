@@ -64,6 +64,8 @@ export interface Store {
   // ---- lifetime and atomicity
   close(): Promise<void>;
   ping(): Promise<void>;
+  /** PostgreSQL: how commits are replicated (null on SQLite and in memory). */
+  replication(): Promise<ReplicationStatus | null>;
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   snapshot<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
 
@@ -161,6 +163,35 @@ export interface Store {
   /** Rows in a table; null when the store has no such table. */
   countRows(table: string): Promise<number | null>;
   insertRows(table: string, rows: object[]): Promise<void>;
+}
+
+/** How a PostgreSQL primary replicates commits (what `replicationWarning` judges). */
+export interface ReplicationStatus {
+  synchronousCommit: string;
+  synchronousStandbyNames: string;
+  /** standbys streaming from this server */
+  standbys: number;
+  /** of those, the synchronous ones; null when the role may not see it (needs pg_read_all_stats) */
+  synchronousStandbys: number | null;
+}
+
+/**
+ * Why a certificate returned to a client could be lost in a failover, or null: cairn's promise
+ * (nothing lost, no serial range handed out twice) holds only when every commit waits for a
+ * synchronous standby — synchronous_commit on (or remote_apply) with synchronous_standby_names
+ * set and a synchronous standby connected.
+ */
+export function replicationWarning(r: ReplicationStatus): string | null {
+  if (!['on', 'remote_apply'].includes(r.synchronousCommit)) {
+    return `synchronous_commit is "${r.synchronousCommit}": a commit does not wait for a standby, so a failover can lose certificates already returned and hand out serial ranges twice; set synchronous_commit = on`;
+  }
+  if (r.synchronousStandbyNames.trim() === '') {
+    return 'synchronous_standby_names is empty: commits are replicated asynchronously (if at all), so a failover can lose certificates already returned and hand out serial ranges twice; name a synchronous standby';
+  }
+  if (r.synchronousStandbys === 0) {
+    return `no synchronous standby is connected (synchronous_standby_names = '${r.synchronousStandbyNames}', ${r.standbys} standby(s) streaming): commits wait until one is`;
+  }
+  return null;
 }
 
 export const SQLITE_FILE = 'cairn.db';

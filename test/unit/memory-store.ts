@@ -44,6 +44,10 @@ export class MemoryStore implements Store {
   async close() {}
   async ping() {}
 
+  async replication() {
+    return null;
+  }
+
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTx) return fn(this);
     const run = async () => {
