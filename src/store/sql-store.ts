@@ -10,7 +10,7 @@ import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } fr
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable } from './schema.js';
 import { redactUrl, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { FailoverPool, parsePgUrl } from './pg-failover.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
@@ -319,7 +319,7 @@ export class SqlStore implements Store {
       .select([
         'nodes.id as id', 'nodes.role as role', 'nodes.status as status', 'nodes.created_at as created_at', 'nodes.updated_at as updated_at',
         'nodes.current_serial as current_serial', 'nodes.renewed_at as renewed_at', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
-        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id', key.as('sort_t'),
+        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id', 'certificates.status as cert_status', key.as('sort_t'),
       ]);
     if (o.role) q = q.where('nodes.role', '=', o.role);
     if (o.status) q = q.where('nodes.status', '=', o.status);
@@ -354,6 +354,20 @@ export class SqlStore implements Store {
     await this.db.updateTable('nodes').set({ ...set, updated_at: Date.now() }).where('id', '=', id).execute();
   }
 
+  async expiredNodes(before: number, limit: number): Promise<string[]> {
+    const rows = await this.db
+      .selectFrom('nodes')
+      .innerJoin('certificates', 'certificates.serial', 'nodes.current_serial')
+      .select('nodes.id as id')
+      .where('nodes.status', '=', 'active')
+      .where('certificates.not_after', '<=', before)
+      .orderBy('certificates.not_after')
+      .orderBy('nodes.id')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => r.id);
+  }
+
   // ---- join tokens
 
   async listClusters() {
@@ -372,6 +386,38 @@ export class SqlStore implements Store {
       .values({ role, secret_hash: secretHash, created_at: now })
       .onConflict((oc) => oc.column('role').doUpdateSet({ secret_hash: secretHash, created_at: now }))
       .execute();
+  }
+
+  // ---- limited join tokens
+
+  async insertJoinToken(t: JoinTokenTable): Promise<void> {
+    await this.db.insertInto('join_tokens').values(t).execute();
+  }
+
+  async getJoinTokenByHash(secretHash: string): Promise<JoinTokenTable | undefined> {
+    return this.db.selectFrom('join_tokens').selectAll().where('secret_hash', '=', secretHash).executeTakeFirst();
+  }
+
+  /** One conditional UPDATE: of two replicas racing for the last use, exactly one gets a row back. */
+  async useJoinToken(secretHash: string, now: number): Promise<JoinTokenTable | undefined> {
+    return this.db
+      .updateTable('join_tokens')
+      .set((eb) => ({ uses: eb('uses', '+', 1) }))
+      .where('secret_hash', '=', secretHash)
+      .where('revoked_at', 'is', null)
+      .where('expires_at', '>', now)
+      .where((eb) => eb('uses', '<', eb.ref('max_uses')))
+      .returningAll()
+      .executeTakeFirst();
+  }
+
+  async listJoinTokens(): Promise<JoinTokenTable[]> {
+    return this.db.selectFrom('join_tokens').selectAll().orderBy('created_at').orderBy('id').execute();
+  }
+
+  async revokeJoinToken(id: string, now: number): Promise<boolean> {
+    const r = await this.db.updateTable('join_tokens').set({ revoked_at: now }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   // ---- sequences (serial number and request ID ranges)

@@ -9,11 +9,11 @@
  */
 import path from 'node:path';
 import { CairnError } from '../util/errors.js';
-import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
 
 export { StoreUnavailableError } from './unavailable.js';
 export { openStore, SqlStore } from './sql-store.js';
-export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
 
 export type StoreKind = 'sqlite' | 'postgres' | 'memory';
 
@@ -30,6 +30,7 @@ export type NodeWithCertificate = Pick<NodeTable, 'id' | 'role' | 'status' | 'cr
   cert_not_before: number | null;
   cert_not_after: number | null;
   cert_issuer_key_id: string | null;
+  cert_status: string | null;
 };
 
 /** Orders a node listing can be paged in (then by ID): creation, current certificate's expiry, last renewal, ID alone. */
@@ -111,10 +112,21 @@ export interface Store {
   listNodesPage(o: NodePageQuery): Promise<NodeWithCertificate[]>;
   countNodes(): Promise<{ role: string; status: string; n: number }[]>;
   updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>): Promise<void>;
+  /** IDs of active nodes whose newest certificate expired at or before `before` (oldest expiry first). */
+  expiredNodes(before: number, limit: number): Promise<string[]>;
 
   // ---- join tokens (hashes only)
   getTokenHashes(): Promise<Record<string, string>>;
   setTokenHash(role: string, secretHash: string): Promise<void>;
+
+  // ---- limited join tokens (a lifetime and a number of uses)
+  insertJoinToken(t: JoinTokenTable): Promise<void>;
+  getJoinTokenByHash(secretHash: string): Promise<JoinTokenTable | undefined>;
+  /** Count one use, atomically: only while unrevoked, unexpired and uses < max_uses. Returns the token, or undefined when none was left. */
+  useJoinToken(secretHash: string, now: number): Promise<JoinTokenTable | undefined>;
+  listJoinTokens(): Promise<JoinTokenTable[]>;
+  /** Revoke a token; false when there is no such token (or it was revoked already). */
+  revokeJoinToken(id: string, now: number): Promise<boolean>;
 
   // ---- sequences
   ensureSequence(name: string, start: number): Promise<void>;
