@@ -98,6 +98,8 @@ interface AgentFlags {
   reloadSignal?: string[];
   pidfile?: string[];
   metricsFile?: string;
+  recover?: boolean;
+  token?: string;
 }
 
 const requireStateDir = (f: { stateDir?: string }): string => {
@@ -122,7 +124,9 @@ export function agentCommand(): Command {
       .enablePositionalOptions()
       .option('--state-dir <dir>', 'the node state directory (NODEDIR): node.key, node.crt, ca.crt, node.json (required)')
       .option('--renew-now', 'renew once now and exit (retrying a few times across the endpoints), e.g. after a role change')
-      .option('--trust-token <token...>', 'join tokens (or bare 50-character root digests) whose root may be added to ca.crt although no trusted root vouches for it'),
+      .option('--trust-token <token...>', 'join tokens (or bare 50-character root digests) whose root may be added to ca.crt although no trusted root vouches for it')
+      .option('--recover', 'first get back the identity of this node, whose certificate expired while it was down (same node ID and role; needs --token), then go on as the agent does')
+      .option('--token <token>', 'with --recover: a join token of the node\'s role'),
   )
     .addOption(new Option('--log-level <level>', 'log level (logs are JSON lines on stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'))
     .addHelpText('after', `
@@ -176,6 +180,13 @@ Subcommands:
       const { renewOnce, isFatalRenewalError } = await import('../agent/renew.js');
       const { runAgent, publishChange, updateMetrics } = await import('../agent/agent.js');
       const logger = pino({ level: f.logLevel, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
+      if (f.token && !f.recover) throw usageError('--token is for --recover');
+      if (f.recover) {
+        if (!f.token) throw usageError('--recover needs --token: a join token of the node\'s role');
+        const { join } = await import('../agent/join.js');
+        const r = await join(f.token, [], stateDir, { recover: true, outputs });
+        logger.info({ node: r.nodeId, role: r.role, serial: r.serial, notAfter: r.notAfter }, 'identity recovered: same node ID and role');
+      }
       if (f.renewNow) {
         const { Hooks } = await import('../agent/hooks.js');
         const { readNodeIdentity } = await import('../agent/node-state.js');

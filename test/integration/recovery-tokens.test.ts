@@ -74,6 +74,20 @@ describe('recovery after expiry (join --recover), node ls, node prune', () => {
     assert.equal(audit.body.entries[0].detail.node, n.id);
   });
 
+  test('cairn agent --recover --token: the agent gets the identity back first, then renews as usual', async () => {
+    const n = await joinNode('w-agent');
+    await expire(c, n.id, 2 * DAY);
+    const bad = await cliAsync(['agent', '--recover', '--state-dir', n.dir, '--renew-now']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--recover needs --token/);
+    const r = await cliAsync(['agent', '--recover', '--token', c.tokens.worker, '--state-dir', n.dir, '--renew-now']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /identity recovered/);
+    assert.equal(nodeJson(n.dir).nodeId, n.id);
+    const inspect = JSON.parse(cli(['node', 'inspect', n.id, '--state-dir', c.dir, '--json']).stdout);
+    assert.equal(inspect.certificate.state, 'good');
+  });
+
   test('refusals say why: past the window, a token of another role, another key, not expired, removed, a bad token', async () => {
     const n = await joinNode('w2');
     const other = await joinNode('w3');
