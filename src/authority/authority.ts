@@ -7,17 +7,18 @@
  */
 import { KeyObject } from 'node:crypto';
 import {
-  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, ID_RE, issueCertificate, Issuer, leafProfile, NameAttrs, parseCsr, randomId,
-  serialHex, SubjectAltName, isRevocationReason, REVOCATION_REASONS,
+  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, ID_RE, issueCertificate, Issuer, leafProfile, LeafOptions, NameAttrs, parseCsr, randomId,
+  serialHex, spkiDer, SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { NodeTable, Store } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
-import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
+import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG, DEFAULT_URL_SETTINGS, UrlSettings } from './config.js';
 import { CaKeyring, CaName, LoadedCa } from './keyring.js';
 import { page, PageRequest } from './pages.js';
-import { adminPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
+import { adminPolicy, LeafPolicy, nodePolicy, replicaPolicy, replicaSubject, revocationPointers, subjectString } from './policy.js';
+import { SigningKeys } from './signing-keys.js';
 import { SerialSource } from './serials.js';
 import { isRole, mintJoinTokens, Role } from './tokens.js';
 import { certificateView, listedNodeView, nodeFilter, NodeListRequest, nodeView, NodeView } from './views.js';
@@ -34,6 +35,8 @@ interface SignRequest {
   lifetimeMs: number;
   extKeyUsage: ExtKeyUsageName[];
   sans?: SubjectAltName[];
+  keyUsage?: LeafOptions['keyUsage'];
+  ocspNoCheck?: boolean;
 }
 
 export interface IssuedNode {
@@ -54,9 +57,11 @@ export const MAX_LISTED_SERIALS = 1000;
 export class Authority {
   clusterId = '';
   clusterName = '';
-  config: ClusterConfig = { ...DEFAULT_CONFIG };
+  config: ClusterConfig & UrlSettings = { ...DEFAULT_CONFIG, ...DEFAULT_URL_SETTINGS };
   private keyring!: CaKeyring;
   private serials: SerialSource;
+  /** the OCSP and audit signing certificates (signing-keys.ts) */
+  readonly signingKeys: SigningKeys;
 
   constructor(
     readonly store: Store,
@@ -64,6 +69,8 @@ export class Authority {
     private readonly unlockKey: Buffer,
   ) {
     this.serials = new SerialSource(store, () => this.config);
+    store.origin = replicaId;
+    this.signingKeys = new SigningKeys(this, unlockKey);
   }
 
   /** Load cluster identity, CA material (unsealed with the unlock key) and configuration. */
@@ -76,7 +83,7 @@ export class Authority {
     await this.refreshConfig();
   }
 
-  async refreshConfig(s: Store = this.store): Promise<ClusterConfig> {
+  async refreshConfig(s: Store = this.store): Promise<ClusterConfig & UrlSettings> {
     this.config = configFrom(await s.getConfig());
     return this.config;
   }
@@ -126,6 +133,27 @@ export class Authority {
     return this.keyring.keyIds(ca);
   }
 
+  /** The generation that signs for a CA now. */
+  signingCa(ca: CaName): { keyId: string; generation: number } {
+    const s = this.keyring.signer(ca);
+    return { keyId: s.row.key_id, generation: s.row.generation };
+  }
+
+  /** Every CA generation (OCSP answers for each; signing-keys.ts issues a responder per active one). */
+  caGenerations(): readonly LoadedCa[] {
+    return this.keyring.cas;
+  }
+
+  /**
+   * Sign a leaf of `policy` under a CA's signing generation for a key, and the record that
+   * says so; nothing is recorded here (bundles.ts and signing-keys.ts record it in their
+   * transaction).
+   */
+  async signLeaf(ca: CaName, kind: string, policy: LeafPolicy, publicKey: KeyObject) {
+    const c = await this.sign(this.keyring.signer(ca), { ...policy, publicKey, publicKeyDer: spkiDer(publicKey) });
+    return { ...c, record: this.certRecord(c, kind, policy.subject, null, null) };
+  }
+
   // ---- issuance
 
   /** Sign a leaf under a CA; nothing is recorded here (callers record in their transaction). */
@@ -135,7 +163,8 @@ export class Authority {
 
   /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
   private signWith(ca: LoadedCa, serial: Buffer, o: SignRequest) {
-    const profile = leafProfile({ ...o, serial });
+    // revocation pointers (cairn update --ocsp-url/--crl-url) on every leaf but an OCSP responder's
+    const profile = leafProfile({ ...o, ...(o.ocspNoCheck ? {} : revocationPointers(this.config, ca.row.name as CaName)), serial });
     const der = fromPki(() => issueCertificate(profile, ca.issuer!));
     // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
     const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
@@ -194,6 +223,7 @@ export class Authority {
     await this.store.transaction(async (tx) => {
       await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
+      await tx.audit(`token:${role}`, 'node.join', { node: nodeId, role, serial: c.serial });
     });
     return this.issued(nodeId, role, c);
   }
@@ -243,6 +273,7 @@ export class Authority {
       if (admitted.abandoned || withdrawn.length) {
         await tx.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn });
       }
+      await tx.audit(`node:${peer.serial}`, 'node.renew', { node: nodeId, role, serial: c.serial, from: peer.serial });
       return { role, c };
     });
     return this.issued(nodeId, issued.role, issued.c);
@@ -252,7 +283,10 @@ export class Authority {
   async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
     const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
-    await this.store.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
+    await this.store.transaction(async (tx) => {
+      await tx.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
+      await tx.audit(`replica:${this.replicaId}`, 'replica.certificate', { replica: this.replicaId, serial: c.serial });
+    });
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
   }
 
@@ -260,8 +294,10 @@ export class Authority {
   async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
     const policy = adminPolicy(this.clusterId, name, lifetimeMs);
     const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
-    await this.store.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
-    await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
+    await this.store.transaction(async (tx) => {
+      await tx.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
+      await tx.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
+    });
     return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
   }
 
@@ -438,7 +474,7 @@ export class Authority {
 
   // ---- configuration
 
-  async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
+  async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig & UrlSettings> {
     const allowed = checkConfigPatch(patch);
     await this.store.transaction(async (tx) => {
       await tx.setConfig(allowed);

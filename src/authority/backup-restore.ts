@@ -87,6 +87,7 @@ export async function restoreFullIn(tx: Store, content: BackupContent, unlockKey
   if (existing) throw new CairnError('store_not_empty', `the store already holds cluster ${existing.id}: a full restore needs an empty store`);
   for (const [t, rows] of Object.entries(content.tables)) await tx.insertRows(t, rows);
   await tx.insertRows('cas', caRows(content, unlockKey));
+  await tx.audit('cli', 'cluster.restore', { from: content.manifest.clusterId, backupCreatedAt: content.manifest.createdAt, tables: content.manifest.tables });
   const problems = await checkStoreIntegrity(tx, unlockKey);
   if (problems.length) throw new CairnError('corrupt_backup', `the restored store fails the integrity check: ${problems.slice(0, 5).join('; ')}`);
 }
