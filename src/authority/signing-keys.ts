@@ -9,7 +9,8 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { certificateFromPem, generateKeyPair, privateKeyFromPem, privateKeyToPem } from '../pki/index.js';
-import type { SigningKeyTable } from '../store/store.js';
+import type { Pkcs12Input } from '../pki/pkcs12.js';
+import type { CaTable, SigningKeyTable } from '../store/store.js';
 import type { Authority } from './authority.js';
 import type { CaName } from './keyring.js';
 import {
@@ -29,6 +30,30 @@ export interface LoadedSigningKey {
 export function signingKeyNickname(purpose: SigningPurpose, ca: CaName, generation: number): string {
   const g = generation > 1 ? ` ${generation}` : '';
   return purpose === 'ocsp' ? `ocspSigningCert cert-${ca}-root-ca${g}` : `auditSigningCert cert-${ca}-root-ca${g}`;
+}
+
+/**
+ * The subsystem certificates a clone's PKCS#12 file carries (clone-prepare), with their keys:
+ * the newest of each purpose and CA generation, named as Dogtag names them.
+ */
+export function signingKeyPkcs12Entries(cas: CaTable[], rows: SigningKeyTable[], unlockKey: Buffer): Pkcs12Input[] {
+  const newest = new Map<string, SigningKeyTable>();
+  for (const r of rows) {
+    const k = `${r.purpose}/${r.ca_key_id}`;
+    const cur = newest.get(k);
+    if (!cur || r.not_after > cur.not_after) newest.set(k, r);
+  }
+  const out: Pkcs12Input[] = [];
+  for (const r of newest.values()) {
+    const ca = cas.find((c) => c.key_id === r.ca_key_id);
+    if (!ca) continue;
+    out.push({
+      certDer: certificateFromPem(r.cert_pem, `signing certificate ${r.id}`),
+      friendlyName: signingKeyNickname(r.purpose as SigningPurpose, ca.name as CaName, ca.generation),
+      key: privateKeyFromPem(unseal(unlockKey, r.key_sealed, r.id).toString(), `signing key ${r.id}`),
+    });
+  }
+  return out.sort((a, b) => (a.friendlyName < b.friendlyName ? -1 : 1));
 }
 
 const RELOAD_MS = 30_000;
