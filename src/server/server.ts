@@ -11,7 +11,7 @@ import { createBundle, listBundles, revokeBundle } from '../authority/bundles.js
 import { auditLog, FailureRecorder, overview } from '../authority/overview.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError, ErrorCode, ERRORS, RetryLater } from '../util/errors.js';
-import { toPem } from '../pki/index.js';
+import { ocspErrorResponse, toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
 import { ocspRoutes } from './ocsp-routes.js';
@@ -123,6 +123,12 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
+    // a URL the router cannot decode: the one-line JSON error, or an OCSP answer to an OCSP client
+    frameworkErrors: (err, req, r) => {
+      const reply = r as unknown as FastifyReply;
+      if (req.url.startsWith('/v1/ocsp/')) return reply.code(200).header('content-type', 'application/ocsp-response').header('cache-control', 'no-cache, no-store').send(ocspErrorResponse('malformedRequest'));
+      return answer(reply, 'bad_request', err.message);
+    },
     forceCloseConnections: 'idle',
     genReqId: () => {
       const n = requestIds.takeSync();
@@ -160,6 +166,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return answer(reply, 'body_too_large', `request body is larger than ${BODY_LIMIT} bytes`);
     if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return answer(reply, 'unsupported_media_type', 'request body must be application/json');
     if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      // an OCSP client gets an OCSP answer (a URL the router cannot decode never reaches the OCSP scope)
+      if (req.url.startsWith('/v1/ocsp/')) return reply.code(200).header('content-type', 'application/ocsp-response').header('cache-control', 'no-cache, no-store').send(ocspErrorResponse('malformedRequest'));
       return answer(reply, 'bad_request', e.message ?? 'bad request', e.statusCode);
     }
     req.log.error({ err }, 'internal error');
