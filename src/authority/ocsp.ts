@@ -11,7 +11,7 @@
  */
 import {
   buildOcspResponse, isRevocationReason, issuerHashes, ocspErrorResponse, OcspErrorStatus, OcspSingleAnswer, parseOcspRequest,
-  PkiError,
+  PkiError, responderKeyHash,
 } from '../pki/index.js';
 import type { Authority } from './authority.js';
 import type { CaName } from './keyring.js';
@@ -36,6 +36,8 @@ const fail = (status: OcspErrorStatus): OcspAnswer => ({ der: ocspErrorResponse(
 export class OcspResponder {
   /** per CA generation and hash: its issuerNameHash and issuerKeyHash (hex) */
   private hashes = new Map<string, { nameHash: string; keyHash: string }>();
+  /** per signing key: its ResponderID key hash */
+  private keyHashes = new Map<string, Buffer>();
 
   constructor(private readonly auth: Authority) {}
 
@@ -91,7 +93,10 @@ export class OcspResponder {
       } else status = { status: 'good' };
       answers.push({ certIdDer: id.der, status, thisUpdate, nextUpdate });
     }
+    let keyHash = this.keyHashes.get(signer.row.id);
+    if (!keyHash) this.keyHashes.set(signer.row.id, (keyHash = responderKeyHash(signer.certDer)));
     const body = buildOcspResponse({
+      responderKeyHash: keyHash,
       signerCertDer: signer.certDer,
       signerKey: signer.key,
       producedAt: thisUpdate,

@@ -173,6 +173,15 @@ export interface OcspResponseParams {
   nonce?: Buffer | null;
   /** certificates to include (the delegated signer's, so a client can check it) */
   certs?: Buffer[];
+  /** responderKeyHash(signerCertDer), when the caller keeps it */
+  responderKeyHash?: Buffer;
+}
+
+/** The ResponderID byKey of a signing certificate: SHA-1 of its subjectPublicKey. */
+export function responderKeyHash(signerCertDer: Buffer): Buffer {
+  const spki = certificateInfo(signerCertDer).publicKeyDer;
+  const bits = derChildren(spki, derTop(spki, 'public key'), 'public key', 2)[1];
+  return hash('sha1', spki.subarray(bits.contents + 1, bits.end), 'buffer');
 }
 
 function certStatusDer(s: OcspCertStatus): Buffer {
@@ -186,10 +195,7 @@ function certStatusDer(s: OcspCertStatus): Buffer {
 
 /** A successful, signed basic OCSP response (DER). The responder is named by key (SHA-1 of its public key). */
 export function buildOcspResponse(p: OcspResponseParams): Buffer {
-  const signer = certificateInfo(p.signerCertDer);
-  const spki = signer.publicKeyDer;
-  const bits = derChildren(spki, derTop(spki, 'public key'), 'public key', 2)[1];
-  const keyHash = hash('sha1', spki.subarray(bits.contents + 1, bits.end), 'buffer');
+  const keyHash = p.responderKeyHash ?? responderKeyHash(p.signerCertDer);
   const singles = p.answers.map((a) =>
     tlv(0x30, a.certIdDer, certStatusDer(a.status), generalizedTime(a.thisUpdate), tlv(0xa0, generalizedTime(a.nextUpdate))),
   );
