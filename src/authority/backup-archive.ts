@@ -33,9 +33,7 @@ export type BackupKind = 'root-ca-only' | 'full';
  * Tables not dumped as they are: per-replica state and leader leases (rebuilt at start), and
  * the CAs (written as ca/ members, their keys unsealed).
  */
-// signing_keys: the subsystem keys are sealed under the unlock key of the store they were made
-// in; a restored cluster issues its own at start (seals keep their signer's certificate)
-export const EXCLUDED_TABLES = ['replicas', 'leases', 'cas', 'signing_keys'];
+export const EXCLUDED_TABLES = ['replicas', 'leases', 'cas'];
 
 export interface BackupManifest {
   format: typeof BACKUP_FORMAT;

@@ -213,6 +213,42 @@ describe('client bundles (SQLite)', () => {
   });
 });
 
+describe('clone-prepare exports the subsystem certificates (Dogtag nicknames)', () => {
+  test('CA signing, OCSP signing and audit signing certificates with their keys; pkcs12-cert-find and openssl pkcs12 list them', async () => {
+    const c = await startCluster('clone-subsystems');
+    try {
+      const tmp = tmpDir();
+      const pw = path.join(tmp, 'pw');
+      fs.writeFileSync(pw, 'correct horse battery staple\n', { mode: 0o600 });
+      const p12 = path.join(tmp, 'clone.p12');
+      const r = await cliAsync(['clone-prepare', '--state-dir', c.dir, '--pkcs12-file', p12, '--pkcs12-password-file', pw, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const f = await cliAsync(['pkcs12-cert-find', '--pkcs12-file', p12, '--pkcs12-password-file', pw, '--json']);
+      assert.equal(f.code, 0, f.stderr);
+      const entries = JSON.parse(f.stdout);
+      assert.deepEqual(entries.map((e: any) => [e.nickname, e.hasKey]), [
+        ['cluster-root-ca', true],
+        ['client-root-ca', true],
+        ['auditSigningCert cert-cluster-root-ca', true],
+        ['ocspSigningCert cert-client-root-ca', true],
+        ['ocspSigningCert cert-cluster-root-ca', true],
+      ]);
+      assert.match(entries[2].subject, /OU=audit-signing/);
+      assert.match(entries[3].issuer, /CN=client-root-ca/);
+      const o = await run('openssl', ['pkcs12', '-info', '-in', p12, '-passin', `file:${pw}`, '-noenc']);
+      assert.equal(o.code, 0, o.stderr);
+      assert.equal((o.stdout.match(/-----BEGIN PRIVATE KEY-----/g) ?? []).length, 5);
+      // a controller made from it still finds its two CAs by nickname
+      const b = path.join(tmp, 'b');
+      const init = await cliAsync(['init', 'beta', '--state-dir', b, '--listen', '127.0.0.1:1', '--from-pkcs12', p12, '--pkcs12-password-file', pw, '--json']);
+      assert.equal(init.code, 0, init.stderr);
+      assert.equal(JSON.parse(init.stdout).clusterId, c.clusterId);
+    } finally {
+      await c.cleanup();
+    }
+  });
+});
+
 describe('a revoked bundle on two replicas (PostgreSQL)', () => {
   let db: TestDb;
   let c: Cluster;
