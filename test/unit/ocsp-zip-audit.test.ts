@@ -118,3 +118,35 @@ describe('audit chain verifier', () => {
     assert.equal(p.seq, 3);
   });
 });
+
+describe('migration 0007 on a store with an older audit log', () => {
+  test('the entries recorded before are chained oldest first, and new entries chain after them (SQLite)', async () => {
+    const { default: SqliteDatabase } = await import('better-sqlite3');
+    const { Kysely, Migrator, SqliteDialect } = await import('kysely');
+    const { migrationProvider } = await import('../../src/store/migrations.js');
+    const { openStore } = await import('../../src/store/sql-store.js');
+    const { tmpDir } = await import('../helpers.js');
+    const file = `${tmpDir()}/old.db`;
+    const old = new Kysely<any>({ dialect: new SqliteDialect({ database: new SqliteDatabase(file) }) });
+    const r = await new Migrator({ db: old, provider: migrationProvider }).migrateTo('0006_node_and_issuer_lookups');
+    assert.equal(r.error, undefined);
+    for (const [i, a] of ['node.promote', 'token.rotate', 'node.remove'].entries()) {
+      await old.insertInto('audit').values({ id: `old-${i}`, at: 1000 + i, actor: 'admin:1', action: a, detail: '{}' }).execute();
+    }
+    await old.destroy();
+    const store = await openStore('sqlite', file);
+    try {
+      store.origin = 'r1';
+      await store.audit('admin:2', 'config.update', { certExpiryMs: 1 });
+      const rows = (await store.auditChain({ afterSeq: 0, limit: 10 })).map((x) => ({ ...x, seq: Number(x.seq) }));
+      assert.deepEqual(rows.map((x) => [x.seq, x.action]), [[1, 'node.promote'], [2, 'token.rotate'], [3, 'node.remove'], [4, 'config.update']]);
+      const head = await store.auditHead();
+      const v = new ChainVerifier('c', [], []);
+      rows.forEach((x) => v.add(x));
+      const res = v.finish({ seq: Number(head!.seq), hash: head!.hash }, { count: await store.countUnchainedAudit() });
+      assert.equal(res.ok, true, JSON.stringify(res.problems));
+    } finally {
+      await store.close();
+    }
+  });
+});
