@@ -7,5 +7,6 @@ import floor from './floor.js';
 import issue from './issue.js';
 import server from './server.js';
 import ha from './ha.js';
+import ocsp from './ocsp.js';
 
-export const groups: BenchGroup[] = [floor, issue, server, ha];
+export const groups: BenchGroup[] = [floor, issue, server, ha, ocsp];

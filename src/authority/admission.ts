@@ -10,8 +10,9 @@
  *    chain to one of our roots; here it must also be of this cluster (subject O), recorded by
  *    this CA (or adoptable: a node certificate issued by another controller holding the same
  *    CA keys, see clone.ts), good, and unexpired. What it may call depends on its kind
- *    (`requireKind`): node certificates renew, admin certificates administer, CA replica
- *    certificates neither.
+ *    (`requireKind`): node certificates renew, admin certificates administer, client bundles
+ *    (client-root-ca, `OU=client`) read — CA information, the node list, their own
+ *    certificate (`mayReadCertificate`) — and CA replica certificates do neither.
  *
  * 3. Renewal (`admitRenewal`), as pure rules over a node's stored row, in this order:
  *    a. the node is active (not removed);
@@ -81,7 +82,7 @@ export interface PeerCertificate {
 }
 
 export interface PeerIdentity {
-  kind: 'node' | 'admin' | 'server';
+  kind: 'node' | 'admin' | 'server' | 'client';
   nodeId: string | null;
   role: string | null;
   serial: string;
@@ -123,19 +124,34 @@ export async function identifyPeer(
     throw new CairnError('certificate_revoked', 'the client certificate is revoked');
   }
   if (rec.not_after <= Date.now()) throw new CairnError('certificate_expired', 'the client certificate has expired');
-  if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server') throw new CairnError('forbidden', 'this certificate cannot use the API');
+  if (rec.kind !== 'node' && rec.kind !== 'admin' && rec.kind !== 'server' && rec.kind !== 'client') throw new CairnError('forbidden', 'this certificate cannot use the API');
   return { kind: rec.kind as PeerIdentity['kind'], nodeId: rec.node_id, role: rec.role, serial };
 }
 
 const KIND_REFUSALS = {
   node: 'this endpoint is for node certificates',
   admin: 'this endpoint needs an admin client certificate',
+  reader: 'this endpoint needs an admin client certificate or a client bundle',
 } as const;
 
-/** What an API endpoint needs: a node certificate (renewal) or an admin certificate (everything administrative). */
+/** Which kinds of certificate each requirement admits: a reader is an admin or a (read-only) client bundle. */
+const ADMITS: Record<keyof typeof KIND_REFUSALS, readonly PeerIdentity['kind'][]> = { node: ['node'], admin: ['admin'], reader: ['admin', 'client'] };
+
+/**
+ * What an API endpoint needs: a node certificate (renewal), an admin certificate (everything
+ * that changes something, and what holds secrets), or a reader (read-only calls: the node
+ * list, a node, the caller's own certificate).
+ */
 export function requireKind(peer: PeerIdentity, kind: keyof typeof KIND_REFUSALS): PeerIdentity {
-  if (peer.kind !== kind) throw new CairnError('forbidden', KIND_REFUSALS[kind]);
+  if (!ADMITS[kind].includes(peer.kind)) throw new CairnError('forbidden', KIND_REFUSALS[kind]);
   return peer;
+}
+
+/** A client bundle may read its own certificate only; an admin any. */
+export function mayReadCertificate(peer: PeerIdentity, serial: string): void {
+  if (peer.kind === 'admin') return;
+  if (peer.kind === 'client' && storedSerial(serial.replace(/:/g, '')) === peer.serial) return;
+  throw new CairnError('forbidden', peer.kind === 'client' ? 'a client bundle may read its own certificate only' : KIND_REFUSALS.admin);
 }
 
 /**

@@ -7,19 +7,20 @@
  */
 import { KeyObject, X509Certificate } from 'node:crypto';
 import {
-  certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId,
+  certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId, spkiDer,
   SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { JoinTokenTable, NodeTable, Store } from '../store/store.js';
 import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { Adopter, admitJoin, admitRecovery, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget, useAdmittedToken } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
-import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
-import { CaKeyring, CaName } from './keyring.js';
+import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG, DEFAULT_URL_SETTINGS, UrlSettings } from './config.js';
+import { CaKeyring, CaName, LoadedCa } from './keyring.js';
 import type { IssuedCertificate } from './signer.js';
 import { isRetiredIssuer, rotationView, type RotationView } from './rotation.js';
 import { page, PageRequest } from './pages.js';
-import { adminPolicy, LeafPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
+import { adminPolicy, LeafPolicy, nodePolicy, replicaPolicy, replicaSubject, revocationPointers, subjectString } from './policy.js';
+import { SigningKeys } from './signing-keys.js';
 import { SerialSource } from './serials.js';
 import { checkTokenRequest, isRole, joinTokenState, mintJoinTokens, mintLimitedToken, Role } from './tokens.js';
 import { certificateView, listedNodeView, nodeFilter, NodeListRequest, nodeView, NodeView } from './views.js';
@@ -61,9 +62,11 @@ export const MAX_LISTED_SERIALS = 1000;
 export class Authority {
   clusterId = '';
   clusterName = '';
-  config: ClusterConfig = { ...DEFAULT_CONFIG };
+  config: ClusterConfig & UrlSettings = { ...DEFAULT_CONFIG, ...DEFAULT_URL_SETTINGS };
   private keyring!: CaKeyring;
   private serials: SerialSource;
+  /** the OCSP and audit signing certificates (signing-keys.ts) */
+  readonly signingKeys: SigningKeys;
 
   constructor(
     readonly store: Store,
@@ -71,6 +74,8 @@ export class Authority {
     private readonly unlockKey: Buffer,
   ) {
     this.serials = new SerialSource(store, () => this.config);
+    store.origin = replicaId;
+    this.signingKeys = new SigningKeys(this, unlockKey);
   }
 
   /** Load cluster identity, CA material (unsealed with the unlock key) and configuration. */
@@ -110,7 +115,7 @@ export class Authority {
     return this.keyring;
   }
 
-  async refreshConfig(s: Store = this.store): Promise<ClusterConfig> {
+  async refreshConfig(s: Store = this.store): Promise<ClusterConfig & UrlSettings> {
     this.config = configFrom(await s.getConfig());
     return this.config;
   }
@@ -167,6 +172,27 @@ export class Authority {
     return this.keyring.keyIds(ca);
   }
 
+  /** The generation that signs for a CA now. */
+  signingCa(ca: CaName): { keyId: string; generation: number } {
+    const s = this.keyring.signer(ca);
+    return { keyId: s.row.key_id, generation: s.row.generation };
+  }
+
+  /** Every CA generation (OCSP answers for each; signing-keys.ts issues a responder per active one). */
+  caGenerations(): readonly LoadedCa[] {
+    return this.keyring.cas;
+  }
+
+  /**
+   * Sign a leaf of `policy` under a CA's signing generation for a key, and the record that
+   * says so; nothing is recorded here (bundles.ts and signing-keys.ts record it in their
+   * transaction).
+   */
+  async signLeaf(ca: CaName, kind: string, policy: LeafPolicy, publicKey: KeyObject) {
+    const c = await this.issue(policy, { publicKey, publicKeyDer: spkiDer(publicKey) }, ca);
+    return { ...c, record: this.certRecord(c, kind, policy.subject, null, null) };
+  }
+
   // ---- issuance
 
   /**
@@ -174,8 +200,10 @@ export class Authority {
    * the serial is reserved first, then the certificate signed; nothing is recorded here and
    * nothing signs inside a transaction (callers record in a short one afterwards).
    */
-  private async issue(policy: LeafPolicy, key: { publicKeyDer: Buffer; publicKey: KeyObject }): Promise<IssuedCertificate> {
-    return this.keyring.signer('cluster').issuer.issue({ policy, ...key, serial: await this.serials.next() });
+  private async issue(policy: LeafPolicy, key: { publicKeyDer: Buffer; publicKey: KeyObject }, ca: CaName = 'cluster'): Promise<IssuedCertificate> {
+    // revocation pointers (cairn update --ocsp-url/--crl-url) on every leaf but an OCSP responder's
+    const withPointers = policy.ocspNoCheck ? policy : { ...policy, ...revocationPointers(this.config, ca) };
+    return this.keyring.signer(ca).issuer.issue({ policy: withPointers, ...key, serial: await this.serials.next() });
   }
 
   /** A leaf and the CA certificates sent after it (PEM). */
@@ -237,6 +265,7 @@ export class Authority {
       await useAdmittedToken(tx, admitted, now);
       await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null, renew_requested_at: null });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
+      await tx.audit(`token:${role}`, 'node.join', { node: nodeId, role, serial: c.serial });
     });
     return this.issued(nodeId, role, c);
   }
@@ -300,6 +329,7 @@ export class Authority {
       if (admitted.abandoned || withdrawn.length) {
         await tx.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn });
       }
+      await tx.audit(`node:${peer.serial}`, 'node.renew', { node: nodeId, role, serial: c.serial, from: peer.serial });
     });
     return this.issued(nodeId, before.role, c);
   }
@@ -359,7 +389,10 @@ export class Authority {
   async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
     const c = await this.issue(policy, { publicKey, publicKeyDer });
-    await this.store.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
+    await this.store.transaction(async (tx) => {
+      await tx.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
+      await tx.audit(`replica:${this.replicaId}`, 'replica.certificate', { replica: this.replicaId, serial: c.serial });
+    });
     return { certificate: this.chainPem(c), serial: c.serial, notAfter: c.notAfter, issuerKeyId: c.issuerKeyId };
   }
 
@@ -367,8 +400,10 @@ export class Authority {
   async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
     const policy = adminPolicy(this.clusterId, name, lifetimeMs);
     const c = await this.issue(policy, { publicKey, publicKeyDer });
-    await this.store.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
-    await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
+    await this.store.transaction(async (tx) => {
+      await tx.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
+      await tx.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
+    });
     return { certificate: this.chainPem(c), serial: c.serial, notAfter: c.notAfter };
   }
 
@@ -611,7 +646,7 @@ export class Authority {
 
   // ---- configuration
 
-  async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig> {
+  async updateConfig(patch: Record<string, unknown>, actor = 'admin'): Promise<ClusterConfig & UrlSettings> {
     const allowed = checkConfigPatch(patch);
     await this.store.transaction(async (tx) => {
       await tx.setConfig(allowed);

@@ -37,6 +37,11 @@ export async function readSnapshot(store: Store, unlockKey: Buffer, kind: Backup
     for (const t of tableNames) {
       tables[t] = await tx.dumpTable(t);
     }
+    // the subsystem keys (OCSP and audit signing), like the CA keys: unsealed into the
+    // encrypted archive, sealed again under the unlock key of the store they are restored into
+    if (tables.signing_keys) {
+      tables.signing_keys = tables.signing_keys.map(({ key_sealed, ...r }) => ({ ...r, key_pem: unseal(unlockKey, String(key_sealed), String(r.id)).toString() }));
+    }
     const manifest: BackupManifest = {
       format: BACKUP_FORMAT,
       version: BACKUP_VERSION,
@@ -85,8 +90,11 @@ export async function restoreFullIn(tx: Store, content: BackupContent, unlockKey
   }
   const existing = await tx.getCluster();
   if (existing) throw new CairnError('store_not_empty', `the store already holds cluster ${existing.id}: a full restore needs an empty store`);
-  for (const [t, rows] of Object.entries(content.tables)) await tx.insertRows(t, rows);
+  for (const [t, rows] of Object.entries(content.tables)) {
+    await tx.insertRows(t, t === 'signing_keys' ? rows.map(({ key_pem, ...r }) => ({ ...r, key_sealed: seal(unlockKey, String(key_pem), String(r.id)) })) : rows);
+  }
   await tx.insertRows('cas', caRows(content, unlockKey));
+  await tx.audit('cli', 'cluster.restore', { from: content.manifest.clusterId, backupCreatedAt: content.manifest.createdAt, tables: content.manifest.tables });
   const problems = await checkStoreIntegrity(tx, unlockKey);
   if (problems.length) throw new CairnError('corrupt_backup', `the restored store fails the integrity check: ${problems.slice(0, 5).join('; ')}`);
 }

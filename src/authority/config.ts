@@ -4,6 +4,7 @@
  */
 import { DAY_MS, HOUR_MS } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
+import { checkBaseUrl } from './policy.js';
 
 export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
 export const MIN_CERT_EXPIRY_MS = HOUR_MS;
@@ -29,6 +30,18 @@ export interface ClusterConfig {
   renewalIntervalMs: number;
   /** how long after its certificate expired a node may still recover its identity (`join --recover`; 0 = never) */
   recoveryWindowMs: number;
+  /** OCSP answers' validity (nextUpdate - thisUpdate), and how long a GET answer may be cached */
+  ocspValidityMs: number;
+  /** how often the audit log's head is sealed (signed), when it moved */
+  auditSealIntervalMs: number;
+}
+
+/** Settings that are text: base URLs put into certificates issued from then on (null: none). */
+export interface UrlSettings {
+  /** base URL of the OCSP responder: certificates carry `<ocspUrl>/v1/ocsp/<ca>` (AIA) */
+  ocspUrl: string | null;
+  /** base URL of the CRLs: certificates carry `<crlUrl>/v1/crl/<ca>` (CRL distribution point) */
+  crlUrl: string | null;
 }
 
 export const DEFAULT_CONFIG: ClusterConfig = {
@@ -42,7 +55,11 @@ export const DEFAULT_CONFIG: ClusterConfig = {
   renewalBurst: 5,
   renewalIntervalMs: 60_000,
   recoveryWindowMs: 30 * DAY_MS,
+  ocspValidityMs: HOUR_MS,
+  auditSealIntervalMs: 60_000,
 };
+
+export const DEFAULT_URL_SETTINGS: UrlSettings = { ocspUrl: null, crlUrl: null };
 
 /** Bounds of every setting a user may change: [min, max, what]. */
 const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
@@ -56,17 +73,23 @@ const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
   renewalBurst: [1, 1_000_000, 'renewalBurst must be between 1 and 1000000'],
   renewalIntervalMs: [0, DAY_MS, 'renewalIntervalMs must be between 0 (no limit) and 1 day'],
   recoveryWindowMs: [0, 365 * DAY_MS, 'recoveryWindowMs must be between 0 (no recovery) and 365 days'],
+  ocspValidityMs: [60_000, 7 * DAY_MS, 'ocspValidityMs must be between 1 minute and 7 days'],
+  auditSealIntervalMs: [1_000, DAY_MS, 'auditSealIntervalMs must be between 1s and 1 day'],
 };
 
 /** The stored settings over the defaults. */
-export function configFrom(stored: Record<string, unknown>): ClusterConfig {
-  return { ...DEFAULT_CONFIG, ...(stored as Partial<ClusterConfig>) };
+export function configFrom(stored: Record<string, unknown>): ClusterConfig & UrlSettings {
+  return { ...DEFAULT_CONFIG, ...DEFAULT_URL_SETTINGS, ...(stored as Partial<ClusterConfig & UrlSettings>) };
 }
 
 /** Check a change of settings: known keys, integers, within bounds; at least one. */
-export function checkConfigPatch(patch: Record<string, unknown>): Partial<ClusterConfig> {
-  const allowed: Partial<ClusterConfig> = {};
+export function checkConfigPatch(patch: Record<string, unknown>): Partial<ClusterConfig & UrlSettings> {
+  const allowed: Partial<ClusterConfig & UrlSettings> = {};
   for (const [k, v] of Object.entries(patch)) {
+    if (k === 'ocspUrl' || k === 'crlUrl') {
+      allowed[k] = checkBaseUrl(v, k);
+      continue;
+    }
     // own keys only: "toString", "constructor" and the like are not settings
     const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
     if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);

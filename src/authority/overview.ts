@@ -68,6 +68,8 @@ export interface AuditRequest extends PageRequest {
   /** an action ("node.promote"), or a prefix ending in "." ("node.") */
   action?: string;
   actor?: string;
+  /** entries at or after this time (ms) */
+  since?: number;
 }
 
 function auditView(r: AuditTable) {
@@ -77,7 +79,7 @@ function auditView(r: AuditTable) {
   } catch {
     detail = r.detail;
   }
-  return { id: r.id, at: iso(r.at), actor: r.actor, action: r.action, detail };
+  return { id: r.id, seq: r.seq === null ? null : Number(r.seq), at: iso(r.at), replica: r.replica_id, actor: r.actor, action: r.action, subject: r.subject, outcome: r.outcome, detail };
 }
 
 /** One page of the audit log, newest first. */
@@ -86,7 +88,7 @@ export async function auditLog(auth: Authority, req: AuditRequest) {
   if (req.actor !== undefined && !/^[A-Za-z0-9:._@-]{1,128}$/.test(req.actor)) throw new CairnError('bad_request', 'actor must be an actor as the audit log shows it, such as admin:<serial>');
   const r = await page(
     req,
-    (after, limit) => auth.store.auditPage({ after, limit, action: req.action, actor: req.actor }),
+    (after, limit) => auth.store.auditPage({ after, limit, action: req.action, actor: req.actor, since: req.since }),
     (a) => ({ t: Number(a.at), k: a.id }),
     auditView,
   );

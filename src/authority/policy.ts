@@ -5,7 +5,7 @@
  * come from the pure pki core (pki/profiles.ts adds what every leaf or root carries:
  * backdating, key usages by key type, CA constraints).
  */
-import { DAY_MS, ExtKeyUsageName, NameAttrs, sanFor, SubjectAltName } from '../pki/index.js';
+import { checkExtensionUrl, DAY_MS, ExtKeyUsageName, KeyUsageName, NameAttrs, sanFor, SubjectAltName } from '../pki/index.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import type { Role } from './tokens.js';
 
@@ -15,6 +15,10 @@ export interface LeafPolicy {
   sans?: SubjectAltName[];
   extKeyUsage: ExtKeyUsageName[];
   lifetimeMs: number;
+  /** key usages other than the key type's default (signing-only subsystem certificates) */
+  keyUsage?: KeyUsageName[];
+  /** a delegated OCSP signing certificate (id-pkix-ocsp-nocheck; carries no revocation pointers) */
+  ocspNoCheck?: boolean;
 }
 
 /** CA replica server certificates and admin client certificates live a year (node certificates: `certExpiryMs`). */
@@ -54,6 +58,90 @@ export function adminPolicy(clusterId: string, name: string, lifetimeMs = ADMIN_
 export function rootCaSubject(clusterId: string, ca: 'cluster' | 'client', generation = 1): NameAttrs {
   return { O: clusterId, OU: 'cairn', CN: generation > 1 ? `${ca}-root-ca-${generation}` : `${ca}-root-ca` };
 }
+
+/** Client bundles (`cairn bundle create`): a year by default, at least an hour. */
+export const BUNDLE_LIFETIME_MS = 365 * DAY_MS;
+export const MIN_BUNDLE_LIFETIME_MS = 3600_000;
+
+/**
+ * A client bundle: an admin's (`--admin`) is an admin certificate from the cluster root
+ * (`OU=admin`); anyone else's comes from the client root, `OU=client`, `CN=<user>`. Client
+ * auth only.
+ */
+export function bundlePolicy(clusterId: string, user: string, admin: boolean, lifetimeMs = BUNDLE_LIFETIME_MS): LeafPolicy & { ca: 'cluster' | 'client'; kind: 'admin' | 'client' } {
+  validateUserName(user);
+  if (!Number.isInteger(lifetimeMs) || lifetimeMs < MIN_BUNDLE_LIFETIME_MS) throw new CairnError('bad_request', 'a bundle must be valid for at least 1h');
+  if (admin) return { ...adminPolicy(clusterId, user, lifetimeMs), ca: 'cluster', kind: 'admin' };
+  return { subject: { O: clusterId, OU: 'client', CN: user }, extKeyUsage: ['clientAuth'], lifetimeMs, ca: 'client', kind: 'client' };
+}
+
+// ---------------------------------------------------------------- subsystem certificates (Dogtag's)
+
+/** OCSP signing certificates live 30 days and are replaced when 10 are left; audit signing: a year, replaced with 120 days left. */
+export const OCSP_SIGNER_LIFETIME_MS = 30 * DAY_MS;
+export const OCSP_SIGNER_RENEW_BEFORE_MS = 10 * DAY_MS;
+export const AUDIT_SIGNER_LIFETIME_MS = 365 * DAY_MS;
+export const AUDIT_SIGNER_RENEW_BEFORE_MS = 120 * DAY_MS;
+
+/**
+ * The delegated OCSP responder of one CA generation (RFC 6960 4.2.2.2): issued by that
+ * generation, `id-kp-OCSPSigning` only, `id-pkix-ocsp-nocheck` (clients do not ask about the
+ * responder itself), digital signatures only.
+ */
+export function ocspSignerPolicy(clusterId: string, ca: 'cluster' | 'client', generation: number): LeafPolicy {
+  return {
+    subject: { O: clusterId, OU: 'ocsp-signing', CN: `${ca}-root-ca ${generation} OCSP signing` },
+    extKeyUsage: ['OCSPSigning'],
+    keyUsage: ['digitalSignature'],
+    ocspNoCheck: true,
+    lifetimeMs: OCSP_SIGNER_LIFETIME_MS,
+  };
+}
+
+export const AUDIT_SIGNER_OU = 'audit-signing';
+
+/**
+ * The audit signing certificate (Dogtag's auditSigningCert): from the cluster root,
+ * `OU=audit-signing`, digitalSignature and contentCommitment, no extended key usage the TLS
+ * layer would accept (it never authenticates anything but audit seals).
+ */
+export function auditSignerPolicy(clusterId: string): LeafPolicy {
+  return {
+    subject: { O: clusterId, OU: AUDIT_SIGNER_OU, CN: 'audit signing' },
+    extKeyUsage: [],
+    keyUsage: ['digitalSignature', 'contentCommitment'],
+    lifetimeMs: AUDIT_SIGNER_LIFETIME_MS,
+  };
+}
+
+/**
+ * Where a certificate says its revocation status is (`cairn update --ocsp-url/--crl-url`):
+ * the base URL given, followed by the CA's OCSP or CRL path. None by default: nodes reach the
+ * CA by their endpoint list. Subsystem certificates carry none.
+ */
+export function revocationPointers(cfg: { ocspUrl: string | null; crlUrl: string | null }, ca: 'cluster' | 'client'): { ocspUrls?: string[]; crlUrls?: string[] } {
+  return {
+    ...(cfg.ocspUrl ? { ocspUrls: [`${cfg.ocspUrl}/v1/ocsp/${ca}`] } : {}),
+    ...(cfg.crlUrl ? { crlUrls: [`${cfg.crlUrl}/v1/crl/${ca}`] } : {}),
+  };
+}
+
+/** A base URL for revocation pointers: http(s), no query or fragment, no trailing slash. Null (or "") clears it. */
+export function checkBaseUrl(v: unknown, what: string): string | null {
+  if (v === null || v === '') return null;
+  if (typeof v !== 'string') throw new CairnError('bad_request', `${what} must be a URL string, or null to remove it`);
+  const why = checkExtensionUrl(v);
+  if (why) throw new CairnError('bad_request', `${what} "${v.slice(0, 100)}" ${why}`);
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new CairnError('bad_request', `${what} "${v.slice(0, 100)}" is not a valid URL`);
+  }
+  if (u.search || u.hash || u.username || u.password) throw new CairnError('bad_request', `${what} must not carry a query, a fragment or credentials`);
+  return v.replace(/\/+$/, '');
+}
+
 
 /** How the store records a certificate's subject (and finds a replica's certificates by it). */
 export function subjectString(s: NameAttrs): string {

@@ -3,17 +3,16 @@ import { REVOCATION_REASONS } from '../pki/index.js';
 import { DEFAULT_LISTEN } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
 import { writeFilesAtomic, FILE_MODE } from '../util/files.js';
-import { adminCall, adminPages } from './admin-client.js';
-import { jsonOption, out, printJson, serverOption, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
+import { adminCall, adminPages, adminTarget, addAdminOptions, AdminFlags } from './admin-client.js';
+import { jsonOption, out, printJson, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
-const adminStateDir = () => stateDirOption('a replica state directory (its admin bundle is used)');
 
 export function replicaCommand(): Command {
   const replica = new Command('replica').description('CA replicas sharing one PostgreSQL store');
   replica
     .command('add')
     .description('prepare a new replica of an existing cluster: server certificate and admin bundle in --state-dir')
-    .addOption(adminStateDir())
+    .addOption(stateDirOption('the new replica\'s state directory'))
     .requiredOption('--store <url>', 'the cluster\'s PostgreSQL store: postgres://user:pass@host/db')
     .option('--unlock-key-file <file>', 'the cluster unlock key (default: CAIRN_UNLOCK_KEY)')
     .requiredOption('--advertise-addr <host>', 'host name or IP address nodes use to reach this replica')
@@ -27,26 +26,22 @@ export function replicaCommand(): Command {
       out(`Replica ${r.replicaId} of cluster ${r.clusterId} prepared in ${f.stateDir}.`);
       out(`Start it with: cairn serve --state-dir ${f.stateDir} --unlock-key-file <file>   (or CAIRN_UNLOCK_KEY)`);
     });
-  replica
-    .command('ls')
+  addAdminOptions(replica.command('ls'))
     .description('list replicas with ID, address, version and last heartbeat')
-    .addOption(adminStateDir())
-    .addOption(serverOption())
+    
     .addOption(jsonOption())
-    .action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
-      const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/replicas');
+    .action(async (f: AdminFlags & { json?: boolean }) => {
+      const r = await adminCall(adminTarget(f), 'GET', 'v1/replicas');
       if (f.json) return printJson(r.replicas);
       table([['ID', 'ADDRESS', 'VERSION', 'LAST HEARTBEAT'], ...r.replicas.map((x: any) => [x.id, x.address, x.version, x.heartbeatAt])]);
     });
-  replica
-    .command('rm')
+  addAdminOptions(replica.command('rm'))
     .description('remove another replica: it may not serve again and its server certificate is revoked (agents holding the CRL stop trusting it)')
     .argument('<id>', 'replica ID, as "cairn replica ls" prints it')
-    .addOption(adminStateDir())
-    .addOption(serverOption())
+    
     .addOption(jsonOption())
-    .action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
-      const r = await adminCall(f.stateDir, f.server, 'DELETE', `v1/replicas/${encodeURIComponent(id)}`);
+    .action(async (id: string, f: AdminFlags & { json?: boolean }) => {
+      const r = await adminCall(adminTarget(f), 'DELETE', `v1/replicas/${encodeURIComponent(id)}`);
       if (f.json) return printJson(r);
       out(`Replica ${r.id} removed; revoked its server certificate${r.revoked.length === 1 ? '' : 's'} ${r.revoked.join(', ') || '(none good)'}.`);
     });
@@ -76,20 +71,19 @@ replaces is not revoked (revoke it with "cairn revoke <serial>" if it was compro
 const reasons = Object.keys(REVOCATION_REASONS);
 
 export function revokeCommand(): Command {
-  return new Command('revoke')
+  return addAdminOptions(new Command('revoke'))
     .description('revoke a certificate by serial, or every certificate of a node; renewal is refused at once, the next CRL lists it')
     .argument('[serial]', 'certificate serial number (hex, as "cairn cert ls" prints it)')
     .option('--node <id>', 'revoke every good certificate of this node (however many)')
     .addOption(new Option('--reason <reason>', 'revocation reason').choices(reasons).default('unspecified'))
     .option('--force', 'also revoke the last good admin certificate (locks every administrator out until "cairn admin-bundle")')
-    .addOption(adminStateDir())
-    .addOption(serverOption())
+    
     .addOption(jsonOption())
-    .action(async (serial: string | undefined, f: { node?: string; reason: string; force?: boolean; stateDir: string; server?: string; json?: boolean }) => {
+    .action(async (serial: string | undefined, f: AdminFlags & { node?: string; reason: string; force?: boolean; json?: boolean }) => {
       if (!!serial === !!f.node) throw new CairnError('usage', 'give either a serial or --node <id>');
       const r: { revoked: number; serials: string[]; reason: string } = serial
-        ? await adminCall(f.stateDir, f.server, 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason, ...(f.force ? { force: true } : {}) })
-        : await adminCall(f.stateDir, f.server, 'POST', `v1/nodes/${encodeURIComponent(f.node!)}/revoke`, { reason: f.reason });
+        ? await adminCall(adminTarget(f), 'POST', `v1/certificates/${encodeURIComponent(serial)}/revoke`, { reason: f.reason, ...(f.force ? { force: true } : {}) })
+        : await adminCall(adminTarget(f), 'POST', `v1/nodes/${encodeURIComponent(f.node!)}/revoke`, { reason: f.reason });
       if (f.json) return printJson(r);
       if (r.revoked === 0) return out('Nothing to revoke: no good certificate matched.');
       if (serial) return out(`Revoked ${r.serials[0]} (${r.reason}).`);
@@ -99,42 +93,39 @@ export function revokeCommand(): Command {
 
 export function certCommand(): Command {
   const cert = new Command('cert').description('find and inspect issued certificates');
-  cert
-    .command('ls')
+  addAdminOptions(cert.command('ls'))
     .description('list certificates recorded in the store, oldest first (printed page by page as they arrive; --json: a JSON array, one certificate per line)')
     .option('--node <id>', 'only this node\'s certificates')
     .addOption(new Option('--status <status>', 'only good or revoked certificates').choices(['good', 'revoked']))
     .addOption(new Option('--kind <kind>', 'only this kind').choices(['node', 'admin', 'server', 'client']))
-    .addOption(adminStateDir())
-    .addOption(serverOption())
+    
     .addOption(jsonOption())
-    .action(async (f: { node?: string; status?: string; kind?: string; stateDir: string; server?: string; json?: boolean }) => {
+    .action(async (f: AdminFlags & { node?: string; status?: string; kind?: string; json?: boolean }) => {
       const q = new URLSearchParams();
       if (f.node) q.set('node', f.node);
       if (f.status) q.set('status', f.status);
       if (f.kind) q.set('kind', f.kind);
       const path = `v1/certificates?${q}`;
+      const target = adminTarget(f);
       if (f.json) {
         const arr = streamJsonArray();
-        await adminPages<any>(f.stateDir, f.server, path, 'certificates', (certs) => certs.forEach((c) => arr.push(c)));
+        await adminPages<any>(target, path, 'certificates', (certs) => certs.forEach((c) => arr.push(c)));
         return arr.end();
       }
       let row: ((r: string[]) => void) | null = null;
-      await adminPages<any>(f.stateDir, f.server, path, 'certificates', (certs) => {
+      await adminPages<any>(target, path, 'certificates', (certs) => {
         row ??= streamTable(['SERIAL', 'KIND', 'NODE', 'ROLE', 'STATUS', 'NOT AFTER'], [32, 6, 25, 7, 7, 24]);
         for (const c of certs) row([c.serial, c.kind, c.nodeId ?? '-', c.role ?? '-', c.status, c.notAfter]);
       });
     });
-  cert
-    .command('inspect')
+  addAdminOptions(cert.command('inspect'))
     .description('show one certificate (with --pem, print it as PEM)')
     .argument('<serial>', 'serial number (hex)')
     .option('--pem', 'print the certificate in PEM')
-    .addOption(adminStateDir())
-    .addOption(serverOption())
+    
     .addOption(jsonOption())
-    .action(async (serial: string, f: { pem?: boolean; stateDir: string; server?: string; json?: boolean }) => {
-      const c = await adminCall(f.stateDir, f.server, 'GET', `v1/certificates/${encodeURIComponent(serial)}`);
+    .action(async (serial: string, f: AdminFlags & { pem?: boolean; json?: boolean }) => {
+      const c = await adminCall(adminTarget(f), 'GET', `v1/certificates/${encodeURIComponent(serial)}`);
       if (f.pem) {
         process.stdout.write(c.pem);
         return;
@@ -146,16 +137,15 @@ export function certCommand(): Command {
 }
 
 export function crlCommand(): Command {
-  return new Command('crl')
+  return addAdminOptions(new Command('crl'))
     .description('fetch the newest CRL of the cluster or client CA')
     .argument('[ca]', 'cluster or client', 'cluster')
     .addOption(new Option('--format <format>', 'output format').choices(['pem', 'der']).default('pem'))
     .option('-o, --out <file>', 'write to this file instead of standard output')
-    .addOption(adminStateDir())
-    .addOption(serverOption())
-    .action(async (ca: string, f: { format: string; out?: string; stateDir: string; server?: string }) => {
+    
+    .action(async (ca: string, f: AdminFlags & { format: string; out?: string }) => {
       if (ca !== 'cluster' && ca !== 'client') throw new CairnError('usage', `unknown CA "${ca}": use cluster or client`);
-      const body: Buffer = await adminCall(f.stateDir, f.server, 'GET', `v1/crl/${ca}${f.format === 'pem' ? '?format=pem' : ''}`, undefined, { raw: true });
+      const body: Buffer = await adminCall(adminTarget(f), 'GET', `v1/crl/${ca}${f.format === 'pem' ? '?format=pem' : ''}`, undefined, { raw: true });
       if (f.out) writeFilesAtomic([{ path: f.out, data: body, mode: FILE_MODE }], { overwrite: true });
       else if (f.format === 'der' && process.stdout.isTTY) throw new CairnError('usage', 'refusing to write DER to a terminal: use -o FILE');
       else {

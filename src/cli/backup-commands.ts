@@ -249,7 +249,7 @@ restore succeeds. See docs/backup.md.`)
 
 export function clonePrepareCommand(): Command {
   const c = new Command('clone-prepare')
-    .description('export the CA signing certificates and their keys into one PKCS#12 file (AES-256-CBC, PBKDF2, SHA-256 MAC) for a clone')
+    .description('export the CA signing, OCSP signing and audit signing certificates and their keys into one PKCS#12 file (AES-256-CBC, PBKDF2, SHA-256 MAC) for a clone')
     .addOption(stateDirOption())
     .addOption(storeOption())
     .addOption(unlockKeyOption())
@@ -260,7 +260,10 @@ export function clonePrepareCommand(): Command {
   return c
     .addHelpText('after', `
 Nicknames (friendly names): cluster-root-ca and client-root-ca for the CAs that sign now; any
-other CA certificate (a root rotation's) is named by its ID. A new controller is created from
+other CA certificate (a root rotation's) is named by its ID. The subsystem certificates are
+named as Dogtag names them: "ocspSigningCert cert-cluster-root-ca",
+"ocspSigningCert cert-client-root-ca", "auditSigningCert cert-cluster-root-ca" (a CA generation
+after the first adds its number). A new controller is created from
 the file with: cairn init <name> --from-pkcs12 <file> --pkcs12-password-file <file> …`)
     .action(async (f: Pkcs12PasswordFlags & { stateDir: string; store?: string; unlockKeyFile?: string; pkcs12File: string; force?: boolean; json?: boolean }) => {
       if (!f.force) refuseExisting([f.pkcs12File]);

@@ -1,21 +1,10 @@
-import path from 'node:path';
 import { Command } from 'commander';
 import { parseHostPort, readTokens, saveToken, statePaths } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
-import { exists, readKeyFile, readText } from '../util/files.js';
-import { serverUrl } from './admin-client.js';
+import { readBundle, serverUrl } from './admin-client.js';
 import { closeOnSignal, out } from './common.js';
 
 export const DEFAULT_DASHBOARD_LISTEN = '127.0.0.1:8080';
-
-/** An admin bundle directory: ca.pem, cert.pem, key.pem (0600), as in <state dir>/admin/. */
-function readBundle(dir: string): { ca: string; cert: string; key: string } {
-  const f = (n: string) => path.join(dir, n);
-  for (const n of ['ca.pem', 'cert.pem', 'key.pem']) {
-    if (!exists(f(n))) throw new CairnError('no_admin_bundle', `${dir} is not a client bundle: ${f(n)} does not exist (a bundle holds ca.pem, cert.pem and key.pem)`);
-  }
-  return { ca: readText(f('ca.pem')), cert: readText(f('cert.pem')), key: readKeyFile(f('key.pem')) };
-}
 
 export function dashboardCommand(): Command {
   return new Command('dashboard')

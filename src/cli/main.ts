@@ -8,6 +8,8 @@ import { initCommand, nodeCommand, serveCommand, tokenCommand, updateCommand } f
 import { agentCommand, joinCommand } from './node-side.js';
 import { ExitStatus } from './common.js';
 import { dashboardCommand } from './dashboard.js';
+import { bundleCommand } from './bundle.js';
+import { auditCommand } from './audit.js';
 import { VERSION } from '../version.js';
 
 export function buildProgram(): Command {
@@ -32,6 +34,8 @@ export function buildProgram(): Command {
   program.addCommand(adminBundleCommand());
   program.addCommand(crlCommand());
   program.addCommand(replicaCommand());
+  program.addCommand(bundleCommand());
+  program.addCommand(auditCommand());
   program.addCommand(dashboardCommand());
   program.addCommand(caCommand());
   program.addCommand(backupCommand());

@@ -5,7 +5,7 @@ import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/sta
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
-import { adminCall, adminPages, serverUrl } from './admin-client.js';
+import { adminCall, adminPages, adminTarget, addAdminOptions, AdminFlags, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup-commands.js';
 import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
@@ -122,8 +122,9 @@ export function tokenCommand(): Command {
   const token = new Command('token')
     .description('print the join command (or token) for workers or managers; --rotate replaces the secret; create/ls/revoke: limited tokens')
     .argument('<role>', 'worker or manager')
-    // not mandatory here: the subcommands (create, ls, revoke) take it from this command too
-    .addOption(new Option('--state-dir <dir>', 'the replica state directory (required)'))
+    // not mandatory here: the subcommands (create, ls, revoke) take them from this command too
+    .addOption(new Option('--state-dir <dir>', 'a replica state directory (its admin bundle, kept tokens and listen address are used)'))
+    .addOption(new Option('--bundle <dir>', 'an admin client bundle directory instead of a state directory (then only --rotate can print a token)'))
     .addOption(serverOption())
     .option('--rotate', 'replace the token secret: the old token stops working at once (needs a running server)')
     .option('-q, --quiet', 'print the token only')
@@ -134,24 +135,24 @@ Two kinds of join token:
                                uses counted atomically across every replica; list with
                                "cairn token ls", withdraw with "cairn token revoke <id>"`)
     .configureHelp({ showGlobalOptions: true })
-    .action(async (role: string, f: { stateDir: string; server?: string; rotate?: boolean; quiet?: boolean }) => {
-      requireStateDir(f);
+    .action(async (role: string, f: AdminFlags & { rotate?: boolean; quiet?: boolean }) => {
       if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager (or create, ls, revoke)`);
-      const p = statePaths(f.stateDir);
-      const tokens = readTokens(f.stateDir);
-      if (f.rotate) {
-        const r = await adminCall(f.stateDir, f.server, 'POST', `v1/tokens/${role}/rotate`);
+      if (!f.stateDir && !f.rotate) throw new CairnError('usage', 'without --state-dir, only --rotate can print a token (the server keeps only hashes)');
+      const tokens = f.stateDir ? readTokens(f.stateDir) : {};
+      const target = f.rotate ? adminTarget(f) : null;
+      if (target) {
+        const r = await adminCall(target, 'POST', `v1/tokens/${role}/rotate`);
         tokens[role] = r.token;
-        saveToken(f.stateDir, role, r.token);
+        if (f.stateDir) saveToken(f.stateDir, role, r.token);
         if (!f.quiet) out(`Rotated the ${role} join token; the old one no longer works.`);
       }
       let token = tokens[role];
-      if (token && !f.rotate) token = await withCurrentDigest(f.stateDir, f.server, role, token);
-      if (!token) throw new CairnError('no_token', `no ${role} token is kept in ${p.adminTokens} (only hashes are stored on the server): run "cairn token ${role} --rotate --state-dir ${f.stateDir}"`);
+      if (token && !f.rotate && f.stateDir) token = await withCurrentDigest(f.stateDir, f.server, role, token);
+      if (!token) throw new CairnError('no_token', `no ${role} token is kept in ${statePaths(f.stateDir!).adminTokens} (only hashes are stored on the server): run "cairn token ${role} --rotate --state-dir ${f.stateDir}"`);
       if (f.quiet) return out(token);
       out(`To add a ${role} to this cluster, run on the node:`);
       out('');
-      out(`    ${joinCommand(token, serverUrl(f.stateDir, f.server))}`);
+      out(`    ${joinCommand(token, target ? target.server : serverUrl(f.stateDir!, f.server))}`);
     });
   // --state-dir, --server and -q are the token command's own (commander hands them to it): read with optsWithGlobals
   const common = (c: Command) => c.addOption(jsonOption());
@@ -170,7 +171,7 @@ Two kinds of join token:
       .option('-q, --quiet', 'print the token only'),
   ).action(async (_o: unknown, cmd: Command) => {
     const f = flags<{ role: string; ttl: number; uses: number }>(cmd);
-    const r = await adminCall(f.stateDir, f.server, 'POST', 'v1/tokens', { role: f.role, ttlMs: f.ttl, uses: f.uses });
+    const r = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/tokens', { role: f.role, ttlMs: f.ttl, uses: f.uses });
     if (f.quiet) return out(r.token);
     if (f.json) return printJson(r);
     out(`Token ${r.id} for ${f.role}s: ${r.maxUses} join${r.maxUses === 1 ? '' : 's'}, until ${r.expiresAt}. Run on the node:`);
@@ -179,14 +180,14 @@ Two kinds of join token:
   });
   common(token.command('ls').description('list limited join tokens (never their secrets): state, uses, expiry')).action(async (_o: unknown, cmd: Command) => {
     const f = flags<object>(cmd);
-    const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/tokens');
+    const r = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'GET', 'v1/tokens');
     if (f.json) return printJson(r.tokens);
     table([['ID', 'ROLE', 'STATE', 'USES', 'EXPIRES'], ...r.tokens.map((t: any) => [t.id, t.role, t.state, `${t.uses}/${t.maxUses}`, t.expiresAt])]);
   });
   common(token.command('revoke').description('revoke a limited join token: it admits no more joins').argument('<id>', 'token ID, as "cairn token ls" prints it')).action(
     async (id: string, _o: unknown, cmd: Command) => {
       const f = flags<object>(cmd);
-      const r = await adminCall(f.stateDir, f.server, 'DELETE', `v1/tokens/${encodeURIComponent(id)}`);
+      const r = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'DELETE', `v1/tokens/${encodeURIComponent(id)}`);
       if (f.json) return printJson(r);
       out(`Token ${r.id} revoked.`);
     },
@@ -205,7 +206,7 @@ async function withCurrentDigest(stateDir: string, server: string | undefined, r
   if (!parsed) return token;
   let digest: string;
   try {
-    digest = (await adminCall(stateDir, server, 'GET', 'v1/ca')).digest;
+    digest = (await adminCall(adminTarget({ stateDir, server }), 'GET', 'v1/ca')).digest;
   } catch {
     return token;
   }
@@ -223,22 +224,22 @@ interface NodeJson {
 
 export function nodeCommand(): Command {
   const node = new Command('node').description('list and manage the nodes of the cluster (through the API, with the admin bundle)');
-  const common = (c: Command) => c.addOption(stateDirOption()).addOption(serverOption()).addOption(jsonOption());
-  common(node.command('ls').description('list nodes, oldest first (printed page by page as they arrive; --json: a JSON array, one node per line)')).action(async (f: { stateDir: string; server?: string; json?: boolean }) => {
+  const common = (c: Command) => addAdminOptions(c).addOption(jsonOption());
+  common(node.command('ls').description('list nodes, oldest first (printed page by page as they arrive; --json: a JSON array, one node per line)')).action(async (f: AdminFlags & { json?: boolean }) => {
     if (f.json) {
       const arr = streamJsonArray();
-      await adminPages<NodeJson>(f.stateDir, f.server, 'v1/nodes', 'nodes', (nodes) => nodes.forEach((n) => arr.push(n)));
+      await adminPages<NodeJson>(adminTarget(f), 'v1/nodes', 'nodes', (nodes) => nodes.forEach((n) => arr.push(n)));
       return arr.end();
     }
     let row: ((r: string[]) => void) | null = null;
-    await adminPages<NodeJson>(f.stateDir, f.server, 'v1/nodes', 'nodes', (nodes) => {
+    await adminPages<NodeJson>(adminTarget(f), 'v1/nodes', 'nodes', (nodes) => {
       // the header only once the first page arrived: an error prints no half table
       row ??= streamTable(['ID', 'ROLE', 'STATUS', 'CERT', 'CERT EXPIRES', 'LAST RENEWAL', 'SERIAL'], [25, 7, 7, 8, 24, 24, 32]);
       for (const n of nodes) row([n.id, n.role, n.status, n.certificate?.state ?? '-', n.certificate?.notAfter ?? '-', n.renewedAt ?? '-', n.certificate?.serial ?? '-']);
     });
   });
-  common(node.command('inspect').description('show one node').argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
-    const n: NodeJson = await adminCall(f.stateDir, f.server, 'GET', `v1/nodes/${encodeURIComponent(id)}`);
+  common(node.command('inspect').description('show one node').argument('<id>', 'node ID')).action(async (id: string, f: AdminFlags & { json?: boolean }) => {
+    const n: NodeJson = await adminCall(adminTarget(f), 'GET', `v1/nodes/${encodeURIComponent(id)}`);
     if (f.json) return printJson(n);
     out(`ID:            ${n.id}`);
     out(`Role:          ${n.role}`);
@@ -253,8 +254,8 @@ export function nodeCommand(): Command {
     }
   });
   const change = (verb: string, method: string, path: (id: string) => string, done: (n: NodeJson) => string, desc: string) =>
-    common(node.command(verb).description(desc).argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
-      const n: NodeJson = await adminCall(f.stateDir, f.server, method, path(encodeURIComponent(id)));
+    common(node.command(verb).description(desc).argument('<id>', 'node ID')).action(async (id: string, f: AdminFlags & { json?: boolean }) => {
+      const n: NodeJson = await adminCall(adminTarget(f), method, path(encodeURIComponent(id)));
       if (f.json) return printJson(n);
       out(done(n));
     });
@@ -266,7 +267,7 @@ export function nodeCommand(): Command {
       .description('remove the nodes whose certificate expired more than --expired-for ago (as "node rm" does: they cannot come back)')
       .addOption(new Option('--expired-for <duration>', 'how long ago the certificate expired, e.g. 30d').argParser(parseDurationArg).default(30 * 86_400_000, '30d')),
   ).action(async (f: { expiredFor: number; stateDir: string; server?: string; json?: boolean }) => {
-    const r: { removed: string[] } = await adminCall(f.stateDir, f.server, 'POST', 'v1/nodes/prune', { expiredForMs: f.expiredFor });
+    const r: { removed: string[] } = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/nodes/prune', { expiredForMs: f.expiredFor });
     if (f.json) return printJson(r);
     out(r.removed.length ? `Removed ${r.removed.length} node${r.removed.length === 1 ? '' : 's'} whose certificate expired more than ${formatDuration(f.expiredFor)} ago: ${r.removed.join(', ')}` : `No node's certificate expired more than ${formatDuration(f.expiredFor)} ago.`);
   });
@@ -275,17 +276,34 @@ export function nodeCommand(): Command {
 }
 
 export function updateCommand(): Command {
-  return new Command('update')
-    .description('change cluster-wide settings')
-    .addOption(stateDirOption())
-    .addOption(serverOption())
+  return addAdminOptions(new Command('update'))
+    .description('change cluster-wide settings (replicated: every replica applies them)')
     .addOption(new Option('--cert-expiry <duration>', 'lifetime of node certificates, e.g. 720h, 90d (minimum 1h)').argParser(parseDurationArg))
+    .option('--ocsp-url <url>', 'base URL of the OCSP responder put into certificates issued from now on (AIA: <url>/v1/ocsp/<ca>); "none" removes it')
+    .option('--crl-url <url>', 'base URL of the CRLs put into certificates issued from now on (CRL distribution point: <url>/v1/crl/<ca>); "none" removes it')
     .addOption(jsonOption())
-    .action(async (f: { stateDir: string; server?: string; certExpiry?: number; json?: boolean }) => {
-      if (f.certExpiry === undefined) throw new CairnError('usage', 'nothing to update: give --cert-expiry');
-      if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`);
-      const cfg = await adminCall(f.stateDir, f.server, 'PATCH', 'v1/config', { certExpiryMs: f.certExpiry });
+    .addHelpText('after', `
+--ocsp-url and --crl-url take the base URL of a replica or of a load balancer in front of the
+replicas (e.g. https://ca.example.com:7443); certificates then say where their status is. By
+default certificates carry neither: nodes reach the CA by their endpoint list.`)
+    .action(async (f: AdminFlags & { certExpiry?: number; ocspUrl?: string; crlUrl?: string; json?: boolean }) => {
+      const patch: Record<string, unknown> = {};
+      if (f.certExpiry !== undefined) {
+        if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`);
+        patch.certExpiryMs = f.certExpiry;
+      }
+      const url = (v: string, flag: string) => {
+        if (v === 'none') return null;
+        if (!/^https?:\/\/[^\s]+$/.test(v)) throw new CairnError('usage', `${flag} must be an http:// or https:// URL, or "none"`);
+        return v;
+      };
+      if (f.ocspUrl !== undefined) patch.ocspUrl = url(f.ocspUrl, '--ocsp-url');
+      if (f.crlUrl !== undefined) patch.crlUrl = url(f.crlUrl, '--crl-url');
+      if (Object.keys(patch).length === 0) throw new CairnError('usage', 'nothing to update: give --cert-expiry, --ocsp-url or --crl-url');
+      const cfg = await adminCall(adminTarget(f), 'PATCH', 'v1/config', patch);
       if (f.json) return printJson(cfg);
-      out(`Node certificate expiry is now ${formatDuration(cfg.certExpiryMs)} (applies to certificates issued from now on).`);
+      if (f.certExpiry !== undefined) out(`Node certificate expiry is now ${formatDuration(cfg.certExpiryMs)} (applies to certificates issued from now on).`);
+      if (f.ocspUrl !== undefined) out(cfg.ocspUrl ? `Certificates issued from now on name the OCSP responder ${cfg.ocspUrl}/v1/ocsp/<ca>.` : 'Certificates issued from now on name no OCSP responder.');
+      if (f.crlUrl !== undefined) out(cfg.crlUrl ? `Certificates issued from now on name the CRL ${cfg.crlUrl}/v1/crl/<ca>.` : 'Certificates issued from now on name no CRL distribution point.');
     });
 }

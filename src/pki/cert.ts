@@ -7,11 +7,11 @@ import { checkKeyStrength, keysMatch, signatureSchemeFor, SignatureScheme, signW
 import { encodeName, NameAttrs } from './name.js';
 import { pemBlockOf, pemBlocksOf, toPem } from './pem.js';
 
-export type KeyUsageName = 'digitalSignature' | 'keyEncipherment' | 'keyCertSign' | 'cRLSign';
-export type ExtKeyUsageName = 'serverAuth' | 'clientAuth';
+export type KeyUsageName = 'digitalSignature' | 'contentCommitment' | 'keyEncipherment' | 'keyCertSign' | 'cRLSign';
+export type ExtKeyUsageName = 'serverAuth' | 'clientAuth' | 'OCSPSigning';
 
-const KU_BITS: Record<KeyUsageName, number> = { digitalSignature: 0, keyEncipherment: 2, keyCertSign: 5, cRLSign: 6 };
-const EKU_OIDS: Record<ExtKeyUsageName, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' };
+const KU_BITS: Record<KeyUsageName, number> = { digitalSignature: 0, contentCommitment: 1, keyEncipherment: 2, keyCertSign: 5, cRLSign: 6 };
+const EKU_OIDS: Record<ExtKeyUsageName, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2', OCSPSigning: '1.3.6.1.5.5.7.3.9' };
 
 export type SubjectAltName = { dns: string } | { ip: string };
 
@@ -28,6 +28,12 @@ export interface CertificateProfile {
   keyUsage: KeyUsageName[];
   extKeyUsage?: ExtKeyUsageName[];
   sans?: SubjectAltName[];
+  /** Authority Information Access: where to ask the OCSP responder about this certificate. */
+  ocspUrls?: string[];
+  /** CRL distribution points. */
+  crlUrls?: string[];
+  /** id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): for a delegated OCSP signing certificate. */
+  ocspNoCheck?: boolean;
 }
 
 /** A signing CA, with every fixed part of the certificates it issues precomputed. */
@@ -67,8 +73,33 @@ const EXT_OID = {
   subjectKeyId: derOf(oid('2.5.29.14')),
   authorityKeyId: derOf(oid('2.5.29.35')),
   subjectAltName: derOf(oid('2.5.29.17')),
+  authorityInfoAccess: derOf(oid('1.3.6.1.5.5.7.1.1')),
+  crlDistributionPoints: derOf(oid('2.5.29.31')),
+  ocspNoCheck: derOf(oid('1.3.6.1.5.5.7.48.1.5')),
 };
-const EKU_DER: Record<ExtKeyUsageName, Buffer> = { serverAuth: derOf(oid(EKU_OIDS.serverAuth)), clientAuth: derOf(oid(EKU_OIDS.clientAuth)) };
+const EKU_DER: Record<ExtKeyUsageName, Buffer> = {
+  serverAuth: derOf(oid(EKU_OIDS.serverAuth)), clientAuth: derOf(oid(EKU_OIDS.clientAuth)), OCSPSigning: derOf(oid(EKU_OIDS.OCSPSigning)),
+};
+const AD_OCSP = derOf(oid('1.3.6.1.5.5.7.48.1'));
+/** uniformResourceIdentifier [6] IMPLICIT IA5String */
+const uriName = (u: string) => tlv(0x86, Buffer.from(u, 'ascii'));
+
+/** AuthorityInfoAccess with id-ad-ocsp locations. */
+function aiaExtension(urls: string[]): Buffer {
+  return ext(EXT_OID.authorityInfoAccess, false, tlv(SEQUENCE, ...urls.map((u) => tlv(SEQUENCE, AD_OCSP, uriName(u)))));
+}
+
+/** CRLDistributionPoints: one DistributionPoint { distributionPoint [0] { fullName [0] GeneralNames } } per URL. */
+function crlDpExtension(urls: string[]): Buffer {
+  return ext(EXT_OID.crlDistributionPoints, false, tlv(SEQUENCE, ...urls.map((u) => tlv(SEQUENCE, tlv(0xa0, tlv(0xa0, uriName(u)))))));
+}
+
+/** A URL fit for a certificate extension: http(s), printable ASCII, no spaces. */
+export function checkExtensionUrl(u: string): string | null {
+  if (!/^https?:\/\/[\x21-\x7e]+$/.test(u)) return 'must be an http:// or https:// URL of printable ASCII without spaces';
+  if (u.length > 1024) return 'is longer than 1024 characters';
+  return null;
+}
 /** version [0] EXPLICIT INTEGER 2 (v3). */
 const VERSION_V3 = Buffer.from('a003020102', 'hex');
 /** BasicConstraints CA:false (an empty SEQUENCE), critical: every leaf carries this exact extension. */
@@ -168,6 +199,9 @@ function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: Si
   exts.push(ext(EXT_OID.subjectKeyId, false, tlv(OCTET_STRING, keyIdentifier(p.publicKey))));
   if (akiExtDer) exts.push(akiExtDer);
   if (p.sans && p.sans.length) exts.push(sanExtension(p.sans));
+  if (p.ocspUrls && p.ocspUrls.length) exts.push(aiaExtension(p.ocspUrls));
+  if (p.crlUrls && p.crlUrls.length) exts.push(crlDpExtension(p.crlUrls));
+  if (p.ocspNoCheck) exts.push(ext(EXT_OID.ocspNoCheck, false, Buffer.from([0x05, 0x00])));
   return tlv(
     SEQUENCE,
     VERSION_V3,
@@ -189,6 +223,10 @@ const NO_UNUSED_BITS = Buffer.from([0]);
 
 function checkProfile(p: CertificateProfile): void {
   if (p.serial.length === 0 || p.serial.length > 20) throw new PkiError('bad_serial', 'serial must be 1 to 20 bytes');
+  for (const u of [...(p.ocspUrls ?? []), ...(p.crlUrls ?? [])]) {
+    const why = checkExtensionUrl(u);
+    if (why) throw new PkiError('bad_name', `"${u}" ${why}`);
+  }
   if (!(p.notBefore < p.notAfter)) throw new PkiError('bad_validity', 'notBefore must be before notAfter');
 }
 

@@ -10,3 +10,4 @@ export * from './csr.js';
 export * from './verify.js';
 export * from './profiles.js';
 export * from './crl.js';
+export * from './ocsp.js';

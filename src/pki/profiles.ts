@@ -35,6 +35,11 @@ export interface LeafOptions {
   extKeyUsage: ExtKeyUsageName[];
   sans?: SubjectAltName[];
   now?: Date;
+  /** key usages instead of the default for the key type (a signing-only certificate) */
+  keyUsage?: KeyUsageName[];
+  ocspUrls?: string[];
+  crlUrls?: string[];
+  ocspNoCheck?: boolean;
 }
 
 export function leafProfile(o: LeafOptions): CertificateProfile {
@@ -45,8 +50,11 @@ export function leafProfile(o: LeafOptions): CertificateProfile {
     notBefore: new Date(now.getTime() - BACKDATE_MS),
     notAfter: new Date(now.getTime() + o.lifetimeMs),
     publicKey: o.publicKeyDer,
-    keyUsage: leafKeyUsage(o.publicKey),
+    keyUsage: o.keyUsage ?? leafKeyUsage(o.publicKey),
     extKeyUsage: o.extKeyUsage,
     sans: o.sans,
+    ocspUrls: o.ocspUrls,
+    crlUrls: o.crlUrls,
+    ocspNoCheck: o.ocspNoCheck,
   };
 }

@@ -12,6 +12,7 @@ import { Authority } from '../authority/authority.js';
 import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
+import { AuditSealer } from '../authority/audit-log.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
   certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
@@ -372,6 +373,8 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
         writeFilesAtomic(await serverIdentityFiles(auth, o.stateDir, cfg), { overwrite: true });
         logger.info('issued a new server certificate for this replica');
       }
+      // the OCSP and audit signing certificates exist before the replica answers OCSP
+      for (const k of await auth.signingKeys.ensure()) logger.info({ purpose: k.purpose, serial: k.serial }, 'issued a signing certificate');
     }
     const certPem = readText(p.serverCert);
     const key = readKeyFile(p.serverKey);
@@ -533,6 +536,9 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
       driving = false;
     }
   };
+  // sealing the audit log (and keeping the signing certificates fresh) under its own lease
+  const sealer = new AuditSealer(auth, logger);
+  sealer.start();
   const timers = [
     setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
     setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
@@ -543,6 +549,7 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
     started,
     async stop() {
       timers.forEach(clearInterval);
+      await sealer.stop();
       await crl.stop();
     },
   };

@@ -9,6 +9,7 @@ export interface Metrics {
   issued: Counter<'kind'>;
   renewed: Counter;
   joinRejected: Counter<'reason'>;
+  ocsp: Counter<'status'>;
 }
 
 export function createMetrics(store: Store): Metrics {
@@ -16,6 +17,7 @@ export function createMetrics(store: Store): Metrics {
   const issued = new Counter({ name: 'cairn_certificates_issued_total', help: 'Certificates issued by this replica', labelNames: ['kind'] as const, registers: [registry] });
   const renewed = new Counter({ name: 'cairn_certificates_renewed_total', help: 'Node certificates renewed by this replica', registers: [registry] });
   const joinRejected = new Counter({ name: 'cairn_join_rejected_total', help: 'Join requests refused, by reason', labelNames: ['reason'] as const, registers: [registry] });
+  const ocsp = new Counter({ name: 'cairn_ocsp_responses_total', help: 'OCSP answers, by certificate status (good, revoked, unknown) or error status', labelNames: ['status'] as const, registers: [registry] });
   new Gauge({
     name: 'cairn_certificates_by_days_to_expiry',
     help: 'Unexpired, unrevoked certificates in the store, by days until expiry (upper bound of the bucket; +Inf for the rest)',
@@ -28,5 +30,5 @@ export function createMetrics(store: Store): Metrics {
       counts.forEach((n, i) => this.set({ le_days: i < BUCKETS_DAYS.length ? String(BUCKETS_DAYS[i]) : '+Inf' }, n));
     },
   });
-  return { registry, issued, renewed, joinRejected };
+  return { registry, issued, renewed, joinRejected, ocsp };
 }

@@ -6,16 +6,19 @@ import type { TLSSocket } from 'node:tls';
 import Fastify, { FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
-import { requireKind } from '../authority/admission.js';
+import { mayReadCertificate, requireKind } from '../authority/admission.js';
+import { createBundle, listBundles, revokeBundle } from '../authority/bundles.js';
 import { abortRotation, finishRotation, rotationStatus, startRotation } from '../authority/rotation.js';
 import { CaWatcher } from './ca-watcher.js';
 import { auditLog, FailureRecorder, overview } from '../authority/overview.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError, ErrorCode, ERRORS, RetryLater } from '../util/errors.js';
-import { toPem } from '../pki/index.js';
+import { ocspErrorResponse, toPem } from '../pki/index.js';
 import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
+import { ocspRoutes } from './ocsp-routes.js';
 import { requireProxyProtocol } from './proxy-protocol.js';
+import { auditChainRoutes } from './audit-routes.js';
 
 export const BODY_LIMIT = 64 * 1024;
 
@@ -127,6 +130,12 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
+    // a URL the router cannot decode: the one-line JSON error, or an OCSP answer to an OCSP client
+    frameworkErrors: (err, req, r) => {
+      const reply = r as unknown as FastifyReply;
+      if (req.url.startsWith('/v1/ocsp/')) return reply.code(200).header('content-type', 'application/ocsp-response').header('cache-control', 'no-cache, no-store').send(ocspErrorResponse('malformedRequest'));
+      return answer(reply, 'bad_request', err.message);
+    },
     forceCloseConnections: 'idle',
     genReqId: () => {
       const n = requestIds.takeSync();
@@ -164,6 +173,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return answer(reply, 'body_too_large', `request body is larger than ${BODY_LIMIT} bytes`);
     if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return answer(reply, 'unsupported_media_type', 'request body must be application/json');
     if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      // an OCSP client gets an OCSP answer (a URL the router cannot decode never reaches the OCSP scope)
+      if (req.url.startsWith('/v1/ocsp/')) return reply.code(200).header('content-type', 'application/ocsp-response').header('cache-control', 'no-cache, no-store').send(ocspErrorResponse('malformedRequest'));
       return answer(reply, 'bad_request', e.message ?? 'bad request', e.statusCode);
     }
     req.log.error({ err }, 'internal error');
@@ -182,6 +193,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
 
   const node = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'node');
   const admin = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'admin');
+  // read-only calls: an admin or a client bundle (admission.ts)
+  const reader = async (req: FastifyRequest): Promise<PeerIdentity> => requireKind(await authority.identifyPeer(peerCert(req)), 'reader');
   const actor = (p: PeerIdentity) => `admin:${p.serial}`;
   // refused joins and renewals are kept in the store for the overview; never in the way of the answer
   const failures = new FailureRecorder(authority);
@@ -360,13 +373,13 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     '/v1/nodes',
     { config: { query: ['limit', 'after', 'sort', 'order', 'role', 'status', 'q'] } },
     async (req) => {
-      await admin(req);
+      await reader(req);
       const q = req.query;
       return authority.listNodes({ limit: intParam(q.limit, 'limit'), after: q.after, sort: q.sort, order: q.order, role: q.role, status: q.status, q: q.q });
     },
   );
   app.get<{ Params: { id: string } }>('/v1/nodes/:id', async (req) => {
-    await admin(req);
+    await reader(req);
     return authority.getNode(req.params.id);
   });
   app.post<{ Params: { id: string } }>('/v1/nodes/:id/promote', async (req) => authority.setRole(req.params.id, 'manager', actor(await admin(req))));
@@ -408,8 +421,36 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     },
   );
   app.get<{ Params: { serial: string } }>('/v1/certificates/:serial', async (req) => {
-    await admin(req);
+    mayReadCertificate(await reader(req), req.params.serial);
     return authority.getCertificate(req.params.serial);
+  });
+
+  // who the caller is, and its certificate: any certificate this CA issued and holds good
+  app.get('/v1/whoami', async (req) => {
+    const p = await authority.identifyPeer(peerCert(req));
+    const c = await authority.getCertificate(p.serial);
+    return { kind: p.kind, nodeId: p.nodeId, role: p.role, serial: p.serial, subject: c.subject, notAfter: c.notAfter, certificate: c.pem };
+  });
+
+  // client bundles: issued for a CSR (the key stays where the command runs), listed, revoked
+  app.post('/v1/bundles', async (req, reply) => {
+    const p = await admin(req);
+    const b = body(req);
+    const r = await createBundle(authority, { user: b.user, admin: b.admin, expiryMs: b.expiryMs, csr: b.csr }, actor(p));
+    metrics.issued.inc({ kind: r.admin ? 'admin' : 'client' });
+    req.log.info({ user: r.user, admin: r.admin, serial: r.serial }, 'client bundle issued');
+    return reply.code(201).send(r);
+  });
+  app.get<{ Querystring: { user?: string } }>('/v1/bundles', { config: { query: ['user'] } }, async (req) => {
+    await admin(req);
+    return listBundles(authority, { user: req.query.user });
+  });
+  app.post<{ Params: { target: string } }>('/v1/bundles/:target/revoke', async (req) => {
+    const p = await admin(req);
+    const b = (req.body ?? {}) as { reason?: unknown; force?: unknown };
+    const r = await revokeBundle(authority, req.params.target, b.reason, actor(p), b.force === true);
+    req.log.info(r, 'client bundle revoked');
+    return r;
   });
   app.post<{ Params: { serial: string } }>('/v1/certificates/:serial/revoke', async (req) => {
     const p = await admin(req);
@@ -444,11 +485,21 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     await admin(req);
     return overview(authority);
   });
-  app.get<{ Querystring: { action?: string; actor?: string; limit?: string; after?: string } }>('/v1/audit', { config: { query: ['action', 'actor', 'limit', 'after'] } }, async (req) => {
-    await admin(req);
-    const q = req.query;
-    return auditLog(authority, { action: q.action, actor: q.actor, limit: intParam(q.limit, 'limit'), after: q.after });
-  });
+  app.get<{ Querystring: { action?: string; actor?: string; limit?: string; after?: string; since?: string } }>(
+    '/v1/audit',
+    { config: { query: ['action', 'actor', 'limit', 'after', 'since'] } },
+    async (req) => {
+      await admin(req);
+      const q = req.query;
+      const since = q.since === undefined ? undefined : Date.parse(q.since);
+      if (since !== undefined && !Number.isFinite(since)) throw new CairnError('bad_request', 'since must be a time such as 2024-05-01T00:00:00Z');
+      return auditLog(authority, { action: q.action, actor: q.actor, limit: intParam(q.limit, 'limit'), after: q.after, since });
+    },
+  );
+  auditChainRoutes(app, authority, admin, intParam);
+
+  // OCSP (RFC 6960): unauthenticated, answers in OCSP's own format (ocsp-routes.ts)
+  app.register(ocspRoutes(authority, metrics, o.logger));
 
   app.get('/v1/config', async (req) => {
     await admin(req);

@@ -12,6 +12,7 @@ import { BackupManifest, encodeArchive } from '../authority/backup-archive.js';
 import { encryptBackup, openBackup } from '../authority/backup-crypto.js';
 import { readSnapshot, refuseStaleBackup, restoreFullIn, restoreRootCaIn } from '../authority/backup-restore.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
+import { signingKeyPkcs12Entries } from '../authority/signing-keys.js';
 import { certificatesFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
@@ -267,7 +268,8 @@ export async function clonePrepare(o: StateAccess & { password: string }): Promi
   try {
     await requireCluster(store, cfg, location);
     const rows = await store.listCas();
-    const inputs = pkcs12EntriesFor(rows, unlockKey);
+    // the CA signing certificates, then the OCSP and audit signing ones (Dogtag's nicknames)
+    const inputs = [...pkcs12EntriesFor(rows, unlockKey), ...signingKeyPkcs12Entries(rows, await store.listSigningKeys(), unlockKey)];
     const der = await buildPkcs12(inputs, o.password);
     const entries = inputs.map((e) => describePkcs12Entry({ certDer: e.certDer, friendlyName: e.friendlyName, localKeyId: null, key: e.key ?? null }));
     return { der, entries };

@@ -1,4 +1,5 @@
 import { Kysely, Migration, MigrationProvider } from 'kysely';
+import { chainUnchained } from './audit-chain.js';
 
 /**
  * The schema, as kysely migrations that run unchanged on SQLite and PostgreSQL. Only
@@ -146,6 +147,53 @@ const migrations: Record<string, Migration> = {
     async up(db: Kysely<any>) {
       await db.schema.createIndex('certificates_node_status').on('certificates').columns(['node_id', 'status']).execute();
       await db.schema.createIndex('certificates_issuer_status').on('certificates').columns(['issuer_key_id', 'status', 'not_after']).execute();
+    },
+  },
+  '0007_ocsp_bundles_audit_chain': {
+    async up(db: Kysely<any>) {
+      // the audit log becomes one hash chain (audit-chain.ts): a position, the replica that
+      // recorded it, what it was about, how it ended, and the hashes that link it
+      await db.schema.alterTable('audit').addColumn('seq', 'bigint').execute();
+      await db.schema.alterTable('audit').addColumn('replica_id', 'text').execute();
+      await db.schema.alterTable('audit').addColumn('subject', 'text').execute();
+      await db.schema.alterTable('audit').addColumn('outcome', 'text').execute();
+      await db.schema.alterTable('audit').addColumn('prev_hash', 'text').execute();
+      await db.schema.alterTable('audit').addColumn('hash', 'text').execute();
+      await db.schema.createIndex('audit_seq').on('audit').column('seq').unique().execute();
+      // the chain's newest entry: appending locks this row, so entries are chained one at a time
+      await db.schema.createTable('audit_head')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('seq', 'bigint', (c) => c.notNull())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .execute();
+      // signatures over the chain's head by the audit signing certificate
+      await db.schema.createTable('audit_seals')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('seq', 'bigint', (c) => c.notNull())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('replica_id', 'text', (c) => c.notNull())
+        .addColumn('signer_pem', 'text', (c) => c.notNull())
+        .addColumn('signature', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('audit_seals_seq').on('audit_seals').column('seq').execute();
+      // the subsystem certificates (Dogtag's): OCSP signing per CA generation, audit signing;
+      // keys sealed under the unlock key like the CA keys
+      await db.schema.createTable('signing_keys')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('purpose', 'text', (c) => c.notNull())
+        .addColumn('ca_key_id', 'text', (c) => c.notNull())
+        .addColumn('serial', 'text', (c) => c.notNull())
+        .addColumn('cert_pem', 'text', (c) => c.notNull())
+        .addColumn('key_sealed', 'text', (c) => c.notNull())
+        .addColumn('not_before', 'bigint', (c) => c.notNull())
+        .addColumn('not_after', 'bigint', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      // entries recorded before: chained now, oldest first (a new store has none, and no head
+      // until its first entry, so a full restore still finds it empty)
+      const any = await db.selectFrom('audit').select('id').limit(1).executeTakeFirst();
+      if (any) await chainUnchained(db);
     },
   },
   '0008_limited_join_tokens': {

@@ -135,7 +135,56 @@ export interface AuditTable {
   at: number;
   actor: string;
   action: string;
+  /** JSON */
   detail: string;
+  /** position in the hash chain (1, 2, …); null only before the entry is chained (an older store) */
+  seq: number | null;
+  /** the replica that recorded it */
+  replica_id: string | null;
+  /** what the action was about (a node, a serial, a user…) */
+  subject: string | null;
+  /** 'success' (state changes are recorded as they commit) */
+  outcome: string | null;
+  prev_hash: string | null;
+  hash: string | null;
+}
+
+/** The chain's newest entry (one row). */
+export interface AuditHeadTable {
+  id: string;
+  seq: number;
+  hash: string;
+}
+
+/** A signature over the chain up to an entry, by an audit signing certificate. */
+export interface AuditSealTable {
+  id: string;
+  /** the entry sealed (and every one before it) */
+  seq: number;
+  /** that entry's hash */
+  hash: string;
+  at: number;
+  replica_id: string;
+  /** the audit signing certificate (PEM) */
+  signer_pem: string;
+  /** base64 signature over auditSealMessage() */
+  signature: string;
+}
+
+/** A subsystem certificate of the CA: OCSP signing (per CA generation) or audit signing. */
+export interface SigningKeyTable {
+  id: string;
+  /** 'ocsp' | 'audit' */
+  purpose: string;
+  /** the key ID of the CA generation that issued it (and, for OCSP, whose certificates it answers for) */
+  ca_key_id: string;
+  serial: string;
+  cert_pem: string;
+  /** AES-256-GCM sealed PKCS#8 key */
+  key_sealed: string;
+  not_before: number;
+  not_after: number;
+  created_at: number;
 }
 
 /** A refused join or renewal (the newest few hundred are kept, for the dashboard). */
@@ -182,5 +231,8 @@ export interface Database {
   leases: LeaseTable;
   audit: AuditTable;
   rotations: RotationTable;
+  audit_head: AuditHeadTable;
+  audit_seals: AuditSealTable;
+  signing_keys: SigningKeyTable;
   failures: FailureTable;
 }

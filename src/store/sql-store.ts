@@ -10,8 +10,9 @@ import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } fr
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable, RotationTable } from './schema.js';
-import { redactUrl, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import { auditEntryHash, chainUnchained } from './audit-chain.js';
+import type { AuditSealTable, AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable, RotationTable, SigningKeyTable } from './schema.js';
+import { redactUrl, type AuditOptions, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { FailoverPool, parsePgUrl } from './pg-failover.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
@@ -42,14 +43,16 @@ export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: O
 export class SqlStore implements Store {
   readonly kind: StoreKind;
   readonly location: string;
+  origin = '';
   private readonly handle: Db;
   private readonly inTransaction: boolean;
 
-  private constructor(db: Db, kind: StoreKind, location: string, inTransaction = false) {
+  private constructor(db: Db, kind: StoreKind, location: string, inTransaction = false, origin = '') {
     this.handle = db;
     this.kind = kind;
     this.location = location;
     this.inTransaction = inTransaction;
+    this.origin = origin;
   }
 
   /** The Kysely handle: a transaction inside `transaction()`. For this file (and tests that need raw SQL) only. */
@@ -129,7 +132,7 @@ export class SqlStore implements Store {
    */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTransaction) return fn(this);
-    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true))));
+    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin))));
   }
 
   /** A read-only transaction that sees one snapshot: REPEATABLE READ on PostgreSQL; one transaction on SQLite (WAL). */
@@ -137,7 +140,7 @@ export class SqlStore implements Store {
     if (this.inTransaction) return fn(this);
     const b = (this.db as Kysely<Database>).transaction();
     return (this.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute((trx) =>
-      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true))),
+      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin))),
     );
   }
 
@@ -592,6 +595,7 @@ export class SqlStore implements Store {
     if (f.nodeId) q = q.where('node_id', '=', f.nodeId);
     if (f.status) q = q.where('status', '=', f.status);
     if (f.kind) q = q.where('kind', '=', f.kind);
+    if (f.subject) q = q.where('subject', '=', f.subject);
     if (f.notAfterBetween) q = q.where('not_after', '>', f.notAfterBetween[0]).where('not_after', '<=', f.notAfterBetween[1]);
     return q;
   }
@@ -697,19 +701,88 @@ export class SqlStore implements Store {
 
   // ---- audit log
 
-  async audit(actor: string, action: string, detail: Record<string, unknown>): Promise<void> {
-    await this.db
-      .insertInto('audit')
-      .values({ id: `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) })
-      .execute();
+  /**
+   * Append an entry to the chain, in the caller's transaction (or one of its own): the head
+   * row is locked (PostgreSQL FOR UPDATE; SQLite's transactions take the write lock as they
+   * begin), so entries from every replica are chained one at a time, and an entry exists only
+   * if the change it records committed.
+   */
+  async audit(actor: string, action: string, detail: Record<string, unknown>, o: AuditOptions = {}): Promise<void> {
+    if (!this.inTransaction) return this.transaction((tx) => tx.audit(actor, action, detail, o));
+    const d = detail as Record<string, unknown>;
+    const about = o.subject ?? [d.node, d.serial, d.replica, d.user, d.role].find((v) => typeof v === 'string');
+    let hq = this.db.selectFrom('audit_head').select(['seq', 'hash']).where('id', '=', 'chain');
+    if (this.kind === 'postgres') hq = hq.forUpdate();
+    let head = await hq.executeTakeFirst();
+    if (!head) {
+      // the first entry of a new store, or the first after older (unchained) entries were restored
+      await this.db.insertInto('audit_head').values({ id: 'chain', seq: 0, hash: '' }).onConflict((oc) => oc.column('id').doNothing()).execute();
+      if (this.kind === 'postgres') await this.db.selectFrom('audit_head').select('seq').where('id', '=', 'chain').forUpdate().execute();
+      head = await chainUnchained(this.db as Kysely<any>);
+    }
+    const at = Date.now();
+    const e = {
+      seq: Number(head.seq) + 1,
+      id: `${at.toString(36)}-${randomBytes(6).toString('hex')}`,
+      at,
+      replica_id: this.origin,
+      actor,
+      action,
+      subject: typeof about === 'string' ? about : '',
+      outcome: o.outcome ?? 'success',
+      detail: JSON.stringify(detail),
+    };
+    const hash = auditEntryHash(head.hash, e);
+    await this.db.insertInto('audit').values({ ...e, prev_hash: head.hash, hash }).execute();
+    await this.db.updateTable('audit_head').set({ seq: e.seq, hash }).where('id', '=', 'chain').execute();
+  }
+
+  async auditChain(f: { afterSeq: number; limit: number }): Promise<AuditTable[]> {
+    return this.db.selectFrom('audit').selectAll().where('seq', '>', f.afterSeq).orderBy('seq').limit(f.limit).execute();
+  }
+
+  async countUnchainedAudit(): Promise<number> {
+    const r = await this.db.selectFrom('audit').select((eb) => eb.fn.countAll<number>().as('n')).where('seq', 'is', null).executeTakeFirst();
+    return Number(r?.n ?? 0);
+  }
+
+  async auditHead() {
+    return this.db.selectFrom('audit_head').selectAll().where('id', '=', 'chain').executeTakeFirst();
+  }
+
+  async insertAuditSeal(s: AuditSealTable): Promise<void> {
+    await this.db.insertInto('audit_seals').values(s).execute();
+  }
+
+  async auditSeals(f: { afterSeq: number; limit: number }): Promise<AuditSealTable[]> {
+    return this.db.selectFrom('audit_seals').selectAll().where('seq', '>', f.afterSeq).orderBy('seq').orderBy('at').limit(f.limit).execute();
+  }
+
+  async latestAuditSeal(): Promise<AuditSealTable | undefined> {
+    return this.db.selectFrom('audit_seals').selectAll().orderBy('seq', 'desc').orderBy('at', 'desc').limit(1).executeTakeFirst();
+  }
+
+  // ---- subsystem certificates
+
+  async listSigningKeys(): Promise<SigningKeyTable[]> {
+    return this.db.selectFrom('signing_keys').selectAll().orderBy('created_at').orderBy('id').execute();
+  }
+
+  async insertSigningKey(k: SigningKeyTable): Promise<void> {
+    await this.db.insertInto('signing_keys').values(k).execute();
+  }
+
+  async deleteSigningKeys(ids: string[]): Promise<void> {
+    if (ids.length) await this.db.deleteFrom('signing_keys').where('id', 'in', ids).execute();
   }
 
   /**
    * One page of the audit log, newest first ((at, id) descending, before the key `after`);
    * `action` matches exactly or, ending in ".", as a prefix ("node." is every node action).
    */
-  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }): Promise<AuditTable[]> {
+  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string; since?: number }): Promise<AuditTable[]> {
     let q = this.db.selectFrom('audit').selectAll();
+    if (f.since !== undefined) q = q.where('at', '>=', f.since);
     if (f.action) q = f.action.endsWith('.') ? q.where('action', 'like', `${f.action}%`) : q.where('action', '=', f.action);
     if (f.actor) q = q.where('actor', '=', f.actor);
     const a = f.after;

@@ -9,11 +9,12 @@
  */
 import path from 'node:path';
 import { CairnError } from '../util/errors.js';
-import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
+import type { AuditHeadTable, AuditSealTable, AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable, SigningKeyTable } from './schema.js';
 
 export { StoreUnavailableError } from './unavailable.js';
 export { openStore, SqlStore } from './sql-store.js';
-export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
+export type { AuditHeadTable, AuditSealTable, AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable, SigningKeyTable } from './schema.js';
+export { auditEntryHash, GENESIS_HASH, type ChainedEntry } from './audit-chain.js';
 
 export type StoreKind = 'sqlite' | 'postgres' | 'memory';
 
@@ -55,12 +56,24 @@ export interface CertificateFilter {
   nodeId?: string;
   status?: string;
   kind?: string;
+  /** the recorded subject, exactly (`CN=…,OU=…,O=…`) */
+  subject?: string;
+}
+
+/** What an audit entry says beyond actor, action and detail. */
+export interface AuditOptions {
+  /** what it is about; default: the detail's node, serial, replica, user or role */
+  subject?: string;
+  /** default 'success' */
+  outcome?: string;
 }
 
 export interface Store {
   readonly kind: StoreKind;
   /** the SQLite file or PostgreSQL URL it was opened with (another thread may open its own) */
   readonly location: string;
+  /** the replica recording through this store: its audit entries name it (set by the Authority) */
+  origin: string;
 
   // ---- lifetime and atomicity
   close(): Promise<void>;
@@ -173,10 +186,25 @@ export interface Store {
   releaseLease(name: string, holder: string): Promise<void>;
   getLease(name: string): Promise<LeaseTable | undefined>;
 
-  // ---- audit
-  audit(actor: string, action: string, detail: Record<string, unknown>): Promise<void>;
+  // ---- audit: one hash chain (audit-chain.ts), appended in the caller's transaction
+  audit(actor: string, action: string, detail: Record<string, unknown>, o?: AuditOptions): Promise<void>;
+  /** Chained entries after position `afterSeq`, oldest first. */
+  auditChain(f: { afterSeq: number; limit: number }): Promise<AuditTable[]>;
+  /** Entries not (yet) in the chain (recorded before it existed, or inserted behind its back). */
+  countUnchainedAudit(): Promise<number>;
+  /** The chain's newest entry, as its head row records it. */
+  auditHead(): Promise<AuditHeadTable | undefined>;
+  insertAuditSeal(s: AuditSealTable): Promise<void>;
+  /** Seals after position `afterSeq`, oldest first. */
+  auditSeals(f: { afterSeq: number; limit: number }): Promise<AuditSealTable[]>;
+  latestAuditSeal(): Promise<AuditSealTable | undefined>;
+
+  // ---- subsystem certificates (OCSP signing, audit signing)
+  listSigningKeys(): Promise<SigningKeyTable[]>;
+  insertSigningKey(k: SigningKeyTable): Promise<void>;
+  deleteSigningKeys(ids: string[]): Promise<void>;
   /** Newest first; `action` matches exactly or, ending in ".", as a prefix. */
-  auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }): Promise<AuditTable[]>;
+  auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string; since?: number }): Promise<AuditTable[]>;
 
   // ---- refused joins and renewals (a bounded record for the dashboard)
   insertFailure(f: Omit<FailureTable, 'id'>): Promise<void>;

@@ -90,6 +90,11 @@ export const ERRORS = {
   has_nodes: { status: 409, exit: 1, api: false },
   store_not_empty: { status: 409, exit: 1, api: false },
 
+  /** `cairn audit verify` found the audit chain or a seal broken */
+  audit_tampered: { status: 500, exit: 1, api: false },
+  /** `cairn bundle unpack`: an archive cairn does not read */
+  bad_zip: { status: 400, exit: 1, api: false },
+
   // ---- the offline CA
   no_ca: { status: 400, exit: 1, api: false },
   bad_ca: { status: 400, exit: 1, api: false },

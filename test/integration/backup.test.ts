@@ -398,13 +398,14 @@ describe('full backup and restore', () => {
       const bk = path.join(path.dirname(a.dir), 'full.tar.age');
       const r = await cliAsync(['backup', '--state-dir', a.dir, '--passphrase-file', pf, '-o', bk]);
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stderr, /full: 2 CAs, 5 nodes, 7 certificates/);
+      // 7 of nodes, replica and admin, and the 3 subsystem certificates (OCSP signing for each CA, audit signing)
+      assert.match(r.stderr, /full: 2 CAs, 5 nodes, 10 certificates/);
       // the store is lost
       await a.kill('SIGKILL');
       for (const f of ['cairn.db', 'cairn.db-wal', 'cairn.db-shm']) fs.rmSync(path.join(a.dir, f), { force: true });
       const rs = await cliAsync(['restore', '--state-dir', a.dir, '--passphrase-file', pf, '--in', bk]);
       assert.equal(rs.code, 0, rs.stderr);
-      assert.match(rs.stdout, /Restored cluster .* 5 nodes, 7 certificates/);
+      assert.match(rs.stdout, /Restored cluster .* 5 nodes, 10 certificates/);
       assert.doesNotMatch(rs.stdout, /Note/);
       await a.start();
       const [nodesAfter, certsAfter, crlAfter] = await listing();

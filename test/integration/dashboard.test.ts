@@ -332,7 +332,7 @@ describe('cairn dashboard against a real cluster, in Chromium', () => {
     await page.fill('#action', 'node.');
     await page.click('#filter');
     const filtered = await page.$$eval('#audit td.action', (tds) => tds.map((t) => (t as any).textContent));
-    assert.deepEqual([...new Set(filtered)].sort(), ['node.promote', 'node.remove']);
+    assert.deepEqual([...new Set(filtered)].sort(), ['node.join', 'node.promote', 'node.remove', 'node.renew']);
   });
 
   test('XSS: values from the URL and from API answers are escaped, never run', async () => {

@@ -95,7 +95,7 @@ describe('authority rules (in-process store)', () => {
     assert.equal(mrec!.revocation_reason, 'privilegeWithdrawn');
     assert.deepEqual(
       store.auditLog.map((a) => a.action).filter((a) => a.startsWith('node.')),
-      ['node.promote', 'node.demote', 'node.renew.revoked'],
+      ['node.join', 'node.promote', 'node.renew', 'node.demote', 'node.renew.revoked', 'node.renew'],
     );
   });
 

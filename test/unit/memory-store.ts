@@ -5,8 +5,9 @@
  * and is used where a test is about cairn's rules, not about the database; the integration
  * tests run the same rules on real SQLite and PostgreSQL.
  */
+import { auditEntryHash, GENESIS_HASH } from '../../src/store/audit-chain.js';
 import type {
-  AuditTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
+  AuditHeadTable, AuditOptions, AuditSealTable, AuditTable, SigningKeyTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
   PageKey, ReplicaTable, RotationTable, Store, TableRow,
 } from '../../src/store/store.js';
 
@@ -22,12 +23,17 @@ interface Tables {
   replicas: ReplicaTable[];
   leases: LeaseTable[];
   audit: AuditTable[];
+  audit_head: AuditHeadTable[];
+  audit_seals: AuditSealTable[];
+  signing_keys: SigningKeyTable[];
   crls: CrlTable[];
   failures: FailureTable[];
   rotations: RotationTable[];
 }
 
-const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], join_tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [], rotations: [] });
+const empty = (): Tables => ({
+  cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], join_tokens: [], sequences: [], replicas: [], leases: [], audit: [], audit_head: [], audit_seals: [], signing_keys: [], crls: [], failures: [], rotations: [],
+});
 const copy = <T>(x: T): T => structuredClone(x);
 const after = (a: PageKey | undefined, t: number, k: string) => !a || t > a.t || (t === a.t && k > a.k);
 const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (x: R, y: R) => x.created_at - y.created_at || (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0);
@@ -35,6 +41,7 @@ const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   readonly location = 'memory';
+  origin = '';
   t: Tables = empty();
   private queue: Promise<unknown> = Promise.resolve();
   private inTx = false;
@@ -170,7 +177,7 @@ export class MemoryStore implements Store {
   }
   private filtered(f: CertificateFilter) {
     return this.t.certificates
-      .filter((c) => (!f.nodeId || c.node_id === f.nodeId) && (!f.status || c.status === f.status) && (!f.kind || c.kind === f.kind))
+      .filter((c) => (!f.nodeId || c.node_id === f.nodeId) && (!f.status || c.status === f.status) && (!f.kind || c.kind === f.kind) && (!f.subject || c.subject === f.subject))
       .sort(byCreated((c) => c.serial));
   }
   async findCertificates(f: CertificateFilter & { limit?: number }) {
@@ -408,15 +415,51 @@ export class MemoryStore implements Store {
   }
 
   // ---- audit
-  async audit(actor: string, action: string, detail: Record<string, unknown>) {
-    this.t.audit.push({ id: `${this.t.audit.length}`, at: Date.now(), actor, action, detail: JSON.stringify(detail) });
+  async audit(actor: string, action: string, detail: Record<string, unknown>, o: AuditOptions = {}) {
+    const head = this.t.audit_head[0] ?? { id: 'chain', seq: 0, hash: GENESIS_HASH };
+    const d = detail as Record<string, unknown>;
+    const about = o.subject ?? [d.node, d.serial, d.replica, d.user, d.role].find((v) => typeof v === 'string');
+    const e = {
+      seq: head.seq + 1, id: `${this.t.audit.length}`, at: Date.now(), replica_id: this.origin, actor, action,
+      subject: typeof about === 'string' ? about : '', outcome: o.outcome ?? 'success', detail: JSON.stringify(detail),
+    };
+    const hash = auditEntryHash(head.hash, e);
+    this.t.audit.push({ ...e, prev_hash: head.hash, hash });
+    this.t.audit_head = [{ id: 'chain', seq: e.seq, hash }];
+  }
+  async auditChain(f: { afterSeq: number; limit: number }) {
+    return copy(this.t.audit.filter((a) => a.seq !== null && a.seq > f.afterSeq).sort((x, y) => x.seq! - y.seq!).slice(0, f.limit));
+  }
+  async countUnchainedAudit() {
+    return this.t.audit.filter((a) => a.seq === null).length;
+  }
+  async auditHead() {
+    return copy(this.t.audit_head[0]);
+  }
+  async insertAuditSeal(s: AuditSealTable) {
+    this.t.audit_seals.push(copy(s));
+  }
+  async auditSeals(f: { afterSeq: number; limit: number }) {
+    return copy(this.t.audit_seals.filter((s) => s.seq > f.afterSeq).sort((x, y) => x.seq - y.seq || x.at - y.at).slice(0, f.limit));
+  }
+  async latestAuditSeal() {
+    return copy([...this.t.audit_seals].sort((x, y) => y.seq - x.seq || y.at - x.at)[0]);
+  }
+  async listSigningKeys() {
+    return copy([...this.t.signing_keys].sort((x, y) => x.created_at - y.created_at));
+  }
+  async insertSigningKey(k: SigningKeyTable) {
+    this.t.signing_keys.push(copy(k));
+  }
+  async deleteSigningKeys(ids: string[]) {
+    this.t.signing_keys = this.t.signing_keys.filter((k) => !ids.includes(k.id));
   }
 
-  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string }) {
+  async auditPage(f: { after?: PageKey; limit: number; action?: string; actor?: string; since?: number }) {
     const a = f.after;
     return copy(
       this.t.audit
-        .filter((r) => (!f.action || (f.action.endsWith('.') ? r.action.startsWith(f.action) : r.action === f.action)) && (!f.actor || r.actor === f.actor))
+        .filter((r) => (f.since === undefined || r.at >= f.since) && (!f.action || (f.action.endsWith('.') ? r.action.startsWith(f.action) : r.action === f.action)) && (!f.actor || r.actor === f.actor))
         .sort((x, y) => y.at - x.at || (y.id < x.id ? -1 : 1))
         .filter((r) => !a || r.at < a.t || (r.at === a.t && r.id < a.k))
         .slice(0, f.limit),
