@@ -54,6 +54,8 @@ export interface PeerCertificate {
   clusterId: string | undefined;
   /** the certificate (DER): lets a controller sharing our CA keys adopt a node it does not know */
   raw?: Buffer;
+  /** the TLS layer did not accept it (it does not chain to a root this replica trusts) */
+  untrusted?: boolean;
 }
 
 export interface PeerIdentity {
@@ -69,7 +71,20 @@ export type Adopter = (der: Buffer, serial: string) => Promise<PeerIdentity | nu
 /** Serial as the store records it: uppercase hex, no DER sign padding. */
 export const storedSerial = (hex: string) => hex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '');
 
-export async function identifyPeer(store: Store, clusterId: string, peer: PeerCertificate | undefined, adopt: Adopter): Promise<PeerIdentity> {
+export async function identifyPeer(
+  store: Store,
+  clusterId: string,
+  peer: PeerCertificate | undefined,
+  adopt: Adopter,
+  /** whether a certificate the TLS layer refused is of a generation a rotation retired */
+  retired: (der: Buffer) => boolean = () => false,
+): Promise<PeerIdentity> {
+  if (peer?.untrusted) {
+    if (peer.raw && peer.clusterId === clusterId && retired(peer.raw)) {
+      throw new CairnError('rejoin_required', 'this certificate was issued by a root CA that a completed rotation retired: join the cluster again ("cairn join --force" with a current token)');
+    }
+    throw new CairnError('client_certificate_required', 'a client certificate that chains to the cluster\'s roots is required');
+  }
   if (!peer) throw new CairnError('client_certificate_required', 'a client certificate is required');
   if (peer.clusterId !== clusterId) throw new CairnError('forbidden', 'the client certificate is not of this cluster');
   const serial = storedSerial(peer.serialHex);

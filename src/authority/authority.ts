@@ -7,17 +7,19 @@
  */
 import { KeyObject } from 'node:crypto';
 import {
-  certificateToPem, csrDerFrom, DAY_MS, ExtKeyUsageName, ID_RE, issueCertificate, Issuer, leafProfile, NameAttrs, parseCsr, randomId,
-  serialHex, SubjectAltName, isRevocationReason, REVOCATION_REASONS,
+  certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId,
+  SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { NodeTable, Store } from '../store/store.js';
-import { CairnError, fromPki } from '../util/errors.js';
+import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
-import { CaKeyring, CaName, LoadedCa } from './keyring.js';
+import { CaKeyring, CaName } from './keyring.js';
+import type { IssuedCertificate } from './signer.js';
+import { isRetiredIssuer, rotationView, type RotationView } from './rotation.js';
 import { page, PageRequest } from './pages.js';
-import { adminPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
+import { adminPolicy, LeafPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
 import { SerialSource } from './serials.js';
 import { isRole, mintJoinTokens, Role } from './tokens.js';
 import { certificateView, listedNodeView, nodeFilter, NodeListRequest, nodeView, NodeView } from './views.js';
@@ -26,15 +28,6 @@ export type { PeerCertificate, PeerIdentity } from './admission.js';
 export { DEFAULT_CERT_EXPIRY_MS, DEFAULT_CONFIG, MIN_CERT_EXPIRY_MS, type ClusterConfig } from './config.js';
 export type { LoadedCa } from './keyring.js';
 export type { NodeListRequest, NodeView } from './views.js';
-
-interface SignRequest {
-  subject: NameAttrs;
-  publicKeyDer: Buffer;
-  publicKey: KeyObject;
-  lifetimeMs: number;
-  extKeyUsage: ExtKeyUsageName[];
-  sans?: SubjectAltName[];
-}
 
 export interface IssuedNode {
   nodeId: string;
@@ -72,8 +65,35 @@ export class Authority {
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     this.clusterId = cluster.id;
     this.clusterName = cluster.name;
-    this.keyring = CaKeyring.load(await this.store.listCas(), this.unlockKey);
+    this.keyring = CaKeyring.load(await this.store.listCas(), await this.store.listRotations(), this.unlockKey);
     await this.refreshConfig();
+  }
+
+  /**
+   * Reload the keyring when the stored generations or rotations changed (another replica
+   * rotated, finished or aborted). Returns whether anything changed.
+   */
+  async reloadKeyring(): Promise<boolean> {
+    const rows = await this.store.listCas();
+    const rotations = await this.store.listRotations();
+    if (CaKeyring.versionOf(rows, rotations) === this.keyring.version) return false;
+    this.keyring = CaKeyring.load(rows, rotations, this.unlockKey);
+    return true;
+  }
+
+  /** The next serial (rotation.ts: the new root and its cross-signed certificate). */
+  nextSerial(): Promise<Buffer> {
+    return this.serials.next();
+  }
+
+  /** The unlock key, to seal a new generation's key (rotation.ts). */
+  unlockKeyForRotation(): Buffer {
+    return this.unlockKey;
+  }
+
+  /** The CA generations, as loaded (rotation.ts, CRLs, GET /v1/ca). */
+  get cas(): CaKeyring {
+    return this.keyring;
   }
 
   async refreshConfig(s: Store = this.store): Promise<ClusterConfig> {
@@ -112,35 +132,41 @@ export class Authority {
       roots: { cluster: certificateToPem(this.keyring.signer('cluster').certDer), client: certificateToPem(this.keyring.signer('client').certDer) },
       trustBundle: this.trustBundle(),
       digest: this.digest,
-      rotation: null,
+      crossSigned: this.keyring.crossSigned(),
+      rotation: this.rotationCache,
+      version: this.keyring.version,
     };
   }
 
-  /** The issuer that signs a CA's CRLs (its current active key). */
-  crlIssuer(ca: CaName): Issuer {
-    return this.keyring.signer(ca).issuer;
+  /** The cluster CA's rotation as GET /v1/ca shows it; refreshed by the replica's CA watcher (progress is a count). */
+  private rotationCache: RotationView | null = null;
+
+  async refreshRotationView(): Promise<RotationView | null> {
+    const r = this.keyring.runningRotation('cluster') ?? this.keyring.rotations.filter((x) => x.ca === 'cluster').at(-1);
+    // a finished rotation shows until the next one; progress is counted only while one runs
+    this.rotationCache = r && (r.state === 'running' || this.rotationCache?.id !== r.id || this.rotationCache.state !== r.state) ? await rotationView(this.store, this, r) : this.rotationCache;
+    return this.rotationCache;
   }
 
-  /** Key IDs of every generation of a CA whose certificates a CRL covers. */
+  /** Key IDs of every generation of a CA. */
   caKeyIds(ca: CaName): string[] {
     return this.keyring.keyIds(ca);
   }
 
   // ---- issuance
 
-  /** Sign a leaf under a CA; nothing is recorded here (callers record in their transaction). */
-  private async sign(ca: LoadedCa, o: SignRequest) {
-    return this.signWith(ca, await this.serials.next(), o);
+  /**
+   * Issue under the cluster CA's signing generation, through the signer seam (signer.ts):
+   * the serial is reserved first, then the certificate signed; nothing is recorded here and
+   * nothing signs inside a transaction (callers record in a short one afterwards).
+   */
+  private async issue(policy: LeafPolicy, key: { publicKeyDer: Buffer; publicKey: KeyObject }): Promise<IssuedCertificate> {
+    return this.keyring.signer('cluster').issuer.issue({ policy, ...key, serial: await this.serials.next() });
   }
 
-  /** Sign a leaf with a serial already taken (synchronous: usable inside a transaction). */
-  private signWith(ca: LoadedCa, serial: Buffer, o: SignRequest) {
-    const profile = leafProfile({ ...o, serial });
-    const der = fromPki(() => issueCertificate(profile, ca.issuer!));
-    // issueCertificate clamps notAfter to the CA's own (no need to parse what we just built)
-    const notAfter = profile.notAfter > ca.issuer!.notAfter ? ca.issuer!.notAfter : profile.notAfter;
-    const notBefore = new Date(Math.floor(profile.notBefore.getTime() / 1000) * 1000);
-    return { der, serial: serialHex(serial), notBefore, notAfter: new Date(Math.floor(notAfter.getTime() / 1000) * 1000), issuerKeyId: ca.row.key_id };
+  /** A leaf and the CA certificates sent after it (PEM). */
+  private chainPem(c: IssuedCertificate): string {
+    return [c.der, ...c.chain].map((d) => certificateToPem(d)).join('');
   }
 
   private parseRequest(csr: unknown) {
@@ -148,19 +174,19 @@ export class Authority {
     return fromPki(() => parseCsr(csrDerFrom(csr)));
   }
 
-  private issued(nodeId: string, role: Role, c: { der: Buffer; serial: string; notAfter: Date }): IssuedNode {
+  private issued(nodeId: string, role: Role, c: IssuedCertificate): IssuedNode {
     return {
       nodeId,
       role,
       clusterId: this.clusterId,
-      certificate: certificateToPem(c.der),
+      certificate: this.chainPem(c),
       trustBundle: this.trustBundle(),
       serial: c.serial,
       notAfter: c.notAfter,
     };
   }
 
-  private certRecord(c: { der: Buffer; serial: string; notBefore: Date; notAfter: Date; issuerKeyId: string }, kind: string, subject: NameAttrs, nodeId: string | null, role: string | null) {
+  private certRecord(c: IssuedCertificate, kind: string, subject: NameAttrs, nodeId: string | null, role: string | null) {
     return {
       serial: c.serial,
       kind,
@@ -189,10 +215,10 @@ export class Authority {
     const req = this.parseRequest(csr);
     const nodeId = randomId();
     const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
-    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
+    const c = await this.issue(policy, req);
     const now = Date.now();
     await this.store.transaction(async (tx) => {
-      await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null });
+      await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null, renew_requested_at: null });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
     });
     return this.issued(nodeId, role, c);
@@ -203,15 +229,29 @@ export class Authority {
    * layer): it must be from this cluster, recorded by this CA, good and unexpired.
    */
   async identifyPeer(peer: PeerCertificate | undefined): Promise<PeerIdentity> {
-    return identifyPeer(this.store, this.clusterId, peer, this.adopt);
+    return identifyPeer(this.store, this.clusterId, peer, this.adopt, this.untrusted);
   }
 
   /** A node certificate issued by another controller holding the same CA keys (see clone.ts). */
   private adopt: Adopter = (der, serial) => adoptNodeCertificate(this, der, serial);
 
+  /** A certificate the TLS layer did not accept: one of a retired generation must join again. */
+  private untrusted = (der: Buffer) => isRetiredIssuer(this, der);
+
   /** For a node calling with its certificate: its role, and whether it should renew now (admission.ts). */
   async nodeRenewalHint(peer: PeerCertificate): Promise<{ id: string; role: string; renew: boolean } | null> {
-    return renewalHint(this.store, () => this.identifyPeer(peer));
+    const hint = await renewalHint(this.store, () => this.identifyPeer(peer));
+    if (!hint || hint.renew) return hint;
+    // a running rotation asked this node to renew, and its current certificate is not from the new key
+    const rotation = this.keyring.runningRotation('cluster');
+    if (rotation) {
+      const n = await this.store.getNode(hint.id);
+      if (n?.renew_requested_at && n.current_serial) {
+        const c = await this.store.getCertificate(n.current_serial);
+        if (c && c.issuer_key_id !== this.keyring.signer('cluster').row.key_id) return { ...hint, renew: true };
+      }
+    }
+    return hint;
   }
 
   /**
@@ -224,18 +264,18 @@ export class Authority {
     if (peer.kind !== 'node' || !peer.nodeId) throw new CairnError('forbidden', 'only node certificates can renew');
     const req = this.parseRequest(csr);
     const nodeId = peer.nodeId;
-    const serial = await this.serials.next();
-    const issued = await this.store.transaction(async (tx) => {
-      const node = await tx.lockNode(nodeId);
+    // the rules once before signing (a refused node costs no signature)...
+    const before = await this.admitRenewalIn(this.store, nodeId, peer.serial);
+    const policy = nodePolicy(this.clusterId, nodeId, before.role, this.config.certExpiryMs);
+    const c = await this.issue(policy, req);
+    // ...and again under the node's row lock, where the certificate is recorded
+    await this.store.transaction(async (tx) => {
+      const { admitted, role } = await this.admitRenewalIn(tx, nodeId, peer.serial, true);
+      // a role change between the two reads: the certificate just signed says the old role
+      if (role !== before.role) throw new RetryLater('renewal_conflict', `node ${nodeId} changed role during its renewal; renew again`, 1000);
       const now = Date.now();
-      const presented = await tx.getCertificate(peer.serial);
-      const newest = node?.current_serial && node.current_serial !== peer.serial ? await tx.getCertificate(node.current_serial) : undefined;
-      const admitted = admitRenewal(nodeId, node, presented, newest, now, this.config);
-      const role = node!.role as Role;
-      const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
-      const c = this.signWith(this.keyring.signer('cluster'), serial, { ...policy, publicKeyDer: req.publicKeyDer, publicKey: req.publicKey });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
-      await tx.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now });
+      await tx.updateNode(nodeId, { current_serial: c.serial, previous_serial: peer.serial, renewed_at: now, renew_budget: admitted.budget, renew_budget_at: now, renew_requested_at: null });
       // the grace path: the newest certificate never reached the node (or someone else holds it)
       if (admitted.abandoned) await tx.revokeCertificates([admitted.abandoned], 'superseded');
       // a demoted node's manager certificates lose their privilege once its worker certificate exists
@@ -243,26 +283,34 @@ export class Authority {
       if (admitted.abandoned || withdrawn.length) {
         await tx.audit(`node:${nodeId}`, 'node.renew.revoked', { node: nodeId, superseded: admitted.abandoned, privilegeWithdrawn: withdrawn });
       }
-      return { role, c };
     });
-    return this.issued(nodeId, issued.role, issued.c);
+    return this.issued(nodeId, before.role, c);
+  }
+
+  /** Who may renew (admission.ts), read from `s`; with `lock`, under the node's row lock. */
+  private async admitRenewalIn(s: Store, nodeId: string, serial: string, lock = false) {
+    const node = lock ? await s.lockNode(nodeId) : await s.getNode(nodeId);
+    const presented = await s.getCertificate(serial);
+    const newest = node?.current_serial && node.current_serial !== serial ? await s.getCertificate(node.current_serial) : undefined;
+    const admitted = admitRenewal(nodeId, node, presented, newest, Date.now(), this.config);
+    return { admitted, role: node!.role as Role };
   }
 
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
   async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
-    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
+    const c = await this.issue(policy, { publicKey, publicKeyDer });
     await this.store.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
-    return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
+    return { certificate: this.chainPem(c), serial: c.serial, notAfter: c.notAfter, issuerKeyId: c.issuerKeyId };
   }
 
   /** An admin client certificate (issued by the cluster root, OU=admin). */
   async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
     const policy = adminPolicy(this.clusterId, name, lifetimeMs);
-    const c = await this.sign(this.keyring.signer('cluster'), { ...policy, publicKey, publicKeyDer });
+    const c = await this.issue(policy, { publicKey, publicKeyDer });
     await this.store.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
     await this.store.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });
-    return { certificate: certificateToPem(c.der), serial: c.serial, notAfter: c.notAfter };
+    return { certificate: this.chainPem(c), serial: c.serial, notAfter: c.notAfter };
   }
 
   // ---- tokens
@@ -425,14 +473,21 @@ export class Authority {
 
   /** The newest CRL of a CA, as stored by the CRL leader. */
   async latestCrl(ca: string): Promise<Buffer | null> {
-    if (ca !== 'cluster' && ca !== 'client') throw new CairnError('not_found', `no CA "${ca}": use cluster or client`);
+    this.checkCrlName(ca);
     const r = await this.store.latestCrl(ca);
     return r ? Buffer.from(r.der, 'base64') : null;
   }
 
+  /** CRLs are named `cluster` and `client` (the signing generations), or after an older generation's row (keyring.ts crlScopes). */
+  private checkCrlName(ca: string): void {
+    if (!this.keyring.crlScopes().some((s) => s.name === ca) && ca !== 'cluster' && ca !== 'client') {
+      throw new CairnError('not_found', `no CA "${ca}": use cluster or client (or a CA generation, e.g. cluster-root-ca-1)`);
+    }
+  }
+
   /** The number of the newest CRL of a CA, or null before the first. */
   async latestCrlNumber(ca: string): Promise<number | null> {
-    if (ca !== 'cluster' && ca !== 'client') throw new CairnError('not_found', `no CA "${ca}": use cluster or client`);
+    this.checkCrlName(ca);
     return (await this.store.latestCrlNumber(ca)) ?? null;
   }
 

@@ -45,6 +45,8 @@ export function caRowFor(name: CaName, m: CaMaterial, unlockKey: Buffer, generat
     key_id: info.subjectKeyId!.toString('hex'),
     status: 'active',
     created_at: Date.now(),
+    cross_pem: null,
+    retired_at: null,
   };
 }
 
@@ -124,7 +126,7 @@ export async function adoptNodeCertificate(auth: Authority, der: Buffer, serial:
     const now = Date.now();
     if (!node) {
       await tx.insertNode(
-        { id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null },
+        { id: CN, role: OU, status: 'active', created_at: now, updated_at: now, current_serial: serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null, renew_requested_at: null },
         { ifAbsent: true },
       );
     } else {

@@ -15,7 +15,10 @@ import { openStore } from '../store/store.js';
 
 export interface CrlJob {
   id: number;
-  ca: 'cluster' | 'client';
+  /** where the CRL is stored and served: `cluster`, `client`, or a retired generation's row ID */
+  ca: string;
+  /** the sequence its number comes from: one per CA, shared by its generations (numbers only grow) */
+  sequence: string;
   keyIds: string[];
   certDer: Uint8Array;
   key: KeyObject;
@@ -52,11 +55,14 @@ async function publish(j: CrlJob): Promise<Omit<CrlJobResult, 'id'>> {
     reason: r.revocation_reason && isRevocationReason(r.revocation_reason) ? r.revocation_reason : undefined,
   }));
   const issuer = makeIssuer(Buffer.from(j.certDer), j.key);
+  // the number is claimed, the CRL signed, then recorded in a short transaction fenced by the
+  // lease term (a number claimed by a leader that lost its lease is skipped, never reused)
+  if (!(await store.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
+  await store.ensureSequence(j.sequence, 1);
+  const { start: n } = await store.claimRange(j.sequence, 1);
+  const der = buildCrl({ issuer, number: BigInt(n), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + j.validityMs), revoked });
   const number = await store.transaction(async (tx) => {
     if (!(await tx.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
-    await tx.ensureSequence(`crl-${j.ca}`, 1);
-    const { start: n } = await tx.claimRange(`crl-${j.ca}`, 1);
-    const der = buildCrl({ issuer, number: BigInt(n), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + j.validityMs), revoked });
     await tx.insertCrl({ ca_name: j.ca, number: n, der: der.toString('base64'), this_update: now - 60_000, next_update: now + j.validityMs, revocation_mark: j.mark, entries: revoked.length, replica_id: j.holder, term: j.term });
     await tx.pruneCrls(j.ca, j.keep);
     return n;

@@ -8,6 +8,8 @@
  * A CA whose entries did not change since its last CRL is not re-signed when another CA's
  * revocation moved the mark; it is when its CRL ages (half its validity).
  */
+import type { CrlScope } from './keyring.js';
+import { LocalKeySigner } from './signer.js';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
@@ -91,11 +93,13 @@ export class CrlPublisher {
       if (this.term !== term) this.log.info({ term }, 'holding the CRL lease: this replica publishes CRLs');
       this.term = term;
       const mark = await store.peekSequence('revocation');
-      for (const ca of ['cluster', 'client'] as const) {
+      // one CRL per generation holding its key (keyring.ts crlScopes), each signed by that key
+      for (const scope of this.auth.cas.crlScopes()) {
+        const ca = scope.name;
         const last = await store.latestCrl(ca);
         const now = Date.now();
         const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2;
-        if (aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(ca, term, mark, aging);
+        if (aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging);
       }
     } finally {
       this.running = false;
@@ -103,10 +107,15 @@ export class CrlPublisher {
   }
 
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
-  async publish(ca: 'cluster' | 'client', term: number, mark: number, aging = true): Promise<void> {
-    const issuer = this.auth.crlIssuer(ca);
+  async publish(scope: CrlScope, term: number, mark: number, aging = true): Promise<void> {
+    const ca = scope.name;
+    if (!(scope.signer instanceof LocalKeySigner)) {
+      // the worker thread signs with a key of this process; a key held elsewhere (HSM) is not there yet
+      throw new Error(`the CRL of ${ca} needs its CA key in this process`);
+    }
+    const family = this.auth.cas.cas.find((c) => c.row.key_id === scope.keyIds[0])?.row.name ?? ca;
     const r = await this.run({
-      ca, keyIds: this.auth.caKeyIds(ca), certDer: issuer.certDer, key: issuer.key, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark,
+      ca, sequence: `crl-${family}`, keyIds: scope.keyIds, certDer: scope.signer.info.certDer, key: scope.signer.localKey, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark,
       validityMs: this.settings().validityMs, aging, keep: 10,
     });
     if (r.skipped) {

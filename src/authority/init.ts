@@ -13,10 +13,11 @@ export interface InitResult {
 }
 
 /** Create a root CA row (certificate + sealed key) ready to insert. */
-export function newRootCa(clusterId: string, name: 'cluster' | 'client', unlockKey: Buffer, generation: number, serial: bigint, keyType?: KeyType) {
+export function newRootCa(clusterId: string, name: 'cluster' | 'client', unlockKey: Buffer, generation: number, serial: bigint | Buffer, keyType?: KeyType) {
   const kp = generateKeyPair(keyType);
-  const der = selfSignCertificate(rootCaProfile(rootCaSubject(clusterId, name), spkiDer(kp.publicKey), makeSerial(serial)), kp.privateKey);
-  return { der, row: caRowFor(name, { certDer: der, key: kp.privateKey }, unlockKey, generation) };
+  const sn = typeof serial === 'bigint' ? makeSerial(serial) : serial;
+  const der = selfSignCertificate(rootCaProfile(rootCaSubject(clusterId, name, generation), spkiDer(kp.publicKey), sn), kp.privateKey);
+  return { der, key: kp.privateKey, row: caRowFor(name, { certDer: der, key: kp.privateKey }, unlockKey, generation) };
 }
 
 /**

@@ -46,9 +46,13 @@ export function adminPolicy(clusterId: string, name: string, lifetimeMs = ADMIN_
   return { subject: { O: clusterId, OU: 'admin', CN: name }, extKeyUsage: ['clientAuth'], lifetimeMs };
 }
 
-/** The roots `init` creates: `CN=cluster-root-ca` / `CN=client-root-ca`, `OU=cairn`. */
-export function rootCaSubject(clusterId: string, ca: 'cluster' | 'client'): NameAttrs {
-  return { O: clusterId, OU: 'cairn', CN: `${ca}-root-ca` };
+/**
+ * The roots cairn creates: `CN=cluster-root-ca` / `CN=client-root-ca`, `OU=cairn`; a root
+ * made by a rotation carries its generation (`CN=cluster-root-ca-2`), so that the old and the
+ * new root — and the cross-signed certificate between them — never share a name.
+ */
+export function rootCaSubject(clusterId: string, ca: 'cluster' | 'client', generation = 1): NameAttrs {
+  return { O: clusterId, OU: 'cairn', CN: generation > 1 ? `${ca}-root-ca-${generation}` : `${ca}-root-ca` };
 }
 
 /** How the store records a certificate's subject (and finds a replica's certificates by it). */

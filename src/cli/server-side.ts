@@ -131,13 +131,35 @@ export function tokenCommand(): Command {
         saveToken(f.stateDir, role, r.token);
         if (!f.quiet) out(`Rotated the ${role} join token; the old one no longer works.`);
       }
-      const token = tokens[role];
+      let token = tokens[role];
+      if (token && !f.rotate) token = await withCurrentDigest(f.stateDir, f.server, role, token);
       if (!token) throw new CairnError('no_token', `no ${role} token is kept in ${p.adminTokens} (only hashes are stored on the server): run "cairn token ${role} --rotate --state-dir ${f.stateDir}"`);
       if (f.quiet) return out(token);
       out(`To add a ${role} to this cluster, run on the node:`);
       out('');
       out(`    ${joinCommand(token, serverUrl(f.stateDir, f.server))}`);
     });
+}
+
+/**
+ * A kept token with the cluster's current root digest: a completed root CA rotation changes
+ * the digest (the secret stays), so old tokens stop working and this prints the new one. When
+ * no replica answers, the kept token is printed as it is.
+ */
+async function withCurrentDigest(stateDir: string, server: string | undefined, role: string, token: string): Promise<string> {
+  const { formatToken, parseToken } = await import('../authority/tokens.js');
+  const parsed = parseToken(token);
+  if (!parsed) return token;
+  let digest: string;
+  try {
+    digest = (await adminCall(stateDir, server, 'GET', 'v1/ca')).digest;
+  } catch {
+    return token;
+  }
+  if (typeof digest !== 'string' || digest === parsed.digest) return token;
+  const fresh = formatToken(digest, parsed.secret);
+  saveToken(stateDir, role, fresh);
+  return fresh;
 }
 
 interface NodeJson {

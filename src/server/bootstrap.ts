@@ -2,6 +2,7 @@
  * Bootstrapping a replica: `init` (create the cluster and this replica's state directory)
  * and `serve` (load the authority from the store and run the HTTPS API).
  */
+import { driveRotations, DRIVE_INTERVAL_MS, ROTATION_LEASE } from '../authority/rotation.js';
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import { isIP } from 'node:net';
@@ -367,8 +368,31 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
   }
 }
 
+/**
+ * After the CA generations changed: this replica's server certificate must come from the
+ * signing generation (sent with its chain), and its TLS server must accept client
+ * certificates of every trusted root. The first process re-issues the certificate; a worker
+ * waits until it finds the new one in the state directory (false: ask again).
+ */
+async function refreshServerTls(o: ServeOptions, r: Prepared, primary: boolean, setContext: (c: { key: string; cert: string; ca: string[] }) => void): Promise<boolean> {
+  const p = statePaths(o.stateDir);
+  const signerKey = r.auth.cas.signer('cluster').row.key_id;
+  const akiOf = (pem: string) => certificateInfo(certificateFromPem(pem, p.serverCert)).authorityKeyId?.toString('hex');
+  let certPem = readText(p.serverCert);
+  if (akiOf(certPem) !== signerKey) {
+    if (!primary) return false;
+    writeFilesAtomic(await serverIdentityFiles(r.auth, o.stateDir, r.cfg), { overwrite: true });
+    certPem = readText(p.serverCert);
+    r.logger.info('issued a new server certificate for this replica (the signing CA generation changed)');
+  }
+  const key = readKeyFile(p.serverKey);
+  checkServerKey(key, certPem, p.serverKey, p.serverCert);
+  setContext({ key, cert: certPem, ca: r.auth.clientTrust().map((d) => certificateToPem(d)) });
+  return true;
+}
+
 /** The HTTPS API of one process, listening; `metricsText` replaces its own /metrics answer. */
-async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<string>, onJoinFailure?: (addr: string) => void, onConfigChange?: () => Promise<void>) {
+async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<string>, onJoinFailure?: (addr: string) => void, onConfigChange?: () => Promise<void>, primary = true) {
   const { app, metrics, recordJoinFailure } = buildServer({
     authority: r.auth,
     logger: r.logger,
@@ -377,6 +401,7 @@ async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<
     metricsText,
     onJoinFailure,
     onConfigChange,
+    onKeyringChange: (setContext) => refreshServerTls(o, r, primary, setContext),
   });
   const { host, port } = parseHostPort(o.listen ?? r.cfg.listen);
   await app.listen({ host, port });
@@ -428,9 +453,27 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
   const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
   // the first CRL cycle (a new cluster's first CRLs) is over before the replica says it serves
   const started = crl.start();
+  // the rotation driver: whoever holds the `rotation` lease asks the next batch of nodes to renew, and completes a converged rotation
+  let driving = false;
+  const drive = async () => {
+    if (driving) return;
+    driving = true;
+    try {
+      await auth.reloadKeyring();
+      if (auth.cas.rotations.some((x) => x.state === 'running')) {
+        const leaseMs = 5 * DRIVE_INTERVAL_MS;
+        await driveRotations(auth, async () => (await store.acquireLease(ROTATION_LEASE, cfg.replicaId, leaseMs)) !== null);
+      }
+    } catch (err) {
+      logger.warn({ err }, 'rotation driver failed');
+    } finally {
+      driving = false;
+    }
+  };
   const timers = [
     setInterval(() => auth.refreshConfig().catch((err) => logger.warn({ err }, 'config refresh failed')), 2000),
     setInterval(() => store.heartbeat(cfg.replicaId).catch((err) => logger.warn({ err }, 'heartbeat failed')), 5000),
+    setInterval(() => void drive(), DRIVE_INTERVAL_MS),
   ];
   timers.forEach((t) => t.unref());
   return {
@@ -452,7 +495,7 @@ export async function serveWorker(
 ): Promise<{ close(): Promise<void>; registry: import('prom-client').Registry; recordJoinFailure(addr: string): void; refreshConfig(): Promise<unknown> }> {
   const r = await prepare(o, false, { worker: process.env.CAIRN_WORKER_ID });
   try {
-    const { app, metrics, url, port, recordJoinFailure } = await listen(o, r, metricsText, onJoinFailure, onConfigChange);
+    const { app, metrics, url, port, recordJoinFailure } = await listen(o, r, metricsText, onJoinFailure, onConfigChange, false);
     const refresh = setInterval(() => r.auth.refreshConfig().catch((err) => r.logger.warn({ err }, 'config refresh failed')), 2000);
     refresh.unref();
     send({ cairn: 'listening', url, port, kind: r.kind, proxyProtocol: r.proxyProtocol });

@@ -7,6 +7,8 @@ import Fastify, { FastifyInstance, FastifyReply, FastifyRequest, LogController }
 import type { Logger } from 'pino';
 import { Authority, PeerCertificate, PeerIdentity } from '../authority/authority.js';
 import { requireKind } from '../authority/admission.js';
+import { abortRotation, finishRotation, rotationStatus, startRotation } from '../authority/rotation.js';
+import { CaWatcher } from './ca-watcher.js';
 import { auditLog, FailureRecorder, overview } from '../authority/overview.js';
 import { isRole } from '../authority/tokens.js';
 import { CairnError, ErrorCode, ERRORS, RetryLater } from '../util/errors.js';
@@ -38,6 +40,11 @@ export interface ServerOptions {
   onJoinFailure?: (addr: string) => void;
   /** after a configuration change, before answering it (serve --workers: every worker reloads it) */
   onConfigChange?: () => Promise<void>;
+  /**
+   * The CA generations changed (a rotation started, finished or was aborted): bring this
+   * process's TLS identity and trust up to date. Returns false to be asked again next tick.
+   */
+  onKeyringChange?: (setContext: (c: { key: string; cert: string; ca: string[] }) => void) => Promise<boolean>;
 }
 
 /** Failed-join limiter: a fixed one-minute window per client address. */
@@ -66,11 +73,11 @@ class FailureLimiter {
 /** The verified client certificate of a request, as the TLS layer parsed it (natively). */
 function peerCert(req: FastifyRequest): PeerCertificate | undefined {
   const sock = req.raw.socket as TLSSocket;
-  if (!sock.authorized) return undefined; // no certificate, or one that does not chain to our roots
   const c = sock.getPeerCertificate(false);
   if (!c || !c.serialNumber) return undefined;
   const o = c.subject?.O;
-  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o, raw: c.raw };
+  // one that does not chain to our roots is passed on marked untrusted (admission.ts says why it is refused)
+  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o, raw: c.raw, ...(sock.authorized ? {} : { untrusted: true }) };
 }
 
 /** The node ID (CN) of a chain-verified client certificate, for logs; undefined without one. */
@@ -198,11 +205,47 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
 
   // a node calling with its certificate (the agent's trust poll) also learns whether to renew
   // now: its role changed (a demotion takes effect, and its manager certificate is revoked, at once)
-  app.get('/v1/ca', async (req) => {
-    const info = authority.caInfo();
+  // GET /v1/ca?wait=<version>: a long-poll, answered when the CA's version changes, when this
+  // node is asked to renew, or after LONG_POLL_MS
+  const watcher = new CaWatcher(authority, app, o);
+  app.get<{ Querystring: { wait?: string } }>('/v1/ca', { config: { query: ['wait'] } }, async (req) => {
     const pc = peerCert(req);
-    const node = pc ? await authority.nodeRenewalHint(pc) : null;
+    let node = pc && !pc.untrusted ? await authority.nodeRenewalHint(pc) : null;
+    const wait = req.query.wait;
+    if (wait !== undefined && wait === authority.caInfo().version && !node?.renew) {
+      await watcher.wait(node?.id ?? null, req.raw);
+      node = pc && !pc.untrusted ? await authority.nodeRenewalHint(pc) : null;
+    }
+    const info = authority.caInfo();
     return node ? { ...info, node } : info;
+  });
+
+  // ---- root CA rotation (rotation.ts)
+  app.post('/v1/ca/rotate', async (req, reply) => {
+    const p = await admin(req);
+    const r = await startRotation(authority, body(req), actor(p));
+    watcher.poke();
+    req.log.info({ rotation: r.id, ca: r.ca, to: r.to.keyId }, 'CA rotation started');
+    return reply.code(202).send({ rotation: r });
+  });
+  app.get<{ Querystring: { ca?: string; stuck?: string } }>('/v1/ca/rotation', { config: { query: ['ca', 'stuck'] } }, async (req) => {
+    await admin(req);
+    return rotationStatus(authority, req.query.ca, intParam(req.query.stuck, 'stuck') ?? 100);
+  });
+  app.post('/v1/ca/rotation/finish', async (req) => {
+    const p = await admin(req);
+    const b = body(req);
+    const r = await finishRotation(authority, { ca: b.ca, force: b.force }, actor(p));
+    watcher.poke();
+    req.log.info({ rotation: r.rotation.id, unconverged: r.unconverged }, 'CA rotation finished');
+    return { rotation: r.rotation, ...(r.digest ? { digest: r.digest } : {}), unconverged: r.unconverged };
+  });
+  app.post('/v1/ca/rotation/abort', async (req) => {
+    const p = await admin(req);
+    const r = await abortRotation(authority, body(req), actor(p));
+    watcher.poke();
+    req.log.info({ rotation: r.id }, 'CA rotation aborted');
+    return { rotation: r };
   });
 
   app.post('/v1/join', async (req, reply) => {
@@ -364,5 +407,6 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     return c;
   });
 
+  app.addHook('onClose', async () => watcher.stop());
   return { app, metrics, recordJoinFailure: (addr) => limiter.fail(addr) };
 }

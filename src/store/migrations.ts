@@ -150,6 +150,28 @@ const migrations: Record<string, Migration> = {
   },
 };
 
+migrations['0009_rotation'] = {
+  // Root CA rotation: a generation's certificate cross-signed by the generation it replaces,
+  // when a generation stopped being trusted, the rotations themselves, and which nodes the
+  // rotation driver has asked to renew.
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable('cas').addColumn('cross_pem', 'text').execute();
+    await db.schema.alterTable('cas').addColumn('retired_at', 'bigint').execute();
+    await db.schema.alterTable('nodes').addColumn('renew_requested_at', 'bigint').execute();
+    await db.schema.createTable('rotations')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('ca', 'text', (c) => c.notNull())
+      .addColumn('state', 'text', (c) => c.notNull())
+      .addColumn('from_id', 'text', (c) => c.notNull())
+      .addColumn('to_id', 'text', (c) => c.notNull())
+      .addColumn('started_at', 'bigint', (c) => c.notNull())
+      .addColumn('finished_at', 'bigint')
+      .addColumn('actor', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('nodes_renew_requested').on('nodes').column('renew_requested_at').execute();
+  },
+};
+
 export const migrationProvider: MigrationProvider = {
   async getMigrations() {
     return migrations;

@@ -21,9 +21,30 @@ export interface CaTable {
   key_sealed: string | null;
   /** subject key identifier, hex */
   key_id: string;
-  /** 'active' | 'retired' */
+  /**
+   * The generation's state: 'active' (trusted; the newest active generation of a CA signs)
+   * or 'retired' (no longer trusted; signs CRLs for its unexpired certificates).
+   */
   status: string;
   created_at: number;
+  /** this generation's key certified by the generation it replaced (a rotation's cross-signed certificate) */
+  cross_pem: string | null;
+  /** when it was retired */
+  retired_at: number | null;
+}
+
+export interface RotationTable {
+  id: string;
+  /** 'cluster' | 'client' */
+  ca: string;
+  /** 'running' | 'completed' | 'aborted' */
+  state: string;
+  /** CA row IDs: the generation replaced, and the new one */
+  from_id: string;
+  to_id: string;
+  started_at: number;
+  finished_at: number | null;
+  actor: string;
 }
 
 export interface CertificateTable {
@@ -63,6 +84,8 @@ export interface NodeTable {
   /** renewals left in the node's bucket (refilled over time), and when it was last computed */
   renew_budget: number | null;
   renew_budget_at: number | null;
+  /** when a rotation asked this node to renew (null: not asked) */
+  renew_requested_at: number | null;
 }
 
 export interface TokenTable {
@@ -144,5 +167,6 @@ export interface Database {
   replicas: ReplicaTable;
   leases: LeaseTable;
   audit: AuditTable;
+  rotations: RotationTable;
   failures: FailureTable;
 }

@@ -10,7 +10,7 @@ import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } fr
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable, RotationTable } from './schema.js';
 import { redactUrl, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
@@ -184,6 +184,71 @@ export class SqlStore implements Store {
 
   async insertCa(ca: CaTable): Promise<void> {
     await this.db.insertInto('cas').values(ca).execute();
+  }
+
+  async updateCa(id: string, set: Partial<Pick<CaTable, 'status' | 'retired_at' | 'key_sealed'>>): Promise<void> {
+    await this.db.updateTable('cas').set(set).where('id', '=', id).execute();
+  }
+
+  // ---- root CA rotations
+
+  async listRotations(): Promise<RotationTable[]> {
+    return this.db.selectFrom('rotations').selectAll().orderBy('started_at').orderBy('id').execute();
+  }
+
+  async insertRotation(r: RotationTable): Promise<void> {
+    await this.db.insertInto('rotations').values(r).execute();
+  }
+
+  async updateRotation(id: string, set: Partial<Pick<RotationTable, 'state' | 'finished_at'>>): Promise<void> {
+    await this.db.updateTable('rotations').set(set).where('id', '=', id).execute();
+  }
+
+  /** Active nodes joined to their current certificate's issuer key (for the rotation's progress). */
+  private activeNodesWithIssuer() {
+    return this.db.selectFrom('nodes').leftJoin('certificates', 'certificates.serial', 'nodes.current_serial').where('nodes.status', '=', 'active');
+  }
+
+  async rotationProgress(keyId: string): Promise<{ total: number; converged: number }> {
+    const r = await this.activeNodesWithIssuer()
+      .select((eb) => [
+        eb.fn.countAll<number>().as('total'),
+        eb.fn.sum<number>(eb.case().when('certificates.issuer_key_id', '=', keyId).then(1).else(0).end()).as('converged'),
+      ])
+      .executeTakeFirstOrThrow();
+    return { total: Number(r.total), converged: Number(r.converged ?? 0) };
+  }
+
+  async unconvergedNodes(keyId: string, limit: number) {
+    return this.activeNodesWithIssuer()
+      .where((eb) => eb.or([eb('certificates.issuer_key_id', 'is', null), eb('certificates.issuer_key_id', '!=', keyId)]))
+      .select(['nodes.id as id', 'nodes.role as role', 'nodes.renewed_at as renewed_at', 'certificates.issuer_key_id as issuer_key_id'])
+      .orderBy('nodes.renewed_at')
+      .orderBy('nodes.id')
+      .limit(limit)
+      .execute();
+  }
+
+  async requestRenewals(keyId: string, limit: number, now: number): Promise<string[]> {
+    const ids = (
+      await this.activeNodesWithIssuer()
+        .where('nodes.renew_requested_at', 'is', null)
+        .where((eb) => eb.or([eb('certificates.issuer_key_id', 'is', null), eb('certificates.issuer_key_id', '!=', keyId)]))
+        .select('nodes.id as id')
+        .orderBy('nodes.id')
+        .limit(limit)
+        .execute()
+    ).map((r) => r.id);
+    if (ids.length) await this.db.updateTable('nodes').set({ renew_requested_at: now }).where('id', 'in', ids).execute();
+    return ids;
+  }
+
+  async renewalRequestsSince(t: number): Promise<string[]> {
+    return (await this.db.selectFrom('nodes').select('id').where('renew_requested_at', '>', t).execute()).map((r) => r.id);
+  }
+
+  async clearRenewalRequests(): Promise<void> {
+    await this.db.updateTable('nodes').set({ renew_requested_at: null }).where('renew_requested_at', 'is not', null).execute();
   }
 
   /** Replace every CA row (a root-CA-only restore). */

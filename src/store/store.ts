@@ -9,11 +9,11 @@
  */
 import path from 'node:path';
 import { CairnError } from '../util/errors.js';
-import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
 
 export { StoreUnavailableError } from './unavailable.js';
 export { openStore, SqlStore } from './sql-store.js';
-export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable } from './schema.js';
+export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
 
 export type StoreKind = 'sqlite' | 'postgres' | 'memory';
 
@@ -79,6 +79,21 @@ export interface Store {
   listCas(): Promise<CaTable[]>;
   insertCa(ca: CaTable): Promise<void>;
   replaceCas(rows: CaTable[]): Promise<void>;
+  updateCa(id: string, set: Partial<Pick<CaTable, 'status' | 'retired_at' | 'key_sealed'>>): Promise<void>;
+
+  // ---- root CA rotations
+  listRotations(): Promise<RotationTable[]>;
+  insertRotation(r: RotationTable): Promise<void>;
+  updateRotation(id: string, set: Partial<Pick<RotationTable, 'state' | 'finished_at'>>): Promise<void>;
+  /** Active nodes, and those whose current certificate was issued by this key. */
+  rotationProgress(keyId: string): Promise<{ total: number; converged: number }>;
+  /** Active nodes whose current certificate is not from this key, least recently renewed first. */
+  unconvergedNodes(keyId: string, limit: number): Promise<{ id: string; role: string; renewed_at: number | null; issuer_key_id: string | null }[]>;
+  /** Ask up to `limit` unconverged nodes not asked yet to renew (renew_requested_at = now); returns their IDs. */
+  requestRenewals(keyId: string, limit: number, now: number): Promise<string[]>;
+  /** Nodes asked to renew after `t`. */
+  renewalRequestsSince(t: number): Promise<string[]>;
+  clearRenewalRequests(): Promise<void>;
 
   // ---- certificates
   insertCertificate(c: CertificateTable): Promise<void>;

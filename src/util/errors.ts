@@ -38,13 +38,12 @@ export const ERRORS = {
   not_found: { status: 404, exit: 1, api: true },
   already_revoked: { status: 409, exit: 1, api: true },
   last_admin: { status: 409, exit: 1, api: true },
-  // ---- the HTTP API: root CA rotation
+  renewal_conflict: { status: 409, exit: 1, api: true },
+  rejoin_required: { status: 403, exit: 1, api: true },
   rotation_in_progress: { status: 409, exit: 1, api: true },
   rotation_incomplete: { status: 409, exit: 1, api: true },
   no_rotation: { status: 409, exit: 1, api: true },
   bad_ca_material: { status: 400, exit: 1, api: true },
-  /** a node still holding a certificate of a root retired by a forced rotation finish */
-  rejoin_required: { status: 403, exit: 1, api: true },
   // ---- the HTTP API: the server's own trouble
   internal: { status: 500, exit: 1, api: true },
   unavailable: { status: 503, exit: 1, api: true },

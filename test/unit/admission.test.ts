@@ -11,7 +11,7 @@ const LIMITS: RenewalLimits = { renewalGraceMs: 3_600_000, renewalBurst: 5, rene
 function node(over: Partial<NodeTable> = {}): NodeTable {
   return {
     id: 'n0000000000000000000000001', role: 'worker', status: 'active', created_at: NOW - 10_000_000, updated_at: NOW - 1000,
-    current_serial: 'C2', previous_serial: 'C1', renewed_at: NOW - 60_000, renew_budget: null, renew_budget_at: null, ...over,
+    current_serial: 'C2', previous_serial: 'C1', renewed_at: NOW - 60_000, renew_budget: null, renew_budget_at: null, renew_requested_at: null, ...over,
   };
 }
 const good = (serial: string) => ({ serial, status: 'good' });

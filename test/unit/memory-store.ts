@@ -7,7 +7,7 @@
  */
 import type {
   AuditTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
-  PageKey, ReplicaTable, Store, TableRow,
+  PageKey, ReplicaTable, RotationTable, Store, TableRow,
 } from '../../src/store/store.js';
 
 interface Tables {
@@ -23,9 +23,10 @@ interface Tables {
   audit: AuditTable[];
   crls: CrlTable[];
   failures: FailureTable[];
+  rotations: RotationTable[];
 }
 
-const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [] });
+const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [], rotations: [] });
 const copy = <T>(x: T): T => structuredClone(x);
 const after = (a: PageKey | undefined, t: number, k: string) => !a || t > a.t || (t === a.t && k > a.k);
 const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (x: R, y: R) => x.created_at - y.created_at || (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0);
@@ -100,6 +101,52 @@ export class MemoryStore implements Store {
   }
   async replaceCas(rows: CaTable[]) {
     this.t.cas = copy(rows);
+  }
+  async updateCa(id: string, set: Partial<Pick<CaTable, 'status' | 'retired_at' | 'key_sealed'>>) {
+    const c = this.t.cas.find((x) => x.id === id);
+    if (c) Object.assign(c, copy(set));
+  }
+
+  // ---- rotations
+  async listRotations() {
+    return copy([...this.t.rotations].sort((a, b) => a.started_at - b.started_at));
+  }
+  async insertRotation(r: RotationTable) {
+    this.t.rotations.push(copy(r));
+  }
+  async updateRotation(id: string, set: Partial<Pick<RotationTable, 'state' | 'finished_at'>>) {
+    const r = this.t.rotations.find((x) => x.id === id);
+    if (r) Object.assign(r, copy(set));
+  }
+  private withIssuer() {
+    return this.t.nodes
+      .filter((n) => n.status === 'active')
+      .map((n) => ({ n, issuer: this.t.certificates.find((c) => c.serial === n.current_serial)?.issuer_key_id ?? null }));
+  }
+  async rotationProgress(keyId: string) {
+    const all = this.withIssuer();
+    return { total: all.length, converged: all.filter((x) => x.issuer === keyId).length };
+  }
+  async unconvergedNodes(keyId: string, limit: number) {
+    return this.withIssuer()
+      .filter((x) => x.issuer !== keyId)
+      .sort((a, b) => (a.n.renewed_at ?? 0) - (b.n.renewed_at ?? 0) || (a.n.id < b.n.id ? -1 : 1))
+      .slice(0, limit)
+      .map((x) => ({ id: x.n.id, role: x.n.role, renewed_at: x.n.renewed_at, issuer_key_id: x.issuer }));
+  }
+  async requestRenewals(keyId: string, limit: number, now: number) {
+    const pick = this.withIssuer()
+      .filter((x) => x.issuer !== keyId && x.n.renew_requested_at === null)
+      .sort((a, b) => (a.n.id < b.n.id ? -1 : 1))
+      .slice(0, limit);
+    for (const x of pick) x.n.renew_requested_at = now;
+    return pick.map((x) => x.n.id);
+  }
+  async renewalRequestsSince(t: number) {
+    return this.t.nodes.filter((n) => (n.renew_requested_at ?? 0) > t).map((n) => n.id);
+  }
+  async clearRenewalRequests() {
+    for (const n of this.t.nodes) n.renew_requested_at = null;
   }
 
   // ---- certificates
