@@ -12,7 +12,7 @@ import {
 } from '../pki/index.js';
 import type { NodeTable, Store } from '../store/store.js';
 import { CairnError, fromPki, RetryLater } from '../util/errors.js';
-import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint } from './admission.js';
+import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
 import { CaKeyring, CaName } from './keyring.js';
@@ -264,13 +264,13 @@ export class Authority {
     if (peer.kind !== 'node' || !peer.nodeId) throw new CairnError('forbidden', 'only node certificates can renew');
     const req = this.parseRequest(csr);
     const nodeId = peer.nodeId;
-    // the rules once before signing (a refused node costs no signature)...
-    const before = await this.admitRenewalIn(this.store, nodeId, peer.serial);
+    // the cheap rules once before signing (a removed or over-budget node costs no signature)...
+    const before = await this.precheckRenewal(nodeId);
     const policy = nodePolicy(this.clusterId, nodeId, before.role, this.config.certExpiryMs);
     const c = await this.issue(policy, req);
     // ...and again under the node's row lock, where the certificate is recorded
     await this.store.transaction(async (tx) => {
-      const { admitted, role } = await this.admitRenewalIn(tx, nodeId, peer.serial, true);
+      const { admitted, role } = await this.admitRenewalIn(tx, nodeId, peer.serial);
       // a role change between the two reads: the certificate just signed says the old role
       if (role !== before.role) throw new RetryLater('renewal_conflict', `node ${nodeId} changed role during its renewal; renew again`, 1000);
       const now = Date.now();
@@ -287,9 +287,18 @@ export class Authority {
     return this.issued(nodeId, before.role, c);
   }
 
-  /** Who may renew (admission.ts), read from `s`; with `lock`, under the node's row lock. */
-  private async admitRenewalIn(s: Store, nodeId: string, serial: string, lock = false) {
-    const node = lock ? await s.lockNode(nodeId) : await s.getNode(nodeId);
+  /** Before signing: the node is active and has renewal budget left (one read; admission.ts decides again under the lock). */
+  private async precheckRenewal(nodeId: string): Promise<{ role: Role }> {
+    const node = await this.store.getNode(nodeId);
+    if (!node || node.status !== 'active') throw new CairnError('node_removed', `node ${nodeId} has been removed from the cluster`);
+    takeRenewalBudget(node, Date.now(), this.config);
+    return { role: node.role as Role };
+  }
+
+  /** Who may renew (admission.ts), read in the transaction `tx` under the node's row lock. */
+  private async admitRenewalIn(tx: Store, nodeId: string, serial: string) {
+    const s = tx;
+    const node = await s.lockNode(nodeId);
     const presented = await s.getCertificate(serial);
     const newest = node?.current_serial && node.current_serial !== serial ? await s.getCertificate(node.current_serial) : undefined;
     const admitted = admitRenewal(nodeId, node, presented, newest, Date.now(), this.config);

@@ -107,8 +107,27 @@ export interface RootCaRestoreResult {
  * far from the other controller's, and both join tokens get new secrets (their digest
  * changed with the root).
  */
-export async function restoreRootCaIn(tx: Store, content: BackupContent, unlockKey: Buffer): Promise<RootCaRestoreResult> {
+/**
+ * A backup of this cluster's CAs taken before one of its root CA rotations completed holds the
+ * retired root: restoring it would bring that root back (and every node would have to join
+ * again). Refused, unless the operator insists (--force).
+ */
+export async function refuseStaleBackup(store: Store, content: BackupContent): Promise<void> {
+  const cluster = await store.getCluster();
+  const taken = Date.parse(content.manifest.createdAt);
+  const rotatedSince = (await store.listRotations()).find((r) => r.state === 'completed' && Number(r.finished_at) > taken);
+  if (cluster && cluster.id === content.manifest.clusterId && rotatedSince) {
+    throw new CairnError(
+      'stale_backup',
+      `the backup was taken on ${content.manifest.createdAt}, before the ${rotatedSince.ca} root CA rotation that completed on ${new Date(Number(rotatedSince.finished_at)).toISOString()}: ` +
+        'it holds the retired root, and restoring it would bring that root back (every node would have to join again); give --force to restore it anyway',
+    );
+  }
+}
+
+export async function restoreRootCaIn(tx: Store, content: BackupContent, unlockKey: Buffer, o: { force?: boolean } = {}): Promise<RootCaRestoreResult> {
   const cluster = await tx.getCluster();
+  if (!o.force) await refuseStaleBackup(tx, content);
   if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first, or restore a full backup');
   const previous = await tx.listCas();
   const rows = caRows(content, unlockKey);

@@ -135,7 +135,7 @@ export class CaKeyring {
 
   /** The cross-signed certificates of active generations (PEM), for GET /v1/ca. */
   crossSigned(): string[] {
-    return this.cas.filter((c) => c.row.status === 'active' && c.row.cross_pem).map((c) => c.row.cross_pem!);
+    return CA_NAMES.flatMap((n) => this.signing[n].chain.map((d) => certificateToPem(d)));
   }
 
   /** The running rotation of a CA, if any. */

@@ -172,18 +172,26 @@ export async function finishRotation(auth: Authority, body: { ca?: unknown; forc
   if (unconverged > 0 && body.force !== true) {
     throw new CairnError('rotation_incomplete', `${unconverged} of ${progress.total} nodes still hold a certificate of the old root: wait, remove them ("cairn node rm"), or finish with --force (they will have to join again)`);
   }
+  const view = await endRotation(auth, r, 'completed', r.from_id, actor, { forced: unconverged > 0, unconverged });
+  return { rotation: view, digest: name === 'cluster' ? rootDigest(to.certDer) : undefined, unconverged };
+}
+
+/**
+ * End a running rotation (completed or aborted) in one transaction: the generation left
+ * behind is retired, the rotation recorded as ended, the renewal requests cleared, audited.
+ */
+async function endRotation(auth: Authority, r: RotationTable, state: 'completed' | 'aborted', retire: string, actor: string, detail: Record<string, unknown> = {}): Promise<RotationView> {
   await auth.store.transaction(async (tx) => {
     const now = Date.now();
     const current = (await tx.listRotations()).find((x) => x.id === r.id);
-    if (!current || current.state !== 'running') throw new CairnError('no_rotation', `no rotation of the ${name} CA is running`);
-    await tx.updateCa(r.from_id, { status: 'retired', retired_at: now });
-    await tx.updateRotation(r.id, { state: 'completed', finished_at: now });
+    if (!current || current.state !== 'running') throw new CairnError('no_rotation', `no rotation of the ${r.ca} CA is running`);
+    await tx.updateCa(retire, { status: 'retired', retired_at: now });
+    await tx.updateRotation(r.id, { state, finished_at: now });
     await tx.clearRenewalRequests();
-    await tx.audit(actor, 'ca.rotate.finish', { ca: name, rotation: r.id, forced: unconverged > 0, unconverged });
+    await tx.audit(actor, state === 'completed' ? 'ca.rotate.finish' : 'ca.rotate.abort', { ca: r.ca, rotation: r.id, ...detail });
   });
   await auth.reloadKeyring();
-  const view = (await rotationView(auth.store, auth, auth.cas.rotations.find((x) => x.id === r.id)))!;
-  return { rotation: view, digest: name === 'cluster' ? rootDigest(to.certDer) : undefined, unconverged };
+  return (await rotationView(auth.store, auth, auth.cas.rotations.find((x) => x.id === r.id)))!;
 }
 
 /** Abort a running rotation: the new generation is retired and the old one signs again. */
@@ -191,17 +199,7 @@ export async function abortRotation(auth: Authority, body: { ca?: unknown }, act
   const name = caName(body.ca);
   const r = auth.cas.runningRotation(name);
   if (!r) throw new CairnError('no_rotation', `no rotation of the ${name} CA is running`);
-  await auth.store.transaction(async (tx) => {
-    const now = Date.now();
-    const current = (await tx.listRotations()).find((x) => x.id === r.id);
-    if (!current || current.state !== 'running') throw new CairnError('no_rotation', `no rotation of the ${name} CA is running`);
-    await tx.updateCa(r.to_id, { status: 'retired', retired_at: now });
-    await tx.updateRotation(r.id, { state: 'aborted', finished_at: now });
-    await tx.clearRenewalRequests();
-    await tx.audit(actor, 'ca.rotate.abort', { ca: name, rotation: r.id });
-  });
-  await auth.reloadKeyring();
-  return (await rotationView(auth.store, auth, auth.cas.rotations.find((x) => x.id === r.id)))!;
+  return endRotation(auth, r, 'aborted', r.to_id, actor);
 }
 
 /**

@@ -22,7 +22,7 @@ export interface NodeView {
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
 
-/** A node and its current certificate's validity (as listNodesPage joins them, or looked up). */
+/** A node and its current certificate's validity (shown like certificateView's, on purpose) (as listNodesPage joins them, or looked up). */
 export function nodeView(
   n: Pick<NodeTable, 'id' | 'role' | 'status' | 'created_at' | 'updated_at' | 'renewed_at'>,
   cert: Pick<CertificateTable, 'serial' | 'not_before' | 'not_after' | 'issuer_key_id'> | null,

@@ -195,7 +195,7 @@ export function restoreCommand(): Command {
     .addOption(storeOption())
     .addOption(unlockKeyOption())
     .option('-i, --in <file>', 'read the backup from this file instead of standard input')
-    .option('--force', 'with --root-ca-only: replace the CAs even though nodes joined under the current ones')
+    .option('--force', 'with --root-ca-only: replace the CAs even though nodes joined under the current ones, or though the backup predates a completed root CA rotation')
     .option('--listen <host:port>', 'full restore into a new state directory: address "cairn serve" listens on', DEFAULT_LISTEN)
     .option('--advertise-addr <host>', 'full restore into a new state directory: host name or IP address nodes use to reach this replica')
     .option('--san <name>', 'full restore into a new state directory: extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])

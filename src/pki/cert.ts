@@ -247,19 +247,13 @@ export function selfSignCertificate(p: CertificateProfile, key: KeyObject): Buff
 
 /** Parse the parts of a CA certificate needed to sign with it, and check the key belongs to it. */
 export function makeIssuer(certDer: Buffer, key: KeyObject): Issuer {
-  const info = certificateInfo(certDer);
-  if (!info.isCA) throw new PkiError('not_ca', `certificate ${info.subject} is not a CA certificate`);
+  const info = issuerInfo(certDer);
   checkKeyStrength(key);
-  if (!keysMatch(key, info.publicKeyDer)) throw new PkiError('key_mismatch', 'the CA certificate and the CA key do not match');
-  const keyId = info.subjectKeyId ?? keyIdentifier(info.publicKeyDer);
+  if (!keysMatch(key, certificateInfo(certDer).publicKeyDer)) throw new PkiError('key_mismatch', 'the CA certificate and the CA key do not match');
   return {
-    certDer,
-    nameDer: info.subjectDer,
-    keyId,
-    notAfter: info.notAfter,
+    ...info,
     key,
     scheme: signatureSchemeFor(key),
-    akiExtDer: akiExtension(keyId),
   };
 }
 

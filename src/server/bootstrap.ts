@@ -14,7 +14,7 @@ import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
-  certificateFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
+  certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
@@ -23,6 +23,9 @@ import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readT
 import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
+
+/** The leaf of a PEM chain (a certificate issued during a rotation is followed by the cross-signed one). */
+const leafOf = (pem: string, what: string) => certificatesFromPem(pem, what)[0];
 
 export function sansFor(advertise: string, extra: string[]): SubjectAltName[] {
   const names = [advertise, ...extra];
@@ -245,10 +248,11 @@ async function openReplica(
   o: { stateDir: string; store?: string; unlockKeyFile?: string },
   cfg: ReplicaConfig,
   migrate: (kind: 'sqlite' | 'postgres', location: string) => boolean,
+  poolSize?: number,
 ): Promise<{ store: Store; auth: Authority; kind: 'sqlite' | 'postgres'; location: string }> {
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
-  const store = await openStore(kind, location, { migrate: migrate(kind, location) });
+  const store = await openStore(kind, location, { migrate: migrate(kind, location), ...(poolSize ? { poolSize } : {}) });
   try {
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
@@ -288,7 +292,7 @@ export async function issueAdminBundle(o: AdminBundleOptions): Promise<{ serial:
   try {
     const files = await adminBundleFiles(auth, o.stateDir, name);
     writeFilesAtomic(files, { overwrite: true });
-    const info = certificateInfo(certificateFromPem(files.find((f) => f.path.endsWith('cert.pem'))!.data.toString(), 'the admin certificate'));
+    const info = certificateInfo(leafOf(files.find((f) => f.path.endsWith('cert.pem'))!.data.toString(), 'the admin certificate'));
     return { serial: info.serialHex, notAfter: info.notAfter, clusterId: auth.clusterId, dir: statePaths(o.stateDir).adminDir };
   } finally {
     await store.close();
@@ -319,6 +323,7 @@ export interface RunningServer {
 
 /** What serving needs, once the store, the authority and this replica's TLS identity are ready. */
 interface Prepared {
+  stateDir: string;
   cfg: ReplicaConfig;
   logger: Logger;
   store: Store;
@@ -338,7 +343,9 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
   const cfg = readReplicaConfig(o.stateDir);
   const p = statePaths(o.stateDir);
   const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId, ...logBase } }, pino.destination({ fd: 2, sync: false }));
-  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => primary && (kind === 'postgres' || exists(location)));
+  // PostgreSQL connections: 10 for a single process; with workers, 5 per worker and 4 for the first process
+  const poolSize = process.env.CAIRN_WORKER_ID ? 5 : (o.workers ?? 1) > 1 ? 4 : undefined;
+  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => primary && (kind === 'postgres' || exists(location)), poolSize);
   try {
     if (primary) {
       if ((await store.getReplica(cfg.replicaId))?.removed_at) {
@@ -349,7 +356,7 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
       let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';
       let needNew = !certPem;
       if (certPem) {
-        const info = certificateInfo(certificateFromPem(certPem, p.serverCert));
+        const info = certificateInfo(leafOf(certPem, p.serverCert));
         const life = info.notAfter.getTime() - info.notBefore.getTime();
         needNew = info.notAfter.getTime() - Date.now() < life / 3 || info.authorityKeyId?.toString('hex') !== auth.clusterRootKeyId;
       }
@@ -361,11 +368,45 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
     const certPem = readText(p.serverCert);
     const key = readKeyFile(p.serverKey);
     checkServerKey(key, certPem, p.serverKey, p.serverCert);
-    return { cfg, logger, store, auth, kind, key, certPem, proxyProtocol: o.proxyProtocol ?? cfg.proxyProtocol === true };
+    return { stateDir: o.stateDir, cfg, logger, store, auth, kind, key, certPem, proxyProtocol: o.proxyProtocol ?? cfg.proxyProtocol === true };
   } catch (e) {
     await store.close().catch(() => {});
     throw e;
   }
+}
+
+function serverCertificateCurrent(r: Prepared, certPem: string): boolean {
+  const aki = certificateInfo(leafOf(certPem, 'the server certificate')).authorityKeyId?.toString('hex');
+  return aki === r.auth.cas.signer('cluster').row.key_id;
+}
+
+/**
+ * The first process of a replica re-issues, when the cluster CA's signing generation changed
+ * (a rotation started, completed or was aborted), its server certificate and the admin bundle
+ * of its state directory (same name), so that neither stops working when the old root is
+ * retired. Admin bundles kept elsewhere are re-issued with `cairn admin-bundle`.
+ */
+let issuing: Promise<void> | null = null;
+async function ensureServerCertificate(r: Prepared): Promise<void> {
+  const p = statePaths(r.stateDir);
+  const adminStale = exists(p.adminCert) && !serverCertificateCurrent(r, readText(p.adminCert));
+  if (serverCertificateCurrent(r, readText(p.serverCert)) && !adminStale) return;
+  issuing ??= (async () => {
+    try {
+      if (!serverCertificateCurrent(r, readText(p.serverCert))) {
+        writeFilesAtomic(await serverIdentityFiles(r.auth, r.stateDir, r.cfg), { overwrite: true });
+        r.logger.info('issued a new server certificate for this replica (the signing CA generation changed)');
+      }
+      if (adminStale) {
+        const name = leafOf(readText(p.adminCert), p.adminCert);
+        writeFilesAtomic(await adminBundleFiles(r.auth, r.stateDir, certificateInfo(name).subjectAttrs.CN ?? 'admin'), { overwrite: true });
+        r.logger.info({ dir: p.adminDir }, 'issued a new admin bundle in the state directory (the signing CA generation changed)');
+      }
+    } finally {
+      issuing = null;
+    }
+  })();
+  await issuing;
 }
 
 /**
@@ -376,15 +417,9 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
  */
 async function refreshServerTls(o: ServeOptions, r: Prepared, primary: boolean, setContext: (c: { key: string; cert: string; ca: string[] }) => void): Promise<boolean> {
   const p = statePaths(o.stateDir);
-  const signerKey = r.auth.cas.signer('cluster').row.key_id;
-  const akiOf = (pem: string) => certificateInfo(certificateFromPem(pem, p.serverCert)).authorityKeyId?.toString('hex');
-  let certPem = readText(p.serverCert);
-  if (akiOf(certPem) !== signerKey) {
-    if (!primary) return false;
-    writeFilesAtomic(await serverIdentityFiles(r.auth, o.stateDir, r.cfg), { overwrite: true });
-    certPem = readText(p.serverCert);
-    r.logger.info('issued a new server certificate for this replica (the signing CA generation changed)');
-  }
+  if (primary) await ensureServerCertificate(r);
+  const certPem = readText(p.serverCert);
+  if (!serverCertificateCurrent(r, certPem)) return false; // the first process has not re-issued it yet
   const key = readKeyFile(p.serverKey);
   checkServerKey(key, certPem, p.serverKey, p.serverCert);
   setContext({ key, cert: certPem, ca: r.auth.clientTrust().map((d) => certificateToPem(d)) });
@@ -411,6 +446,14 @@ async function listen(o: ServeOptions, r: Prepared, metricsText?: () => Promise<
   return { app, metrics, url, port: boundPort, recordJoinFailure };
 }
 
+/** The end of serving, once no request is answered any more: leader tasks, the store, the log. */
+export async function stopReplica(r: Prepared, leader: { stop(): Promise<void> } | null | undefined): Promise<void> {
+  await leader?.stop();
+  await r.store.close();
+  r.logger.info('cairn stopped');
+  r.logger.flush?.();
+}
+
 /** Start serving. Resolves once listening; `close()` drains in-flight requests. */
 export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   if ((o.workers ?? 1) > 1) {
@@ -422,6 +465,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
     const { app, url, port } = await listen(o, r);
     const leader = startLeaderTasks(r);
     await leader.started;
+    // the same RunningServer shape as servePrimary (workers.ts) returns, on purpose: one process or several
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
     let closing: Promise<void> | null = null;
     return {
@@ -430,10 +474,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
       close() {
         closing ??= (async () => {
           await app.close();
-          await leader.stop();
-          await r.store.close();
-          r.logger.info('cairn stopped');
-          r.logger.flush?.();
+          await stopReplica(r, leader);
         })();
         return closing;
       },
@@ -467,6 +508,7 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
     driving = true;
     try {
       await auth.reloadKeyring();
+      await ensureServerCertificate(r);
       if (auth.cas.rotations.some((x) => x.state === 'running')) {
         await driveRotations(auth, holdsLease);
       }
@@ -508,7 +550,11 @@ export async function serveWorker(
     return {
       registry: metrics.registry,
       recordJoinFailure,
-      refreshConfig: () => r.auth.refreshConfig(),
+      // a change of settings or of the CA generations (rotation) is broadcast to every worker this way
+      refreshConfig: async () => {
+        await r.auth.refreshConfig();
+        await r.auth.reloadKeyring();
+      },
       async close() {
         clearInterval(refresh);
         await app.close();

@@ -25,12 +25,14 @@ export class CaWatcher {
   private running = false;
   private tlsStale = false;
   private requestsSeen = Date.now();
+  private seen: string;
 
   constructor(
     private readonly auth: Authority,
     private readonly app: FastifyInstance<any, any, any, any>,
     private readonly o: Pick<ServerOptions, 'onKeyringChange' | 'logger'>,
   ) {
+    this.seen = auth.caInfo().version;
     this.timer = setInterval(() => void this.tick(), TICK_MS);
     this.timer.unref();
   }
@@ -68,7 +70,11 @@ export class CaWatcher {
     if (this.running || !this.timer) return;
     this.running = true;
     try {
-      const changed = await this.auth.reloadKeyring();
+      // reloaded here, or already by a broadcast (serve --workers): what counts is what this watcher last saw
+      await this.auth.reloadKeyring();
+      const version = this.auth.caInfo().version;
+      const changed = version !== this.seen;
+      this.seen = version;
       if (changed || this.tlsStale) {
         this.tlsStale = !(await this.applyTls());
       }

@@ -221,10 +221,15 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
 
   // ---- root CA rotation (rotation.ts)
+  /** After a rotation changed the CA generations: every process of this replica reloads before the answer. */
+  const caChanged = async () => {
+    await o.onConfigChange?.();
+    watcher.poke();
+  };
   app.post('/v1/ca/rotate', async (req, reply) => {
     const p = await admin(req);
     const r = await startRotation(authority, body(req), actor(p));
-    watcher.poke();
+    await caChanged();
     req.log.info({ rotation: r.id, ca: r.ca, to: r.to.keyId }, 'CA rotation started');
     return reply.code(202).send({ rotation: r });
   });
@@ -236,14 +241,14 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const p = await admin(req);
     const b = body(req);
     const r = await finishRotation(authority, { ca: b.ca, force: b.force }, actor(p));
-    watcher.poke();
+    await caChanged();
     req.log.info({ rotation: r.rotation.id, unconverged: r.unconverged }, 'CA rotation finished');
     return { rotation: r.rotation, ...(r.digest ? { digest: r.digest } : {}), unconverged: r.unconverged };
   });
   app.post('/v1/ca/rotation/abort', async (req) => {
     const p = await admin(req);
     const r = await abortRotation(authority, body(req), actor(p));
-    watcher.poke();
+    await caChanged();
     req.log.info({ rotation: r.id }, 'CA rotation aborted');
     return { rotation: r };
   });

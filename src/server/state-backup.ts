@@ -10,9 +10,9 @@ import path from 'node:path';
 import { Authority } from '../authority/authority.js';
 import { BackupManifest, encodeArchive } from '../authority/backup-archive.js';
 import { encryptBackup, openBackup } from '../authority/backup-crypto.js';
-import { readSnapshot, restoreFullIn, restoreRootCaIn } from '../authority/backup-restore.js';
+import { readSnapshot, refuseStaleBackup, restoreFullIn, restoreRootCaIn } from '../authority/backup-restore.js';
 import { pkcs12EntriesFor } from '../authority/clone.js';
-import { certificateFromPem, certificateInfo, randomId } from '../pki/index.js';
+import { certificatesFromPem, certificateInfo, randomId } from '../pki/index.js';
 import { buildPkcs12, describePkcs12Entry, Pkcs12CertDescription } from '../pki/pkcs12.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
@@ -149,6 +149,7 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
     if (others.length) {
       throw new CairnError('server_running', `replica ${others[0].id} (${others[0].address}) of this cluster is running: stop every replica sharing the store before restoring (a stopped replica's last heartbeat ages out in 15 s)`);
     }
+    if (!o.force) await refuseStaleBackup(store, content);
     const active = (await store.listNodes()).filter((n) => n.status === 'active').length;
     if (active && !o.force) {
       throw new CairnError('has_nodes', `${active} node(s) joined this controller under its current CAs; their certificates would no longer verify: give --force to replace the CAs anyway (those nodes must join again)`);
@@ -157,7 +158,7 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
     let result: Awaited<ReturnType<typeof restoreRootCaIn>>;
     try {
       result = await store.transaction(async (tx) => {
-        const r = await restoreRootCaIn(tx, content, unlockKey);
+        const r = await restoreRootCaIn(tx, content, unlockKey, { force: o.force });
         const auth = new Authority(tx, cfg.replicaId, unlockKey);
         await auth.load();
         const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId };
@@ -207,7 +208,7 @@ async function restoreFullExisting(o: RestoreOptions, content: Awaited<ReturnTyp
     const p = statePaths(o.stateDir);
     let adminCertificateRestored = false;
     if (exists(p.adminCert)) {
-      const serial = certificateInfo(certificateFromPem(fs.readFileSync(p.adminCert, 'utf8'), p.adminCert)).serialHex;
+      const serial = certificateInfo(certificatesFromPem(fs.readFileSync(p.adminCert, 'utf8'), p.adminCert)[0]).serialHex;
       adminCertificateRestored = admin.some((a) => a.serial === serial);
     }
     return { kind: 'full', clusterId: content.manifest.clusterId, stateDir: o.stateDir, created: false, replicaId: cfg0.replicaId, adminCertificateRestored, manifest: content.manifest };

@@ -150,6 +150,7 @@ export async function servePrimary(
     const up = await Promise.all(Array.from({ length: n }, (_, i) => fork(i + 1)));
     await leader.started;
     const { url, port } = up[0];
+    // the same RunningServer shape as serveReplica (bootstrap.ts) returns, on purpose
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol, workers: n }, 'cairn serving');
     let done: Promise<void> | null = null;
     return {
@@ -160,10 +161,7 @@ export async function servePrimary(
           closing = true;
           await stopWorkers();
           cluster.off('message', onMessage);
-          await leader?.stop();
-          await r.store.close();
-          r.logger.info('cairn stopped');
-          r.logger.flush?.();
+          await (await import('./bootstrap.js')).stopReplica(r, leader);
         })();
         return done;
       },
@@ -215,6 +213,11 @@ export async function runWorker(o: ServeOptions): Promise<void> {
     });
   let stop: (() => void) | null = null;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
+  // the primary is gone (killed, even with SIGKILL): its IPC channel closes; a worker never outlives it
+  process.once('disconnect', () => {
+    stop?.();
+    setTimeout(() => process.exit(0), 5000).unref();
+  });
   let remoteFailure: ((addr: string) => void) | null = null;
   process.on('message', (m: Msg) => {
     if (m?.cairn === 'metrics') {

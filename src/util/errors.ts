@@ -44,6 +44,7 @@ export const ERRORS = {
   rotation_incomplete: { status: 409, exit: 1, api: true },
   no_rotation: { status: 409, exit: 1, api: true },
   bad_ca_material: { status: 400, exit: 1, api: true },
+  stale_backup: { status: 409, exit: 1, api: false },
   // ---- the HTTP API: the server's own trouble
   internal: { status: 500, exit: 1, api: true },
   unavailable: { status: 503, exit: 1, api: true },

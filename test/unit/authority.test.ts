@@ -143,3 +143,49 @@ describe('authority rules (in-process store)', () => {
     assert.equal((await auth.updateConfig({ renewalBurst: 7 })).renewalBurst, 7);
   });
 });
+
+describe('root CA rotation rules (in-process store)', () => {
+  test('start, renew through the cross-signed chain, refuse an early finish, force it: the old certificate must rejoin', async () => {
+    const { auth, join, renew, store } = await cluster({ renewalIntervalMs: 0 });
+    const { startRotation, finishRotation, rotationStatus, abortRotation } = await import('../../src/authority/rotation.js');
+    const { certificatesFromPem } = await import('../../src/pki/index.js');
+    const a = await join();
+    const b = await join();
+    const oldKey = auth.cas.signer('cluster').row.key_id;
+    const r = await startRotation(auth, {}, 'admin');
+    assert.equal(r.state, 'running');
+    await assert.rejects(startRotation(auth, {}, 'admin'), code('rotation_in_progress'));
+    const newKey = auth.cas.signer('cluster').row.key_id;
+    assert.notEqual(newKey, oldKey);
+    assert.equal(certificatesFromPem(auth.trustBundle(), 'bundle').length, 2);
+    const a2 = await renew(a.certificate);
+    const chain = certificatesFromPem(a2.certificate, 'chain');
+    assert.equal(chain.length, 2, 'leaf then the cross-signed certificate');
+    assert.equal(certificateInfo(chain[1]).authorityKeyId!.toString('hex'), oldKey, 'the cross-signed certificate is issued by the old root');
+    assert.deepEqual((await rotationStatus(auth, 'cluster')).rotation!.nodes, { total: 2, converged: 1 });
+    assert.deepEqual((await rotationStatus(auth, 'cluster')).stuck.map((s) => s.id), [b.nodeId]);
+    await assert.rejects(finishRotation(auth, {}, 'admin'), code('rotation_incomplete'));
+    const done = await finishRotation(auth, { force: true }, 'admin');
+    assert.equal(done.unconverged, 1);
+    assert.equal(done.rotation.state, 'completed');
+    assert.equal(certificatesFromPem(auth.trustBundle(), 'bundle').length, 1);
+    // b's certificate is of the retired root: the TLS layer refuses it, admission says why
+    const bDer = certificatesFromPem(b.certificate, 'b')[0];
+    await assert.rejects(auth.identifyPeer({ serialHex: certificateInfo(bDer).serialHex, clusterId: auth.clusterId, raw: bDer, untrusted: true }), code('rejoin_required'));
+    await assert.rejects(abortRotation(auth, {}, 'admin'), code('no_rotation'));
+    assert.deepEqual(store.auditLog.map((x) => x.action).filter((x) => x.startsWith('ca.')), ['ca.rotate.start', 'ca.rotate.finish']);
+  });
+
+  test('a given root: not a CA, a foreign key or a short-lived root is refused before anything is recorded', async () => {
+    const { auth } = await cluster();
+    const { startRotation } = await import('../../src/authority/rotation.js');
+    const { privateKeyToPem } = await import('../../src/pki/index.js');
+    const k = generateKeyPair();
+    const before = auth.cas.cas.length;
+    await assert.rejects(startRotation(auth, { certificate: 'junk', key: privateKeyToPem(k.privateKey) }, 'admin'), code('bad_ca_material'));
+    await assert.rejects(startRotation(auth, { certificate: auth.caInfo().roots.cluster, key: privateKeyToPem(k.privateKey) }, 'admin'), code('bad_ca_material'));
+    await assert.rejects(startRotation(auth, { certificate: auth.caInfo().roots.cluster }, 'admin'), code('bad_ca_material'));
+    await auth.reloadKeyring();
+    assert.equal(auth.cas.cas.length, before);
+  });
+});
