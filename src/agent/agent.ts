@@ -18,7 +18,7 @@
  */
 import path from 'node:path';
 import pino, { Logger } from 'pino';
-import { certificatesFromPem, PkiError } from '../pki/index.js';
+import { certificatesFromPem, PkiError, verifyChain } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { closeAgents, request, RetryableError } from './client.js';
 import { refreshCrl } from './crl.js';
@@ -125,6 +125,17 @@ export function updateMetrics(stateDir: string, file: string | undefined, log?: 
   }
 }
 
+/** Whether a certificate chain (leaf first) verifies against these roots now. */
+function chainsTo(chain: Buffer[], roots: Buffer[]): boolean {
+  try {
+    verifyChain(chain[0], chain.slice(1), roots);
+    return true;
+  } catch (e) {
+    if (e instanceof PkiError) return false;
+    throw e;
+  }
+}
+
 /** What GET /v1/ca answers (the fields the agent reads). */
 export interface CaAnswerBody {
   clusterId?: unknown;
@@ -186,6 +197,12 @@ export function applyCaAnswer(
       { endpoint: e, reason: d.reason, refused: d.refused, fingerprints: d.refused.map((r) => r.fingerprint) },
       `trust bundle from ${e} refused, ca.crt unchanged: ${d.message}`,
     );
+    if (d.reason === 'unvouched_root' && !chainsTo(id.chain, trust)) {
+      // the CA trusts nothing our certificate chains to (a rotation finished without us): only
+      // a renewal can tell what to do — it brings a chain we may trust, or the CA says rejoin
+      o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
+      return 'renew';
+    }
     return 'refused';
   }
   if (!d.changed) return 'unchanged';

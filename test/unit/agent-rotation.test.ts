@@ -137,7 +137,7 @@ describe('root rotation, node side', () => {
       loop = false;
       await handshakes;
       assert.deepEqual(stats.failed, [], 'no handshake failed during the rotation');
-      assert.ok(stats.ok > 20, `handshakes made: ${stats.ok}`);
+      assert.ok(stats.ok >= 6, `handshakes made: ${stats.ok}`);
 
       // completion: the bundle holds the new root only
       ca.bundle = newRoot.pem;
@@ -250,6 +250,23 @@ describe('root rotation, node side', () => {
     await rejectsWith(renewOnce(a, { rounds: 1, fetchCrl: false }), 'rejoin_required', /retired.*join again with a token: cairn join --force/);
     ca.failures.push([403, 'rejoin_required']);
     await rejectsWith(runAgent(a, { logger: pino({ level: 'silent' }), renewNow: true }), 'rejoin_required', /join again/);
+  });
+
+  test('a node down during a whole rotation finds, when it comes back, a bundle it cannot check: it renews, and stops when told to rejoin', async (t) => {
+    await startCa();
+    t.after(() => ca.close());
+    const a = path.join(tmpDir(t), 'a');
+    makeNodeDir(a, oldRoot, { role: 'worker', clusterId, endpoints: [ca.url] });
+    // completed without this node: the new root alone, no cross-signed certificate offered any more
+    ca.bundle = newRoot.pem;
+    ca.issuer = newRoot;
+    ca.failures.push([403, 'rejoin_required']);
+    const { logs, logger } = logsOf();
+    const t0 = Date.now();
+    await rejectsWith(runAgent(a, { logger, renewJitterMs: 0 }), 'rejoin_required', /retired.*join again/);
+    assert.ok(Date.now() - t0 < 5000, 'at once, not at the next scheduled renewal');
+    assert.deepEqual(subjects(a, 'trust'), ['CN=cluster-root-old'], 'ca.crt untouched');
+    assert.ok(logs.some((l) => /does not verify against it: renewing/.test(l.msg)));
   });
 });
 
