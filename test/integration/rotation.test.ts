@@ -359,7 +359,9 @@ describe('root CA rotation: 3 replicas on PostgreSQL, real agents', () => {
     const rsaRoot = roots(N)[0];
     ok(await cairn(admin('ca', 'rotate', '--detach')), 'start');
     await until('the agents see the new root', () => roots(N).length === 2, 15_000);
-    const ab = ok(await cairn(admin('ca', 'rotate', '--abort')), '--abort');
+    const abr = await cairn(admin('ca', 'rotate', '--abort'));
+    const tails = () => servers3().map((s) => s.logs.join('').split('\n').filter((l) => !/"level":(20|10)/.test(l)).slice(-8).join('\n')).join('\n---\n');
+    const ab = ok(abr, `--abort\n${abr.code === 0 ? '' : tails()}`);
     assert.match(ab.stdout, /aborted/);
     const twice = await cairn(admin('ca', 'rotate', '--abort'));
     assert.equal(twice.code, 1);
