@@ -5,6 +5,7 @@
  * a CSR with the token on that connection, check what comes back, and write the identity into
  * the node's state directory.
  */
+import type { KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { certificateFromPem, certificateToPem, createCsr, csrToPem, generateKeyPair, PkiError, privateKeyToPem, rootDigest, Role } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
@@ -30,6 +31,12 @@ export interface JoinOptions {
   retryDelayMs?: number;
   /** output files to write once the identity is in place (`--write`), checked before anything is sent */
   outputs?: OutputSpec[];
+  /**
+   * Recovery after expiry (`--recover`): the state directory holds the node's identity, whose
+   * certificate expired; the token and a CSR signed with the node's key get it a new
+   * certificate with the same node ID (POST /v1/recover). No endpoints: the node's own.
+   */
+  recover?: boolean;
 }
 
 export interface JoinResult {
@@ -87,8 +94,14 @@ export function normalizeEndpoints(endpoints: string[]): string[] {
 export async function join(token: string, endpoints: string[], stateDir: string, opts: JoinOptions = {}): Promise<JoinResult> {
   // Everything that can be refused locally is refused before any network I/O.
   const t = parseJoinToken(token);
-  const eps = normalizeEndpoints(endpoints);
   const p = nodePaths(stateDir);
+  if (opts.recover) {
+    if (!exists(p.key)) throw new CairnError('usage', `--recover needs the node's identity in ${stateDir} (its key and expired certificate); without it, join as a new node`);
+    const old = readNodeIdentity(stateDir);
+    const eps = normalizeEndpoints(endpoints.length ? endpoints : old.config.endpoints);
+    return joinThrough(t, token.trim(), eps, stateDir, { ...opts, force: true }, { key: old.key, nodeId: old.config.nodeId });
+  }
+  const eps = normalizeEndpoints(endpoints);
   if (exists(p.key) && !opts.force) {
     throw new CairnError('exists', `${stateDir} already holds a node identity (${p.key}); use --force to join again and replace it`);
   }
@@ -108,9 +121,12 @@ export async function join(token: string, endpoints: string[], stateDir: string,
   }
 }
 
-async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir: string, opts: JoinOptions): Promise<JoinResult> {
-  const kp = generateKeyPair('ec-p256');
+async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir: string, opts: JoinOptions, recovering?: { key: KeyObject; nodeId: string }): Promise<JoinResult> {
+  // a recovering node proves it holds its old key by signing the request with it
+  const kp = recovering ? { privateKey: recovering.key } : generateKeyPair('ec-p256');
   const csr = csrToPem(createCsr(kp.privateKey));
+  const path = recovering ? '/v1/recover' : '/v1/join';
+  const body = recovering ? { nodeId: recovering.nodeId, token, csr } : { token, csr };
   const failures: { endpoint: string; error: CairnError }[] = [];
   const req = { timeoutMs: opts.timeoutMs, keepAlive: false, retryDelayMs: opts.retryDelayMs };
 
@@ -172,10 +188,10 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
       const untrusted = conn.verify(rootDer, { clusterId: expectCluster });
       if (untrusted) throw new CairnError(untrusted.code, untrusted.message.replace('the server is', `the server at ${ep} is`));
       try {
-        answer = await request(ep, 'POST', '/v1/join', { token, csr }, { insecure: true }, { ...req, connection: conn });
+        answer = await request(ep, 'POST', path, body, { insecure: true }, { ...req, connection: conn });
       } catch (e) {
         if (!isDroppedConnection(e)) throw e;
-        answer = await requestRetryingDrops(ep, 'POST', '/v1/join', { token, csr }, { ca: rootPem, clusterId: expectCluster }, req);
+        answer = await requestRetryingDrops(ep, 'POST', path, body, { ca: rootPem, clusterId: expectCluster }, req);
       }
     } catch (e) {
       if (!(e instanceof CairnError)) throw e;
@@ -194,6 +210,9 @@ async function joinThrough(t: JoinToken, token: string, eps: string[], stateDir:
     // 3. check what came back, then write it. The token's root is what we trust; the bundle
     //    that came with the certificate may add roots only as acceptTrustBundle allows.
     const got = checkIssued(answer, kp.privateKey, ep, { clusterId: expectCluster, anchors: [rootDer] });
+    if (recovering && got.nodeId !== recovering.nodeId) {
+      throw new CairnError('bad_response', `the CA at ${ep} answered the recovery of node ${recovering.nodeId} with a certificate for ${got.nodeId}`);
+    }
     const warnings: string[] = [];
     const decision = acceptTrustBundle([rootDer], got.trust, {
       vouchers: [...got.chain.slice(1), ...vouchersFrom(ca.intermediates), ...vouchersFrom(ca.crossSigned)],

@@ -122,7 +122,8 @@ export async function renewOnce(stateDir: string, opts: RenewOptions = {}): Prom
     throw new CairnError(
       'certificate_expired',
       `the certificate of node ${id.config.nodeId} expired at ${id.leaf.notAfter.toISOString()}: renewal needs a valid certificate; ` +
-        `join again with a token: cairn join --force --token <token> --state-dir ${stateDir} <url>`,
+        `get the same node ID back with a join token of its role (within the cluster's recovery window, default 30 days): ` +
+        `cairn join --recover --token <token> --state-dir ${stateDir}; or join as a new node: cairn join --force --token <token> --state-dir ${stateDir} <url>`,
     );
   }
   const kp = generateKeyPair('ec-p256');

@@ -30,19 +30,41 @@
  */
 import type { NodeTable, Store } from '../store/store.js';
 import { CairnError, RetryLater } from '../util/errors.js';
-import { matchSecret, parseToken, Role } from './tokens.js';
+import { hashSecret, isRole, joinTokenState, matchSecret, parseToken, Role } from './tokens.js';
 
 // ---------------------------------------------------------------- 1. join
 
-/** The role a join token admits, or the one refusal for every bad token. */
-export async function admitJoin(store: Store, rootDigest: string, token: unknown): Promise<Role> {
+/** What a join token admits: a role, and for a limited token the hash its use is counted by. */
+export interface AdmittedToken {
+  role: Role;
+  /** a limited token (`cairn token create`): count its use with `useAdmittedToken`, in the join's transaction */
+  limited: string | null;
+}
+
+/**
+ * The role a join token admits, or the one refusal for every bad token. A reusable (swarm
+ * style) token is matched in constant time against the roles' hashes; otherwise a limited
+ * token is looked up by its hash (a SHA-256 of 128 random bits: the lookup reveals nothing)
+ * and must be unrevoked, unexpired and have a use left. Its use is counted later, atomically,
+ * in the transaction that records the join (`useAdmittedToken`).
+ */
+export async function admitJoin(store: Store, rootDigest: string, token: unknown, now = Date.now()): Promise<AdmittedToken> {
   if (typeof token !== 'string' || token.length === 0) throw new CairnError('bad_request', 'missing field "token"');
   const parsed = parseToken(token);
-  // same answer for a malformed token, another cluster's digest and a wrong secret
+  // same answer for a malformed token, another cluster's digest, a wrong secret, and a used, expired or revoked limited token
   if (!parsed) throw new CairnError('invalid_token', 'invalid token');
   const role = matchSecret(parsed.secret, await store.getTokenHashes());
-  if (parsed.digest !== rootDigest || !role) throw new CairnError('invalid_token', 'invalid token');
-  return role;
+  if (parsed.digest !== rootDigest) throw new CairnError('invalid_token', 'invalid token');
+  if (role) return { role, limited: null };
+  const hash = hashSecret(parsed.secret);
+  const t = await store.getJoinTokenByHash(hash);
+  if (!t || !isRole(t.role) || joinTokenState(t, now) !== 'active') throw new CairnError('invalid_token', 'invalid token');
+  return { role: t.role, limited: hash };
+}
+
+/** Count the use of a limited token inside the join's transaction; refused when another replica took the last use first. */
+export async function useAdmittedToken(tx: Store, t: AdmittedToken, now = Date.now()): Promise<void> {
+  if (t.limited && !(await tx.useJoinToken(t.limited, now))) throw new CairnError('invalid_token', 'invalid token');
 }
 
 // ---------------------------------------------------------------- 2. identification
@@ -192,4 +214,40 @@ export function takeRenewalBudget(n: Pick<NodeTable, 'id' | 'renew_budget' | 're
     throw new RetryLater('rate_limited', `node ${n.id} renews too often: at most ${burst} renewals in a burst, then one every ${Math.round(limits.renewalIntervalMs / 1000)}s; retry in ${Math.ceil(waitMs / 1000)}s`, waitMs);
   }
   return budget - 1;
+}
+
+// ---------------------------------------------------------------- 4. recovery after expiry
+
+/**
+ * A node that was down past its certificate's expiry gets its identity back (`join --recover`)
+ * when: it is still a member (not removed); the token it presents is a valid join token of
+ * its role now; the certificate request is signed with the key of its newest certificate
+ * (proof of possession: the CSR's signature, with that public key); that certificate is not
+ * revoked, has expired, and expired less than `recoveryWindowMs` ago. Anything else is a
+ * refusal that says why. The caller holds the node's row lock.
+ */
+export function admitRecovery(
+  nodeId: string,
+  n: NodeTable | undefined,
+  newest: { status: string; not_after: number; publicKeyDer: Buffer } | undefined,
+  csrPublicKeyDer: Buffer,
+  tokenRole: Role,
+  now: number,
+  windowMs: number,
+): void {
+  const refuse = (why: string) => {
+    throw new CairnError('recovery_refused', `node ${nodeId} cannot recover its identity: ${why}`);
+  };
+  if (!n) refuse('it is not a member of this cluster (join as a new node)');
+  if (n!.status !== 'active') throw new CairnError('node_removed', `node ${nodeId} has been removed from the cluster: join as a new node`);
+  if (tokenRole !== n!.role) refuse(`the token is for ${tokenRole}s, and the node is a ${n!.role}: use a ${n!.role} token`);
+  if (!newest) refuse('it has no certificate on record');
+  if (newest!.status !== 'good') throw new CairnError('certificate_revoked', `node ${nodeId}'s newest certificate is revoked: join as a new node`);
+  if (!newest!.publicKeyDer.equals(csrPublicKeyDer)) refuse("the certificate request is not signed with the key of the node's newest certificate");
+  if (newest!.not_after > now) refuse('its certificate has not expired: renew with it instead');
+  if (windowMs <= 0) refuse('recovery is disabled (recoveryWindowMs is 0): join as a new node');
+  const ago = now - newest!.not_after;
+  if (ago > windowMs) {
+    refuse(`its certificate expired ${Math.floor(ago / 86_400_000)} days ago, longer than the recovery window (${Math.round(windowMs / 86_400_000)} days): join as a new node`);
+  }
 }

@@ -5,14 +5,14 @@
  * (serials.ts), the CA generations and their keys (keyring.ts), settings (config.ts), how
  * records are shown (views.ts) — and it records through the Store interface.
  */
-import { KeyObject } from 'node:crypto';
+import { KeyObject, X509Certificate } from 'node:crypto';
 import {
   certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId,
   SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
-import type { NodeTable, Store } from '../store/store.js';
+import type { JoinTokenTable, NodeTable, Store } from '../store/store.js';
 import { CairnError, fromPki, RetryLater } from '../util/errors.js';
-import { Adopter, admitJoin, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget } from './admission.js';
+import { Adopter, admitJoin, admitRecovery, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget, useAdmittedToken } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG } from './config.js';
 import { CaKeyring, CaName } from './keyring.js';
@@ -21,7 +21,7 @@ import { isRetiredIssuer, rotationView, type RotationView } from './rotation.js'
 import { page, PageRequest } from './pages.js';
 import { adminPolicy, LeafPolicy, nodePolicy, replicaPolicy, replicaSubject, subjectString } from './policy.js';
 import { SerialSource } from './serials.js';
-import { isRole, mintJoinTokens, Role } from './tokens.js';
+import { checkTokenRequest, isRole, joinTokenState, mintJoinTokens, mintLimitedToken, Role } from './tokens.js';
 import { certificateView, listedNodeView, nodeFilter, NodeListRequest, nodeView, NodeView } from './views.js';
 
 export type { PeerCertificate, PeerIdentity } from './admission.js';
@@ -38,6 +38,20 @@ export interface IssuedNode {
   trustBundle: string;
   serial: string;
   notAfter: Date;
+}
+
+/** A limited join token as the API shows it (never its secret). */
+function limitedTokenView(t: JoinTokenTable, now: number) {
+  return {
+    id: t.id,
+    role: t.role,
+    state: joinTokenState(t, now),
+    uses: Number(t.uses),
+    maxUses: Number(t.max_uses),
+    expiresAt: new Date(Number(t.expires_at)).toISOString(),
+    createdAt: new Date(Number(t.created_at)).toISOString(),
+    revokedAt: t.revoked_at === null ? null : new Date(Number(t.revoked_at)).toISOString(),
+  };
 }
 
 /** How many revoked serials an answer (and the audit record) lists; the count is always exact. */
@@ -211,13 +225,16 @@ export class Authority {
    * one transaction, and only then return it.
    */
   async join(token: unknown, csr: unknown): Promise<IssuedNode> {
-    const role = await admitJoin(this.store, this.digest, token);
+    const admitted = await admitJoin(this.store, this.digest, token);
+    const role = admitted.role;
     const req = this.parseRequest(csr);
     const nodeId = randomId();
     const policy = nodePolicy(this.clusterId, nodeId, role, this.config.certExpiryMs);
     const c = await this.issue(policy, req);
     const now = Date.now();
     await this.store.transaction(async (tx) => {
+      // a limited token's use is counted with the join: a join refused later does not spend it
+      await useAdmittedToken(tx, admitted, now);
       await tx.insertNode({ id: nodeId, role, status: 'active', created_at: now, updated_at: now, current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null, renew_requested_at: null });
       await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
     });
@@ -305,6 +322,39 @@ export class Authority {
     return { admitted, role: node!.role as Role };
   }
 
+  /**
+   * Recovery after expiry (`join --recover`): a node whose certificate expired while it was
+   * down gets a new one with the same node ID and role, when the rules of admission.ts
+   * (`admitRecovery`) allow it — applied under the node's row lock, like a renewal.
+   */
+  async recover(nodeIdIn: unknown, token: unknown, csr: unknown): Promise<IssuedNode> {
+    if (typeof nodeIdIn !== 'string' || !ID_RE.test(nodeIdIn)) throw new CairnError('bad_request', 'field "nodeId" must be a node ID');
+    const nodeId = nodeIdIn;
+    const admitted = await admitJoin(this.store, this.digest, token);
+    const req = this.parseRequest(csr);
+    // the rules once before signing, and again under the node's row lock where it is recorded
+    const check = async (s: Store) => {
+      const node = await s.lockNode(nodeId);
+      const newest = node?.current_serial ? await s.getCertificate(node.current_serial) : undefined;
+      const newestKey = newest ? { status: newest.status, not_after: Number(newest.not_after), publicKeyDer: new X509Certificate(newest.cert_pem).publicKey.export({ type: 'spki', format: 'der' }) } : undefined;
+      admitRecovery(nodeId, node, newestKey, req.publicKeyDer, admitted.role, Date.now(), this.config.recoveryWindowMs);
+      return { role: node!.role as Role, expired: newest!.serial };
+    };
+    const before = await check(this.store);
+    const policy = nodePolicy(this.clusterId, nodeId, before.role, this.config.certExpiryMs);
+    const c = await this.issue(policy, req);
+    await this.store.transaction(async (tx) => {
+      const { role, expired } = await check(tx);
+      if (role !== before.role) throw new RetryLater('renewal_conflict', `node ${nodeId} changed role during its recovery; try again`, 1000);
+      const now = Date.now();
+      await useAdmittedToken(tx, admitted, now);
+      await tx.insertCertificate(this.certRecord(c, 'node', policy.subject, nodeId, role));
+      await tx.updateNode(nodeId, { current_serial: c.serial, previous_serial: null, renewed_at: now, renew_budget: null, renew_budget_at: null, renew_requested_at: null });
+      await tx.audit(`node:${nodeId}`, 'node.recover', { node: nodeId, expired, serial: c.serial });
+    });
+    return this.issued(nodeId, before.role, c);
+  }
+
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
   async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
@@ -334,7 +384,66 @@ export class Authority {
     });
   }
 
+  /** A join token with a lifetime and a number of uses (counted atomically across replicas); returned this once. */
+  async createToken(body: { role?: unknown; ttlMs?: unknown; uses?: unknown }, actor = 'admin') {
+    const r = checkTokenRequest(body);
+    const now = Date.now();
+    const { row, token } = mintLimitedToken(this.digest, r, now);
+    await this.store.transaction(async (tx) => {
+      await tx.insertJoinToken(row);
+      await tx.audit(actor, 'token.create', { id: row.id, role: row.role, uses: row.max_uses, expiresAt: row.expires_at });
+    });
+    return { ...limitedTokenView(row, now), token };
+  }
+
+  async listTokens() {
+    const now = Date.now();
+    return { tokens: (await this.store.listJoinTokens()).map((t) => limitedTokenView(t, now)) };
+  }
+
+  async revokeToken(id: string, actor = 'admin') {
+    if (!ID_RE.test(id)) throw new CairnError('not_found', `no token "${id}"`);
+    return this.store.transaction(async (tx) => {
+      if (!(await tx.revokeJoinToken(id, Date.now()))) throw new CairnError('not_found', `no token ${id} (or it is revoked already)`);
+      await tx.audit(actor, 'token.revoke', { id });
+      return { id, state: 'revoked' as const };
+    });
+  }
+
   // ---- nodes
+
+  /**
+   * Remove the active nodes whose newest certificate expired more than `expiredForMs` ago
+   * (they can no longer renew, nor recover once past the recovery window): the same removal
+   * as `node rm`, so they cannot come back. Also what becomes of a join whose answer never
+   * reached its node. Returns the IDs removed.
+   */
+  async pruneNodes(expiredForMs: unknown, actor = 'admin'): Promise<{ removed: string[] }> {
+    if (typeof expiredForMs !== 'number' || !Number.isInteger(expiredForMs) || expiredForMs < 0) throw new CairnError('bad_request', 'expiredForMs must be a non-negative integer');
+    const cutoff = Date.now() - expiredForMs;
+    const removed: string[] = [];
+    for (;;) {
+      const batch = await this.store.expiredNodes(cutoff, 500);
+      if (batch.length === 0) break;
+      const done = await this.store.transaction(async (tx) => {
+        const out: string[] = [];
+        for (const id of batch) {
+          const n = await tx.lockNode(id);
+          const c = n?.current_serial ? await tx.getCertificate(n.current_serial) : undefined;
+          // as it is now that we hold the lock: a node that renewed or recovered meanwhile stays
+          if (!n || n.status !== 'active' || (c && Number(c.not_after) > cutoff)) continue;
+          await tx.updateNode(id, { status: 'removed' });
+          await tx.revokeNodeCertificates(id, 'cessationOfOperation');
+          out.push(id);
+        }
+        if (out.length) await tx.audit(actor, 'node.prune', { expiredForMs, count: out.length, nodes: out.slice(0, MAX_LISTED_SERIALS) });
+        return out;
+      });
+      removed.push(...done);
+      if (done.length < batch.length || batch.length < 500) break;
+    }
+    return { removed };
+  }
 
   async nodeView(n: NodeTable, s: Store = this.store): Promise<NodeView> {
     return nodeView(n, (n.current_serial ? await s.getCertificate(n.current_serial) : undefined) ?? null);

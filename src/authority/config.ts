@@ -27,6 +27,8 @@ export interface ClusterConfig {
   renewalBurst: number;
   /** then one renewal per node every this many ms (0 = no limit) */
   renewalIntervalMs: number;
+  /** how long after its certificate expired a node may still recover its identity (`join --recover`; 0 = never) */
+  recoveryWindowMs: number;
 }
 
 export const DEFAULT_CONFIG: ClusterConfig = {
@@ -39,6 +41,7 @@ export const DEFAULT_CONFIG: ClusterConfig = {
   renewalGraceMs: HOUR_MS,
   renewalBurst: 5,
   renewalIntervalMs: 60_000,
+  recoveryWindowMs: 30 * DAY_MS,
 };
 
 /** Bounds of every setting a user may change: [min, max, what]. */
@@ -52,6 +55,7 @@ const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
   renewalGraceMs: [0, 7 * DAY_MS, 'renewalGraceMs must be between 0 and 7 days'],
   renewalBurst: [1, 1_000_000, 'renewalBurst must be between 1 and 1000000'],
   renewalIntervalMs: [0, DAY_MS, 'renewalIntervalMs must be between 0 (no limit) and 1 day'],
+  recoveryWindowMs: [0, 365 * DAY_MS, 'recoveryWindowMs must be between 0 (no recovery) and 365 days'],
 };
 
 /** The stored settings over the defaults. */

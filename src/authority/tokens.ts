@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { randomId, Role, ROLES } from '../pki/index.js';
-import type { Store } from '../store/store.js';
+import { isRole, randomId, Role, ROLES } from '../pki/index.js';
+import type { JoinTokenTable, Store } from '../store/store.js';
+import { CairnError } from '../util/errors.js';
 
 export { isRole, ROLES, type Role } from '../pki/index.js';
 
@@ -57,4 +58,41 @@ export function matchSecret(secret: string, hashes: Record<string, string>): Rol
     if (eq) found = role;
   }
   return found;
+}
+
+// ---- limited join tokens (`cairn token create`): a lifetime and a number of uses
+
+export const TOKEN_TTL_DEFAULT_MS = 60 * 60_000;
+export const TOKEN_TTL_MIN_MS = 60_000;
+export const TOKEN_TTL_MAX_MS = 30 * 86_400_000;
+export const TOKEN_USES_MAX = 100_000;
+
+export type JoinTokenState = 'active' | 'used' | 'expired' | 'revoked';
+
+export function joinTokenState(t: Pick<JoinTokenTable, 'revoked_at' | 'expires_at' | 'uses' | 'max_uses'>, now: number): JoinTokenState {
+  if (t.revoked_at !== null) return 'revoked';
+  if (t.uses >= t.max_uses) return 'used';
+  if (t.expires_at <= now) return 'expired';
+  return 'active';
+}
+
+/** Check what a limited token is asked for: its role, lifetime (ms) and uses. */
+export function checkTokenRequest(b: { role?: unknown; ttlMs?: unknown; uses?: unknown }): { role: Role; ttlMs: number; uses: number } {
+  if (typeof b.role !== 'string' || !isRole(b.role)) throw new CairnError('bad_request', 'role must be worker or manager');
+  const ttlMs = b.ttlMs ?? TOKEN_TTL_DEFAULT_MS;
+  if (typeof ttlMs !== 'number' || !Number.isInteger(ttlMs) || ttlMs < TOKEN_TTL_MIN_MS || ttlMs > TOKEN_TTL_MAX_MS) {
+    throw new CairnError('bad_request', 'ttlMs must be an integer between 1 minute and 30 days');
+  }
+  const uses = b.uses ?? 1;
+  if (typeof uses !== 'number' || !Number.isInteger(uses) || uses < 1 || uses > TOKEN_USES_MAX) throw new CairnError('bad_request', `uses must be an integer between 1 and ${TOKEN_USES_MAX}`);
+  return { role: b.role, ttlMs, uses };
+}
+
+/** A new limited token: the row to store (its secret only hashed) and the token, returned this once. */
+export function mintLimitedToken(digest: string, r: { role: Role; ttlMs: number; uses: number }, now: number): { row: JoinTokenTable; token: string } {
+  const secret = newSecret();
+  return {
+    row: { id: randomId(), role: r.role, secret_hash: hashSecret(secret), max_uses: r.uses, uses: 0, expires_at: now + r.ttlMs, created_at: now, revoked_at: null },
+    token: formatToken(digest, secret),
+  };
 }

@@ -17,7 +17,8 @@ export interface NodeView {
   updatedAt: string;
   /** when its current certificate was issued (join or last renewal) */
   renewedAt: string | null;
-  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
+  /** state: good, expired or revoked */
+  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string; state: 'good' | 'expired' | 'revoked' } | null;
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).toISOString());
@@ -25,8 +26,10 @@ const iso = (ms: number | null) => (ms === null ? null : new Date(Number(ms)).to
 /** A node and its current certificate's validity (shown like certificateView's, on purpose) (as listNodesPage joins them, or looked up). */
 export function nodeView(
   n: Pick<NodeTable, 'id' | 'role' | 'status' | 'created_at' | 'updated_at' | 'renewed_at'>,
-  cert: Pick<CertificateTable, 'serial' | 'not_before' | 'not_after' | 'issuer_key_id'> | null,
+  cert: Pick<CertificateTable, 'serial' | 'not_before' | 'not_after' | 'issuer_key_id' | 'status'> | null,
+  now = Date.now(),
 ): NodeView {
+  const state = !cert ? 'good' : cert.status === 'revoked' ? 'revoked' : Number(cert.not_after) <= now ? 'expired' : 'good';
   return {
     id: n.id,
     role: n.role,
@@ -34,14 +37,14 @@ export function nodeView(
     createdAt: iso(n.created_at)!,
     updatedAt: iso(n.updated_at)!,
     renewedAt: iso(n.renewed_at),
-    certificate: cert ? { serial: cert.serial, notBefore: iso(cert.not_before)!, notAfter: iso(cert.not_after)!, issuerKeyId: cert.issuer_key_id } : null,
+    certificate: cert ? { serial: cert.serial, notBefore: iso(cert.not_before)!, notAfter: iso(cert.not_after)!, issuerKeyId: cert.issuer_key_id, state } : null,
   };
 }
 
 /** A row of a node listing (node with its certificate joined in). */
 export function listedNodeView(n: NodeWithCertificate): NodeView {
   const cert = n.cert_serial
-    ? { serial: n.cert_serial, not_before: Number(n.cert_not_before), not_after: Number(n.cert_not_after), issuer_key_id: n.cert_issuer_key_id! }
+    ? { serial: n.cert_serial, not_before: Number(n.cert_not_before), not_after: Number(n.cert_not_after), issuer_key_id: n.cert_issuer_key_id!, status: n.cert_status ?? 'good' }
     : null;
   return nodeView(n, cert);
 }

@@ -39,9 +39,10 @@ export function joinCommand(): Command {
     .addOption(new Option('--token <token>', 'join token (CAIRN-1-…), from "cairn token worker|manager"').env('CAIRN_JOIN_TOKEN').makeOptionMandatory())
     .addOption(stateDirOption())
     .option('--force', 'replace an identity already in the state directory')
+    .option('--recover', 'get back the identity of a node whose certificate expired while it was down: same node ID and role, with a join token of its role (endpoints default to the node\'s own)')
     .option('--json', 'print {nodeId, role, clusterId, stateDir, endpoint, serial, notAfter, outputs} as JSON')
     .addOption(writeOption())
-    .argument('<url...>', 'CA endpoints (https://host:port), tried in order; all are kept for renewals')
+    .argument('[url...]', 'CA endpoints (https://host:port), tried in order; all are kept for renewals (with --recover: default the node\'s own)')
     .addHelpText('after', `
 The token carries the digest of the cluster's root CA certificate: the CA at each address is
 checked against it before anything is sent, so a man in the middle cannot pose as the CA.
@@ -62,15 +63,22 @@ With --write, the identity is also written where other programs expect it (check
 anything is sent to the CA; see "Output files" below). Give the agent the same --write flags.
 
 Then run "cairn agent --state-dir NODEDIR" to keep the certificate renewed.
+
+A node that was down past its certificate's expiry: "cairn join --recover --token T
+--state-dir NODEDIR" gets a new certificate with the same node ID and role, if it is still a
+member, the token is a join token of its role, and its certificate expired less than the
+cluster's recovery window ago (default 30 days). The request is signed with the node's key
+(proof that it is the same node); the key is kept. Otherwise the CA says why not.
+
 The token may also be given in the environment variable CAIRN_JOIN_TOKEN (kept out of "ps").
 ${WRITE_HELP}
 
 Example:
   cairn join --token CAIRN-1-… --state-dir /var/lib/cairn-node https://ca1:7443 https://ca2:7443`)
-    .action(async (urls: string[], f: { token: string; stateDir: string; force?: boolean; json?: boolean; write?: string[] }) => {
+    .action(async (urls: string[], f: { token: string; stateDir: string; force?: boolean; recover?: boolean; json?: boolean; write?: string[] }) => {
       const outputs = await outputSpecs(f.write, f.stateDir);
       const { join } = await import('../agent/join.js'); // loaded only when used: fast CLI start
-      const r = await join(f.token, urls, f.stateDir, { force: f.force, outputs });
+      const r = await join(f.token, urls, f.stateDir, { force: f.force, recover: f.recover, outputs });
       for (const w of r.warnings) process.stderr.write(`cairn: warning: ${w}\n`);
       if (f.json) return printJson({ ...r, notAfter: r.notAfter.toISOString() });
       out(`Joined cluster ${r.clusterId} as ${r.role} ${r.nodeId}; identity in ${r.stateDir}`);
@@ -146,7 +154,8 @@ After each attempt it records the outcome in NODEDIR/agent-status.json, read by
 "cairn agent status", and rewrites --metrics-file if given.
 
 It stops with an error (exit 1) when the CA refuses the node for good: the node was removed,
-its certificate was revoked, or the certificate has expired; join again then. SIGTERM and
+its certificate was revoked, or the certificate has expired; join again then (an expired one,
+within the recovery window: "cairn join --recover" keeps the node ID). SIGTERM and
 SIGINT stop it cleanly (exit 0). With --renew-now the hook runs once (no retries), and a
 failed hook makes the exit status 1 although the certificate was renewed.
 

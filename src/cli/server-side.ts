@@ -7,7 +7,7 @@ import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { adminCall, adminPages, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup-commands.js';
-import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
+import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
 
 function joinCommand(token: string, url: string): string {
@@ -113,16 +113,30 @@ needs AmbientCapabilities=CAP_NET_BIND_SERVICE in a drop-in when --user is given
   return serve;
 }
 
+function requireStateDir<T extends { stateDir?: string }>(f: T): T & { stateDir: string } {
+  if (!f.stateDir) throw new CairnError('usage', "required option '--state-dir <dir>' not specified");
+  return f as T & { stateDir: string };
+}
+
 export function tokenCommand(): Command {
-  return new Command('token')
-    .description('print the join command (or token) for workers or managers; --rotate replaces the secret')
+  const token = new Command('token')
+    .description('print the join command (or token) for workers or managers; --rotate replaces the secret; create/ls/revoke: limited tokens')
     .argument('<role>', 'worker or manager')
-    .addOption(stateDirOption())
+    // not mandatory here: the subcommands (create, ls, revoke) take it from this command too
+    .addOption(new Option('--state-dir <dir>', 'the replica state directory (required)'))
     .addOption(serverOption())
     .option('--rotate', 'replace the token secret: the old token stops working at once (needs a running server)')
     .option('-q, --quiet', 'print the token only')
+    .addHelpText('after', `
+Two kinds of join token:
+  cairn token worker|manager   the reusable (swarm-style) token of a role, kept until --rotate
+  cairn token create ...       a limited token: valid for --ttl and --uses joins (default 1h, 1),
+                               uses counted atomically across every replica; list with
+                               "cairn token ls", withdraw with "cairn token revoke <id>"`)
+    .configureHelp({ showGlobalOptions: true })
     .action(async (role: string, f: { stateDir: string; server?: string; rotate?: boolean; quiet?: boolean }) => {
-      if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager`);
+      requireStateDir(f);
+      if (!isRole(role)) throw new CairnError('usage', `unknown role "${role}": use worker or manager (or create, ls, revoke)`);
       const p = statePaths(f.stateDir);
       const tokens = readTokens(f.stateDir);
       if (f.rotate) {
@@ -139,6 +153,45 @@ export function tokenCommand(): Command {
       out('');
       out(`    ${joinCommand(token, serverUrl(f.stateDir, f.server))}`);
     });
+  // --state-dir, --server and -q are the token command's own (commander hands them to it): read with optsWithGlobals
+  const common = (c: Command) => c.addOption(jsonOption());
+  type Flags = { stateDir: string; server?: string; json?: boolean; quiet?: boolean };
+  const flags = <T>(cmd: Command): T & Flags => requireStateDir(cmd.optsWithGlobals<T & Flags>());
+  common(
+    token
+      .command('create')
+      .description('create a limited join token: valid for --ttl and for --uses joins, counted across all replicas (printed this once)')
+      .addOption(new Option('--role <role>', 'worker or manager').choices(['worker', 'manager']).makeOptionMandatory())
+      .addOption(new Option('--ttl <duration>', 'how long it is valid, 1m to 30d (e.g. 10m, 24h)').argParser(parseDurationArg).default(60 * 60_000, '1h'))
+      .option('--uses <n>', 'how many joins it admits (1 to 100000)', (v: string) => {
+        if (!/^[0-9]{1,6}$/.test(v)) throw new CairnError('usage', `--uses must be a whole number (got "${v}")`);
+        return Number(v);
+      }, 1)
+      .option('-q, --quiet', 'print the token only'),
+  ).action(async (_o: unknown, cmd: Command) => {
+    const f = flags<{ role: string; ttl: number; uses: number }>(cmd);
+    const r = await adminCall(f.stateDir, f.server, 'POST', 'v1/tokens', { role: f.role, ttlMs: f.ttl, uses: f.uses });
+    if (f.quiet) return out(r.token);
+    if (f.json) return printJson(r);
+    out(`Token ${r.id} for ${f.role}s: ${r.maxUses} join${r.maxUses === 1 ? '' : 's'}, until ${r.expiresAt}. Run on the node:`);
+    out('');
+    out(`    ${joinCommand(r.token, serverUrl(f.stateDir, f.server))}`);
+  });
+  common(token.command('ls').description('list limited join tokens (never their secrets): state, uses, expiry')).action(async (_o: unknown, cmd: Command) => {
+    const f = flags<object>(cmd);
+    const r = await adminCall(f.stateDir, f.server, 'GET', 'v1/tokens');
+    if (f.json) return printJson(r.tokens);
+    table([['ID', 'ROLE', 'STATE', 'USES', 'EXPIRES'], ...r.tokens.map((t: any) => [t.id, t.role, t.state, `${t.uses}/${t.maxUses}`, t.expiresAt])]);
+  });
+  common(token.command('revoke').description('revoke a limited join token: it admits no more joins').argument('<id>', 'token ID, as "cairn token ls" prints it')).action(
+    async (id: string, _o: unknown, cmd: Command) => {
+      const f = flags<object>(cmd);
+      const r = await adminCall(f.stateDir, f.server, 'DELETE', `v1/tokens/${encodeURIComponent(id)}`);
+      if (f.json) return printJson(r);
+      out(`Token ${r.id} revoked.`);
+    },
+  );
+  return token;
 }
 
 /**
@@ -174,8 +227,8 @@ export function keepTokensWithDigest(stateDir: string, digest: string): Record<s
 }
 
 interface NodeJson {
-  id: string; role: string; status: string; createdAt: string; updatedAt: string;
-  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string } | null;
+  id: string; role: string; status: string; createdAt: string; updatedAt: string; renewedAt: string | null;
+  certificate: { serial: string; notBefore: string; notAfter: string; issuerKeyId: string; state: string } | null;
 }
 
 
@@ -191,8 +244,8 @@ export function nodeCommand(): Command {
     let row: ((r: string[]) => void) | null = null;
     await adminPages<NodeJson>(f.stateDir, f.server, 'v1/nodes', 'nodes', (nodes) => {
       // the header only once the first page arrived: an error prints no half table
-      row ??= streamTable(['ID', 'ROLE', 'STATUS', 'CERT EXPIRES', 'SERIAL'], [25, 7, 7, 24, 32]);
-      for (const n of nodes) row([n.id, n.role, n.status, n.certificate?.notAfter ?? '-', n.certificate?.serial ?? '-']);
+      row ??= streamTable(['ID', 'ROLE', 'STATUS', 'CERT', 'CERT EXPIRES', 'LAST RENEWAL', 'SERIAL'], [25, 7, 7, 8, 24, 24, 32]);
+      for (const n of nodes) row([n.id, n.role, n.status, n.certificate?.state ?? '-', n.certificate?.notAfter ?? '-', n.renewedAt ?? '-', n.certificate?.serial ?? '-']);
     });
   });
   common(node.command('inspect').description('show one node').argument('<id>', 'node ID')).action(async (id: string, f: { stateDir: string; server?: string; json?: boolean }) => {
@@ -204,7 +257,8 @@ export function nodeCommand(): Command {
     out(`Created:       ${n.createdAt}`);
     out(`Updated:       ${n.updatedAt}`);
     if (n.certificate) {
-      out(`Certificate:   serial ${n.certificate.serial}`);
+      out(`Last renewal:  ${n.renewedAt ?? '-'}`);
+      out(`Certificate:   serial ${n.certificate.serial} (${n.certificate.state})`);
       out(`  valid:       ${n.certificate.notBefore} to ${n.certificate.notAfter}`);
       out(`  issuer key:  ${n.certificate.issuerKeyId}`);
     }
@@ -217,6 +271,16 @@ export function nodeCommand(): Command {
     });
   change('promote', 'POST', (id) => `v1/nodes/${id}/promote`, (n) => `Node ${n.id} is now a manager (its certificate changes at its next renewal).`, 'make a node a manager (applies at its next renewal)');
   change('demote', 'POST', (id) => `v1/nodes/${id}/demote`, (n) => `Node ${n.id} is now a worker (its certificate changes at its next renewal).`, 'make a node a worker (applies at its next renewal)');
+  common(
+    node
+      .command('prune')
+      .description('remove the nodes whose certificate expired more than --expired-for ago (as "node rm" does: they cannot come back)')
+      .addOption(new Option('--expired-for <duration>', 'how long ago the certificate expired, e.g. 30d').argParser(parseDurationArg).default(30 * 86_400_000, '30d')),
+  ).action(async (f: { expiredFor: number; stateDir: string; server?: string; json?: boolean }) => {
+    const r: { removed: string[] } = await adminCall(f.stateDir, f.server, 'POST', 'v1/nodes/prune', { expiredForMs: f.expiredFor });
+    if (f.json) return printJson(r);
+    out(r.removed.length ? `Removed ${r.removed.length} node${r.removed.length === 1 ? '' : 's'} whose certificate expired more than ${formatDuration(f.expiredFor)} ago: ${r.removed.join(', ')}` : `No node's certificate expired more than ${formatDuration(f.expiredFor)} ago.`);
+  });
   change('rm', 'DELETE', (id) => `v1/nodes/${id}`, (n) => `Node ${n.id} removed: its certificates are revoked and it can no longer renew.`, 'remove a node: revoke its certificates, refuse its renewals');
   return node;
 }

@@ -320,17 +320,61 @@ async function expiryPage(d: Deps): Promise<Html> {
 <table id="buckets"><tr><th>Days to expiry</th><th>Certificates</th></tr>${b.map((x, i) => html`<tr><td>${labels[i]}</td><td data-le="${x.le}">${x.n}</td></tr>`)}</table>`;
 }
 
-async function rotationPage(d: Deps): Promise<Html> {
-  const ca = await d.api.call('GET', 'v1/ca');
-  const r = ca.rotation;
-  if (r === null || r === undefined) {
-    return html`<h1>Root CA rotation</h1><p id="rotation-state" class="ok">No rotation in progress.</p>
-<p class="muted">The cluster root's digest (as join tokens carry it): <span class="mono">${ca.digest}</span>. This page follows a rotation live once one is opened; this version of cairn has no rotation API yet, so there is nothing to start here.</p>`;
-  }
-  // a rotation API the dashboard does not know the shape of yet: show what it says
-  return html`<h1>Root CA rotation</h1><p id="rotation-state" class="warn">A rotation is in progress.</p>
-<dl class="kv">${Object.entries(r as Record<string, unknown>).map(([k, v]) => html`<dt>${k}</dt><dd class="mono">${typeof v === 'object' ? JSON.stringify(v) : String(v)}</dd>`)}</dl>`;
+/** Rate and ETA of a running rotation, from its progress since it started. */
+function rotationPace(r: { startedAt: string; nodes: { total: number; converged: number } }): { rate: string; eta: string } {
+  const secs = Math.max(1, (Date.now() - Date.parse(r.startedAt)) / 1000);
+  const perSec = r.nodes.converged / secs;
+  const left = r.nodes.total - r.nodes.converged;
+  return { rate: `${perSec.toFixed(1)} nodes/s`, eta: left === 0 ? 'now' : perSec > 0 ? `${Math.ceil(left / perSec)} s` : 'unknown' };
 }
+
+async function rotationPage(d: Deps): Promise<Html> {
+  const s = await d.api.call('GET', 'v1/ca/rotation?ca=cluster&stuck=50');
+  const r = s.rotation;
+  const ca = await d.api.call('GET', 'v1/ca');
+  if (!r || r.state !== 'running') {
+    return html`<h1>Root CA rotation</h1><p id="rotation-state" class="ok">No rotation in progress.</p>
+${r ? html`<p class="muted" id="last-rotation">The last rotation (${r.id}) ${r.state} on ${when(r.finishedAt)}: from ${r.from.subject} to ${r.to.subject}.</p>` : ''}
+<p class="muted">The cluster root's digest (as join tokens carry it): <span class="mono">${ca.digest}</span>.</p>
+<div class="actions"><a class="button" id="rotate" href="/rotation/start">Rotate the cluster root CA…</a></div>`;
+  }
+  const pace = rotationPace(r);
+  const pct = r.nodes.total ? Math.floor((100 * r.nodes.converged) / r.nodes.total) : 100;
+  return html`<h1>Root CA rotation</h1><p id="rotation-state" class="warn">A rotation is in progress: ${r.nodes.converged} of ${r.nodes.total} nodes converged.</p>
+<progress id="rotation-progress" max="${r.nodes.total || 1}" value="${r.nodes.converged}">${pct}%</progress>
+<dl class="kv" id="rotation"><dt>Started</dt><dd>${when(r.startedAt)}</dd><dt>From</dt><dd class="mono">${r.from.subject} (${r.from.keyId})</dd>
+<dt>To</dt><dd class="mono">${r.to.subject} (${r.to.keyId})</dd><dt>Rate</dt><dd id="rate">${pace.rate} (the CA asks ${r.renewRate}/s)</dd><dt>ETA</dt><dd id="eta">${pace.eta}</dd></dl>
+<div class="actions"><a class="button" id="finish" href="/rotation/finish">Finish…</a> <a class="button" id="abort" href="/rotation/abort">Abort…</a></div>
+<h2>Stuck nodes</h2><p class="muted">Active nodes still holding a certificate of the old root, least recently seen first (up to 50).</p>
+<table id="stuck"><tr><th>Node</th><th>Role</th><th>Last seen</th><th>Issuer key</th></tr>
+${(s.stuck as any[]).map((n) => html`<tr><td>${node(n.id)}</td><td>${n.role}</td><td>${n.lastSeen ? when(n.lastSeen) : '–'}</td><td class="mono">${n.issuerKeyId ?? '–'}</td></tr>`)}</table>`;
+}
+
+/** The rotation actions: what each confirmation says and what it calls. */
+const ROTATION_ACTIONS: Record<string, { heading: string; text: string; button: string; api: string; body?: Record<string, unknown>; done: string }> = {
+  start: {
+    heading: 'Rotate the cluster root CA',
+    text: 'A new root is made and cross-signed by the current one; from then on every certificate is issued by the new key, nodes renew in batches, and the rotation completes by itself once all have. The join tokens change when it completes.',
+    button: 'Start the rotation',
+    api: 'v1/ca/rotate',
+    done: 'started',
+  },
+  finish: {
+    heading: 'Finish the rotation now',
+    text: 'The old root is retired at once. Nodes that have not renewed yet can no longer renew: they will have to join again.',
+    button: 'Finish anyway',
+    api: 'v1/ca/rotation/finish',
+    body: { force: true },
+    done: 'finished',
+  },
+  abort: {
+    heading: 'Abort the rotation',
+    text: 'The new root is retired and the old one signs again. Certificates issued by the new key meanwhile stay valid through the cross-signed certificate until their nodes renew.',
+    button: 'Abort the rotation',
+    api: 'v1/ca/rotation/abort',
+    done: 'aborted',
+  },
+};
 
 function joinCommand(token: string, endpoints: string[]): string {
   return `cairn join --token ${token} --state-dir <node-dir> ${endpoints.join(' ')}`;
@@ -421,6 +465,10 @@ export async function route(ctx: RequestContext, d: Deps): Promise<PageResult> {
       }
       if (a === 'expiry' && segs.length === 1) return page('Expiry', '/expiry', await expiryPage(d), 30);
       if (a === 'rotation' && segs.length === 1) return page('Rotation', '/rotation', await rotationPage(d), 3);
+      if (a === 'rotation' && segs.length === 2 && Object.hasOwn(ROTATION_ACTIONS, b)) {
+        const act = ROTATION_ACTIONS[b];
+        return { status: 200, body: confirmPage({ ...o, title: act.heading, nav: '/rotation' }, act.heading, html`${act.text}`, href(['rotation', b]), act.button, html``, '/rotation') };
+      }
       if (a === 'tokens' && segs.length === 1) return page('Tokens', '/tokens', await tokensPage(ctx, d));
       if (a === 'tokens' && segs.length === 3 && (b === 'worker' || b === 'manager') && c === 'rotate') {
         return { status: 200, body: confirmPage({ ...o, title: 'Rotate token', nav: '/tokens' }, `Rotate the ${b} token`, html`Replace the secret of the ${b} join token: the current ${b} token stops working at once (nodes already joined are not affected).`, href(['tokens', b, 'rotate']), `Rotate the ${b} token`, html``, '/tokens') };
@@ -438,6 +486,11 @@ export async function route(ctx: RequestContext, d: Deps): Promise<PageResult> {
       const reason = ctx.form?.get('reason') ?? 'unspecified';
       await d.api.call('POST', href(['v1', 'certificates', b, 'revoke']).slice(1), { reason });
       return { redirect: href(['certificates', b], { done: 'revoked' }) };
+    }
+    if (a === 'rotation' && segs.length === 2 && Object.hasOwn(ROTATION_ACTIONS, b)) {
+      const act = ROTATION_ACTIONS[b];
+      await d.api.call('POST', act.api, act.body ?? {});
+      return { redirect: href(['rotation'], { done: act.done }) };
     }
     if (a === 'tokens' && segs.length === 3 && (b === 'worker' || b === 'manager') && c === 'rotate') {
       const r = await d.api.call('POST', href(['v1', 'tokens', b, 'rotate']).slice(1));

@@ -17,7 +17,7 @@ import {
   certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
-import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
+import { openStore, redactUrl, replicationWarning, resolveStoreUrl, type Store } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
 import { VERSION } from '../version.js';
@@ -249,10 +249,11 @@ async function openReplica(
   cfg: ReplicaConfig,
   migrate: (kind: 'sqlite' | 'postgres', location: string) => boolean,
   poolSize?: number,
+  onSwitch?: (host: string, previous: string | null) => void,
 ): Promise<{ store: Store; auth: Authority; kind: 'sqlite' | 'postgres'; location: string }> {
   const unlockKey = loadUnlockKey(o.stateDir, o.unlockKeyFile);
   const { kind, location } = resolveStoreUrl(o.store ?? process.env.CAIRN_STORE ?? cfg.store, o.stateDir);
-  const store = await openStore(kind, location, { migrate: migrate(kind, location), ...(poolSize ? { poolSize } : {}) });
+  const store = await openStore(kind, location, { migrate: migrate(kind, location), onSwitch, ...(poolSize ? { poolSize } : {}) });
   try {
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
@@ -345,13 +346,20 @@ async function prepare(o: ServeOptions, primary: boolean, logBase: Record<string
   const logger = o.logger ?? pino({ level: o.logLevel ?? 'info', base: { replica: cfg.replicaId, ...logBase } }, pino.destination({ fd: 2, sync: false }));
   // PostgreSQL connections: 10 for a single process; with workers, 5 per worker and 4 for the first process
   const poolSize = process.env.CAIRN_WORKER_ID ? 5 : (o.workers ?? 1) > 1 ? 4 : undefined;
-  const { store, auth, kind } = await openReplica(o, cfg, (kind, location) => primary && (kind === 'postgres' || exists(location)), poolSize);
+  const { store, auth, kind } = await openReplica(
+    o,
+    cfg,
+    (kind, location) => primary && (kind === 'postgres' || exists(location)),
+    poolSize,
+    (host, previous) => (previous ? logger.warn({ host, previous }, 'the store moved to a new PostgreSQL primary') : logger.info({ host }, 'connected to the PostgreSQL primary')),
+  );
   try {
     if (primary) {
       if ((await store.getReplica(cfg.replicaId))?.removed_at) {
         throw new CairnError('replica_removed', `replica ${cfg.replicaId} was removed from the cluster ("cairn replica rm"); prepare a new one with "cairn replica add"`);
       }
       await store.upsertReplica({ id: cfg.replicaId, address: cfg.advertiseAddr, version: VERSION });
+      await checkReplication(store, logger);
       // renew this replica's own server certificate when a third of its life is left
       let certPem = exists(p.serverCert) ? readText(p.serverCert) : '';
       let needNew = !certPem;
@@ -424,6 +432,19 @@ async function refreshServerTls(o: ServeOptions, r: Prepared, primary: boolean, 
   checkServerKey(key, certPem, p.serverKey, p.serverCert);
   setContext({ key, cert: certPem, ca: r.auth.clientTrust().map((d) => certificateToPem(d)) });
   return true;
+}
+
+/**
+ * PostgreSQL: warn when commits are not synchronously replicated — a failover could then lose
+ * certificates already returned to clients (docs/operations.md, "PostgreSQL high availability").
+ */
+async function checkReplication(store: Store, logger: Logger): Promise<void> {
+  const r = await store.replication();
+  if (!r) return;
+  const warning = replicationWarning(r);
+  if (warning) logger.warn({ replication: r }, `the store is not synchronously replicated: ${warning}`);
+  else if (r.synchronousStandbys === null) logger.info({ replication: r }, 'cannot see whether a synchronous standby is connected (grant pg_read_all_stats to cairn\'s role to check)');
+  else logger.info({ replication: r }, 'the store is synchronously replicated');
 }
 
 /** The HTTPS API of one process, listening; `metricsText` replaces its own /metrics answer. */

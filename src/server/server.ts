@@ -252,16 +252,16 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     req.log.info({ rotation: r.id }, 'CA rotation aborted');
     return { rotation: r };
   });
+  const reply429 = (req: FastifyRequest, wait: number, addr: string): never => {
+    metrics.joinRejected.inc({ reason: 'rate_limited' });
+    req.log.warn({ code: 'rate_limited', client: addr, retryAfter: wait }, 'join rate limited');
+    throw new RetryLater('rate_limited', `too many failed joins from ${addr}; retry in ${wait}s`, wait * 1000);
+  };
 
   app.post('/v1/join', async (req, reply) => {
     const addr = clientAddr(req);
     const wait = limiter.blocked(addr);
-    if (wait) {
-      metrics.joinRejected.inc({ reason: 'rate_limited' });
-      req.log.warn({ code: 'rate_limited', client: addr, retryAfter: wait }, 'join rate limited');
-      reply.header('retry-after', String(wait));
-      throw new CairnError('rate_limited', `too many failed joins from ${addr}; retry in ${wait}s`);
-    }
+    if (wait) reply429(req, wait, addr);
     try {
       const b = body(req);
       const r = await authority.join(b.token, b.csr);
@@ -274,6 +274,30 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
         o.onJoinFailure?.(addr);
         metrics.joinRejected.inc({ reason: e.code });
         req.log.warn({ code: e.code, client: addr }, 'join refused');
+        recordFailure('join', e.code, addr);
+      }
+      throw e;
+    }
+  });
+
+  // recovery after expiry: a join token and a CSR signed with the node's old key; limited like joins
+  app.post('/v1/recover', async (req) => {
+    const addr = clientAddr(req);
+    const wait = limiter.blocked(addr);
+    if (wait) {
+      reply429(req, wait, addr);
+    }
+    try {
+      const b = body(req);
+      const r = await authority.recover(b.nodeId, b.token, b.csr);
+      metrics.issued.inc({ kind: 'recover' });
+      req.log.info({ node: r.nodeId, role: r.role, serial: r.serial }, 'node recovered its identity');
+      return { nodeId: r.nodeId, role: r.role, clusterId: r.clusterId, certificate: r.certificate, trustBundle: r.trustBundle };
+    } catch (e) {
+      if (e instanceof CairnError && !isUnavailable(e)) {
+        limiter.fail(addr);
+        o.onJoinFailure?.(addr);
+        req.log.warn({ code: e.code, client: addr, err: e.message }, 'recovery refused');
         recordFailure('join', e.code, addr);
       }
       throw e;
@@ -305,6 +329,31 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     const token = await authority.rotateToken(req.params.role, actor(p));
     req.log.info({ role: req.params.role }, 'join token rotated');
     return { role: req.params.role, token };
+  });
+
+  // limited join tokens: a lifetime and a number of uses
+  app.post('/v1/tokens', async (req, reply) => {
+    const p = await admin(req);
+    const t = await authority.createToken(body(req), actor(p));
+    req.log.info({ token: t.id, role: t.role, uses: t.maxUses, expiresAt: t.expiresAt }, 'join token created');
+    return reply.code(201).send(t);
+  });
+  app.get('/v1/tokens', async (req) => {
+    await admin(req);
+    return authority.listTokens();
+  });
+  app.delete<{ Params: { id: string } }>('/v1/tokens/:id', async (req) => {
+    const p = await admin(req);
+    const r = await authority.revokeToken(req.params.id, actor(p));
+    req.log.info({ token: r.id }, 'join token revoked');
+    return r;
+  });
+
+  app.post('/v1/nodes/prune', async (req) => {
+    const p = await admin(req);
+    const r = await authority.pruneNodes(body(req).expiredForMs, actor(p));
+    req.log.info({ removed: r.removed.length }, 'nodes pruned');
+    return r;
   });
 
   app.get<{ Querystring: { limit?: string; after?: string; sort?: string; order?: string; role?: string; status?: string; q?: string } }>(

@@ -148,6 +148,22 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('certificates_issuer_status').on('certificates').columns(['issuer_key_id', 'status', 'not_after']).execute();
     },
   },
+  '0008_limited_join_tokens': {
+    // join tokens with a lifetime and a number of uses (`cairn token create`); a use is
+    // counted by one conditional UPDATE, atomic across replicas
+    async up(db: Kysely<any>) {
+      await db.schema.createTable('join_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('secret_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('max_uses', 'integer', (c) => c.notNull())
+        .addColumn('uses', 'integer', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .execute();
+    },
+  },
 };
 
 migrations['0009_rotation'] = {

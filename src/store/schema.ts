@@ -95,6 +95,19 @@ export interface TokenTable {
   created_at: number;
 }
 
+/** A limited join token (`cairn token create`): valid until expires_at, for max_uses joins. */
+export interface JoinTokenTable {
+  id: string;
+  role: string;
+  /** SHA-256 of the secret, hex (tokens.ts hashSecret): the secret itself is never stored */
+  secret_hash: string;
+  max_uses: number;
+  uses: number;
+  expires_at: number;
+  created_at: number;
+  revoked_at: number | null;
+}
+
 export interface SequenceTable {
   name: string;
   next: number;
@@ -163,6 +176,7 @@ export interface Database {
   certificates: CertificateTable;
   nodes: NodeTable;
   tokens: TokenTable;
+  join_tokens: JoinTokenTable;
   sequences: SequenceTable;
   replicas: ReplicaTable;
   leases: LeaseTable;

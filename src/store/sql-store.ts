@@ -10,14 +10,22 @@ import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } fr
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
-import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, NodeTable, RotationTable } from './schema.js';
-import { redactUrl, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import type { AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable, RotationTable } from './schema.js';
+import { redactUrl, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
+import { FailoverPool, parsePgUrl } from './pg-failover.js';
 import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
 // PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
 pg.types.setTypeParser(20, (v: string) => Number(v));
 
 type Db = Kysely<Database> | Transaction<Database>;
+
+export interface OpenOptions {
+  migrate?: boolean;
+  poolSize?: number;
+  /** PostgreSQL: told when the store moves to another server (a failover); for the log */
+  onSwitch?: (host: string, previous: string | null) => void;
+}
 
 /**
  * The store whose transaction the current async context runs in. Using that store itself
@@ -27,7 +35,7 @@ type Db = Kysely<Database> | Transaction<Database>;
 const openTransaction = new AsyncLocalStorage<SqlStore>();
 
 /** Open (and migrate) the store. Migration is safe to run from several replicas at once. */
-export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: { migrate?: boolean; poolSize?: number } = {}): Promise<SqlStore> {
+export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: OpenOptions = {}): Promise<SqlStore> {
   return SqlStore.open(kind, location, opts);
 }
 
@@ -52,7 +60,7 @@ export class SqlStore implements Store {
     return this.handle;
   }
 
-  static async open(kind: 'sqlite' | 'postgres', location: string, opts: { migrate?: boolean; poolSize?: number } = {}): Promise<SqlStore> {
+  static async open(kind: 'sqlite' | 'postgres', location: string, opts: OpenOptions = {}): Promise<SqlStore> {
     let db: Kysely<Database>;
     if (kind === 'sqlite') {
       let sqlite: SqliteDatabase.Database;
@@ -88,16 +96,8 @@ export class SqlStore implements Store {
       // transaction of cairn writes), so none fails another with SQLITE_BUSY
       db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }), 'begin immediate') });
     } else {
-      const pool = new pg.Pool({ connectionString: location, max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000 });
-      pool.on('error', () => {
-        /* idle client errors (server restart) are surfaced on the next query */
-      });
-      // a checked-out client between two queries (inside a transaction) has no error listener
-      // of the pool's: a backend killed then would be an unhandled 'error' event, ending the
-      // process. The failure surfaces on the client's next query instead (store_unavailable).
-      pool.on('connect', (client) => {
-        client.on('error', () => {});
-      });
+      // one host or several (libpq style): the pool finds the one accepting writes (pg-failover.ts)
+      const pool = new FailoverPool(parsePgUrl(location), { max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000, onSwitch: opts.onSwitch });
       db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
     const store = new SqlStore(db, kind, location);
@@ -143,6 +143,25 @@ export class SqlStore implements Store {
 
   async ping(): Promise<void> {
     await this.db.selectFrom('sequences').select('name').limit(1).execute();
+  }
+
+  /** PostgreSQL: whether a commit waits for a synchronous standby (null on SQLite). */
+  async replication(): Promise<ReplicationStatus | null> {
+    if (this.kind !== 'postgres') return null;
+    const r = await sql<{ sc: string; names: string; standbys: number | string; visible: number | string; sync: number | string }>`
+      select current_setting('synchronous_commit') as sc, current_setting('synchronous_standby_names') as names,
+        (select count(*) from pg_stat_replication) as standbys,
+        (select count(*) from pg_stat_replication where sync_state is not null) as visible,
+        (select count(*) from pg_stat_replication where sync_state in ('sync', 'quorum')) as sync`.execute(this.db);
+    const row = r.rows[0];
+    const visible = Number(row.visible);
+    return {
+      synchronousCommit: row.sc,
+      synchronousStandbyNames: row.names,
+      standbys: Number(row.standbys),
+      // without pg_read_all_stats (or superuser), PostgreSQL hides sync_state
+      synchronousStandbys: Number(row.standbys) > 0 && visible === 0 ? null : Number(row.sync),
+    };
   }
 
   // ---- cluster and configuration
@@ -365,7 +384,7 @@ export class SqlStore implements Store {
       .select([
         'nodes.id as id', 'nodes.role as role', 'nodes.status as status', 'nodes.created_at as created_at', 'nodes.updated_at as updated_at',
         'nodes.current_serial as current_serial', 'nodes.renewed_at as renewed_at', 'certificates.serial as cert_serial', 'certificates.not_before as cert_not_before',
-        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id', key.as('sort_t'),
+        'certificates.not_after as cert_not_after', 'certificates.issuer_key_id as cert_issuer_key_id', 'certificates.status as cert_status', key.as('sort_t'),
       ]);
     if (o.role) q = q.where('nodes.role', '=', o.role);
     if (o.status) q = q.where('nodes.status', '=', o.status);
@@ -400,6 +419,20 @@ export class SqlStore implements Store {
     await this.db.updateTable('nodes').set({ ...set, updated_at: Date.now() }).where('id', '=', id).execute();
   }
 
+  async expiredNodes(before: number, limit: number): Promise<string[]> {
+    const rows = await this.db
+      .selectFrom('nodes')
+      .innerJoin('certificates', 'certificates.serial', 'nodes.current_serial')
+      .select('nodes.id as id')
+      .where('nodes.status', '=', 'active')
+      .where('certificates.not_after', '<=', before)
+      .orderBy('certificates.not_after')
+      .orderBy('nodes.id')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => r.id);
+  }
+
   // ---- join tokens
 
   async listClusters() {
@@ -418,6 +451,38 @@ export class SqlStore implements Store {
       .values({ role, secret_hash: secretHash, created_at: now })
       .onConflict((oc) => oc.column('role').doUpdateSet({ secret_hash: secretHash, created_at: now }))
       .execute();
+  }
+
+  // ---- limited join tokens
+
+  async insertJoinToken(t: JoinTokenTable): Promise<void> {
+    await this.db.insertInto('join_tokens').values(t).execute();
+  }
+
+  async getJoinTokenByHash(secretHash: string): Promise<JoinTokenTable | undefined> {
+    return this.db.selectFrom('join_tokens').selectAll().where('secret_hash', '=', secretHash).executeTakeFirst();
+  }
+
+  /** One conditional UPDATE: of two replicas racing for the last use, exactly one gets a row back. */
+  async useJoinToken(secretHash: string, now: number): Promise<JoinTokenTable | undefined> {
+    return this.db
+      .updateTable('join_tokens')
+      .set((eb) => ({ uses: eb('uses', '+', 1) }))
+      .where('secret_hash', '=', secretHash)
+      .where('revoked_at', 'is', null)
+      .where('expires_at', '>', now)
+      .where((eb) => eb('uses', '<', eb.ref('max_uses')))
+      .returningAll()
+      .executeTakeFirst();
+  }
+
+  async listJoinTokens(): Promise<JoinTokenTable[]> {
+    return this.db.selectFrom('join_tokens').selectAll().orderBy('created_at').orderBy('id').execute();
+  }
+
+  async revokeJoinToken(id: string, now: number): Promise<boolean> {
+    const r = await this.db.updateTable('join_tokens').set({ revoked_at: now }).where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   // ---- sequences (serial number and request ID ranges)

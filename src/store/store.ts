@@ -9,11 +9,11 @@
  */
 import path from 'node:path';
 import { CairnError } from '../util/errors.js';
-import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
+import type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
 
 export { StoreUnavailableError } from './unavailable.js';
 export { openStore, SqlStore } from './sql-store.js';
-export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
+export type { AuditTable, CaTable, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodeTable, ReplicaTable, RotationTable } from './schema.js';
 
 export type StoreKind = 'sqlite' | 'postgres' | 'memory';
 
@@ -30,6 +30,7 @@ export type NodeWithCertificate = Pick<NodeTable, 'id' | 'role' | 'status' | 'cr
   cert_not_before: number | null;
   cert_not_after: number | null;
   cert_issuer_key_id: string | null;
+  cert_status: string | null;
 };
 
 /** Orders a node listing can be paged in (then by ID): creation, current certificate's expiry, last renewal, ID alone. */
@@ -64,6 +65,8 @@ export interface Store {
   // ---- lifetime and atomicity
   close(): Promise<void>;
   ping(): Promise<void>;
+  /** PostgreSQL: how commits are replicated (null on SQLite and in memory). */
+  replication(): Promise<ReplicationStatus | null>;
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   snapshot<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
 
@@ -124,10 +127,21 @@ export interface Store {
   listNodesPage(o: NodePageQuery): Promise<NodeWithCertificate[]>;
   countNodes(): Promise<{ role: string; status: string; n: number }[]>;
   updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>): Promise<void>;
+  /** IDs of active nodes whose newest certificate expired at or before `before` (oldest expiry first). */
+  expiredNodes(before: number, limit: number): Promise<string[]>;
 
   // ---- join tokens (hashes only)
   getTokenHashes(): Promise<Record<string, string>>;
   setTokenHash(role: string, secretHash: string): Promise<void>;
+
+  // ---- limited join tokens (a lifetime and a number of uses)
+  insertJoinToken(t: JoinTokenTable): Promise<void>;
+  getJoinTokenByHash(secretHash: string): Promise<JoinTokenTable | undefined>;
+  /** Count one use, atomically: only while unrevoked, unexpired and uses < max_uses. Returns the token, or undefined when none was left. */
+  useJoinToken(secretHash: string, now: number): Promise<JoinTokenTable | undefined>;
+  listJoinTokens(): Promise<JoinTokenTable[]>;
+  /** Revoke a token; false when there is no such token (or it was revoked already). */
+  revokeJoinToken(id: string, now: number): Promise<boolean>;
 
   // ---- sequences
   ensureSequence(name: string, start: number): Promise<void>;
@@ -176,6 +190,35 @@ export interface Store {
   /** Rows in a table; null when the store has no such table. */
   countRows(table: string): Promise<number | null>;
   insertRows(table: string, rows: object[]): Promise<void>;
+}
+
+/** How a PostgreSQL primary replicates commits (what `replicationWarning` judges). */
+export interface ReplicationStatus {
+  synchronousCommit: string;
+  synchronousStandbyNames: string;
+  /** standbys streaming from this server */
+  standbys: number;
+  /** of those, the synchronous ones; null when the role may not see it (needs pg_read_all_stats) */
+  synchronousStandbys: number | null;
+}
+
+/**
+ * Why a certificate returned to a client could be lost in a failover, or null: cairn's promise
+ * (nothing lost, no serial range handed out twice) holds only when every commit waits for a
+ * synchronous standby — synchronous_commit on (or remote_apply) with synchronous_standby_names
+ * set and a synchronous standby connected.
+ */
+export function replicationWarning(r: ReplicationStatus): string | null {
+  if (!['on', 'remote_apply'].includes(r.synchronousCommit)) {
+    return `synchronous_commit is "${r.synchronousCommit}": a commit does not wait for a standby, so a failover can lose certificates already returned and hand out serial ranges twice; set synchronous_commit = on`;
+  }
+  if (r.synchronousStandbyNames.trim() === '') {
+    return 'synchronous_standby_names is empty: commits are replicated asynchronously (if at all), so a failover can lose certificates already returned and hand out serial ranges twice; name a synchronous standby';
+  }
+  if (r.synchronousStandbys === 0) {
+    return `no synchronous standby is connected (synchronous_standby_names = '${r.synchronousStandbyNames}', ${r.standbys} standby(s) streaming): commits wait until one is`;
+  }
+  return null;
 }
 
 export const SQLITE_FILE = 'cairn.db';

@@ -6,7 +6,8 @@
  * connection (pool connect: refused, unreachable, timed out, database not accepting
  * connections, authentication at connect time) is the store being unavailable; a query that
  * fails because the connection broke (socket errors, SQLSTATE class 08, 57P01–57P03, 53300,
- * "Connection terminated") too. Errors about the query itself (constraints, syntax) pass
+ * "Connection terminated") too, and so does a write refused because the server is now a
+ * standby (25006). Errors about the query itself (constraints, syntax) pass
  * through unchanged.
  */
 import { CompiledQuery } from 'kysely';
@@ -22,8 +23,9 @@ export class StoreUnavailableError extends CairnError {
 }
 
 const SOCKET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
-// SQLSTATE: admin/crash shutdown, cannot connect now, too many connections
-const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300']);
+// SQLSTATE: admin/crash shutdown, cannot connect now, too many connections, and a write
+// refused by a standby (the server was the primary, and is no longer: a failover)
+const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '25006']);
 const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN)/;
 const MESSAGES = /Connection terminated|connection error|timeout exceeded when trying to connect|database is locked/i;
 

@@ -33,6 +33,7 @@ export const ERRORS = {
   certificate_revoked: { status: 403, exit: 1, api: true },
   certificate_expired: { status: 403, exit: 1, api: true },
   renewal_superseded: { status: 403, exit: 1, api: true },
+  recovery_refused: { status: 403, exit: 1, api: true },
   rate_limited: { status: 429, exit: 1, api: true },
   // ---- the HTTP API: the objects asked about
   not_found: { status: 404, exit: 1, api: true },

@@ -282,10 +282,26 @@ describe('cairn dashboard against a real cluster, in Chromium', () => {
     await shot(page, '08-expiry');
   });
 
-  test('rotation: a clear "no rotation in progress" state', async () => {
+  test('rotation: start with a confirmation, live progress and stuck nodes, abort with a confirmation', async () => {
     await page.goto(`${d.base}/rotation`);
     assert.equal(await text(page, '#rotation-state'), 'No rotation in progress.');
+    await page.click('#rotate');
+    await page.click('#confirm');
+    assert.match(await text(page, '#rotation-state'), /A rotation is in progress: 0 of \d+ nodes converged/);
+    const stuck = await page.$$eval('#stuck a', (as) => as.map((a) => (a as any).textContent));
+    assert.ok(stuck.includes(worker), 'the worker has not renewed: it is listed as stuck');
+    assert.match(await text(page, '#rate'), /nodes\/s/);
     await shot(page, '09-rotation');
+    // the worker renews: the page follows without a reload
+    const r = await cliAsync(['agent', '--state-dir', workerDir, '--renew-now']);
+    assert.equal(r.code, 0, r.stderr);
+    await page.waitForFunction((w) => !Array.from((globalThis as any).document.querySelectorAll('#stuck a')).some((a: any) => a.textContent === w), worker, { timeout: 15_000 });
+    await page.click('#abort');
+    await page.click('#confirm');
+    assert.equal(await text(page, '#rotation-state'), 'No rotation in progress.');
+    assert.match(await text(page, '#last-rotation'), /aborted/);
+    const s = (await api(c.url, 'GET', '/v1/ca/rotation', undefined, adminId(c.dir))).body;
+    assert.equal(s.rotation.state, 'aborted');
   });
 
   test('tokens: the join command is hidden until clicked; rotating needs a confirmation and the old token stops working', async () => {

@@ -122,7 +122,7 @@ describe(`listing ${N} nodes`, () => {
     const tableOut = await cliAsync(['node', 'ls', '--state-dir', c.dir], { timeoutMs: 120_000 });
     assert.equal(tableOut.code, 0, tableOut.stderr);
     const lines = tableOut.stdout.trimEnd().split('\n');
-    assert.match(lines[0], /^ID\s+ROLE\s+STATUS\s+CERT EXPIRES\s+SERIAL$/);
+    assert.match(lines[0], /^ID\s+ROLE\s+STATUS\s+CERT\s+CERT EXPIRES\s+LAST RENEWAL\s+SERIAL$/);
     assert.equal(lines.length, N + 1);
     assert.ok(lines[1].startsWith(`${nodeId(0)}  manager`), lines[1]);
     const certs = await cliAsync(['cert', 'ls', '--kind', 'node', '--json', '--state-dir', c.dir], { timeoutMs: 120_000 });

@@ -337,7 +337,7 @@ describe('renewal', () => {
     const dir = path.join(tmpDir(t), 'node');
     makeNodeDir(dir, root, { role: 'worker', clusterId, endpoints: [ca.url], lifetimeMs: HOUR, now: new Date(Date.now() - 3 * HOUR) });
     const before = ca.renewals;
-    await rejectsWith(renewOnce(dir), 'certificate_expired', /expired .*join again/);
+    await rejectsWith(renewOnce(dir), 'certificate_expired', /expired .*cairn join --recover --token <token>.*or join as a new node/);
     assert.equal(ca.renewals, before);
   });
 

@@ -6,7 +6,7 @@
  * tests run the same rules on real SQLite and PostgreSQL.
  */
 import type {
-  AuditTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
+  AuditTable, CaTable, CertificateFilter, CertificateTable, ClusterTable, CrlTable, FailureTable, JoinTokenTable, LeaseTable, NodePageQuery, NodeTable, NodeWithCertificate,
   PageKey, ReplicaTable, RotationTable, Store, TableRow,
 } from '../../src/store/store.js';
 
@@ -17,6 +17,7 @@ interface Tables {
   certificates: CertificateTable[];
   nodes: NodeTable[];
   tokens: { role: string; secret_hash: string; created_at: number }[];
+  join_tokens: JoinTokenTable[];
   sequences: { name: string; next: number }[];
   replicas: ReplicaTable[];
   leases: LeaseTable[];
@@ -26,7 +27,7 @@ interface Tables {
   rotations: RotationTable[];
 }
 
-const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [], rotations: [] });
+const empty = (): Tables => ({ cluster: [], config: [], cas: [], certificates: [], nodes: [], tokens: [], join_tokens: [], sequences: [], replicas: [], leases: [], audit: [], crls: [], failures: [], rotations: [] });
 const copy = <T>(x: T): T => structuredClone(x);
 const after = (a: PageKey | undefined, t: number, k: string) => !a || t > a.t || (t === a.t && k > a.k);
 const byCreated = <R extends { created_at: number }>(key: (r: R) => string) => (x: R, y: R) => x.created_at - y.created_at || (key(x) < key(y) ? -1 : key(x) > key(y) ? 1 : 0);
@@ -44,6 +45,10 @@ export class MemoryStore implements Store {
 
   async close() {}
   async ping() {}
+
+  async replication() {
+    return null;
+  }
 
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTx) return fn(this);
@@ -250,7 +255,7 @@ export class MemoryStore implements Store {
         const sort_t = o.sort === 'expiry' ? (c?.not_after ?? 0) : o.sort === 'renewed' ? (n.renewed_at ?? n.created_at) : o.sort === 'id' ? 0 : n.created_at;
         return {
           id: n.id, role: n.role, status: n.status, created_at: n.created_at, updated_at: n.updated_at, current_serial: n.current_serial, renewed_at: n.renewed_at, sort_t,
-          cert_serial: c?.serial ?? null, cert_not_before: c?.not_before ?? null, cert_not_after: c?.not_after ?? null, cert_issuer_key_id: c?.issuer_key_id ?? null,
+          cert_serial: c?.serial ?? null, cert_not_before: c?.not_before ?? null, cert_not_after: c?.not_after ?? null, cert_issuer_key_id: c?.issuer_key_id ?? null, cert_status: c?.status ?? null,
         };
       });
     const sign = o.desc ? -1 : 1;
@@ -270,6 +275,39 @@ export class MemoryStore implements Store {
   async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>) {
     const n = this.t.nodes.find((x) => x.id === id);
     if (n) Object.assign(n, copy(set), { updated_at: Date.now() });
+  }
+
+  async expiredNodes(before: number, limit: number) {
+    const rows: { id: string; at: number }[] = [];
+    for (const n of this.t.nodes) {
+      const c = n.status === 'active' && n.current_serial ? this.t.certificates.find((x) => x.serial === n.current_serial) : undefined;
+      if (c && c.not_after <= before) rows.push({ id: n.id, at: c.not_after });
+    }
+    return rows.sort((x, y) => x.at - y.at || (x.id < y.id ? -1 : 1)).slice(0, limit).map((r) => r.id);
+  }
+
+  // ---- limited join tokens
+  async insertJoinToken(t: JoinTokenTable) {
+    if (this.t.join_tokens.some((x) => x.id === t.id || x.secret_hash === t.secret_hash)) throw new Error('UNIQUE constraint failed: join_tokens');
+    this.t.join_tokens.push({ ...t });
+  }
+  async getJoinTokenByHash(h: string) {
+    const t = this.t.join_tokens.find((x) => x.secret_hash === h);
+    return t && { ...t };
+  }
+  async useJoinToken(h: string, now: number) {
+    const t = this.t.join_tokens.find((x) => x.secret_hash === h && x.revoked_at === null && x.expires_at > now && x.uses < x.max_uses);
+    if (!t) return undefined;
+    t.uses++;
+    return { ...t };
+  }
+  async listJoinTokens() {
+    return [...this.t.join_tokens].sort(byCreated((x) => x.id)).map((x) => ({ ...x }));
+  }
+  async revokeJoinToken(id: string, now: number) {
+    const t = this.t.join_tokens.find((x) => x.id === id && x.revoked_at === null);
+    if (t) t.revoked_at = now;
+    return !!t;
   }
 
   // ---- tokens
