@@ -1,10 +1,16 @@
 /**
  * The node agent: keeps the node's identity fresh. It renews at a random point in the 50–80%
  * window of the current certificate's lifetime (at once if already past it), retries with
- * exponential backoff and jitter across the endpoints, picks up trust-bundle changes by
- * polling GET /v1/ca over verified TLS (accepting them only as acceptTrustBundle allows: trust
- * only widens through a chain), keeps the cluster CRL in crl.pem, and stops with a clear error
- * when the CA refuses the node for good (removed, revoked, expired).
+ * exponential backoff and jitter across the endpoints, picks up trust-bundle changes from
+ * GET /v1/ca over verified TLS (accepting them only as acceptTrustBundle allows: trust only
+ * widens through a chain), keeps the cluster CRL in crl.pem, and stops with a clear error
+ * when the CA refuses the node for good (removed, revoked, expired, left behind by a root
+ * rotation).
+ *
+ * GET /v1/ca is watched through a long-poll kept open to one replica (watch.ts): a root
+ * rotation, its completion or abort, and a renewal the CA asks for (role change, rotation
+ * batch) arrive within seconds; such a renewal starts after a small random delay. The
+ * 10-minute poll stays as the fallback.
  *
  * After each renewal and each trust-bundle change it writes the output files (outputs.ts), then
  * starts the hook (hooks.ts) without waiting for it; after each attempt it records what happened
@@ -12,7 +18,7 @@
  */
 import path from 'node:path';
 import pino, { Logger } from 'pino';
-import { certificatesFromPem, PkiError } from '../pki/index.js';
+import { certificatesFromPem, PkiError, verifyChain } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { closeAgents, request, RetryableError } from './client.js';
 import { refreshCrl } from './crl.js';
@@ -23,6 +29,7 @@ import { describeOutputs, OutputResult, OutputSpec, writeOutputs } from './outpu
 import { clientTlsOf, NodeIdentity, nodePaths, readNodeIdentity, recoverPendingCommit, replaceIdentity } from './node-state.js';
 import { health, recordFailure, recordHook, recordSuccess, writeMetricsFile } from './status.js';
 import { acceptTrustBundle, vouchersFrom } from './trust.js';
+import { CaAnswer, Waker, watchCa } from './watch.js';
 
 /** Renewal happens between these fractions of a certificate's lifetime (notBefore → notAfter). */
 export const RENEW_WINDOW = { from: 0.5, to: 0.8 } as const;
@@ -32,6 +39,10 @@ export const DEFAULT_CA_REFRESH_MS = 10 * 60_000;
 export const MAX_BACKOFF_MS = 5 * 60_000;
 /** Never renew twice within this interval (a very short lifetime must not become a busy loop). */
 export const MIN_RENEW_INTERVAL_MS = 60_000;
+/** A renewal the CA asks for (role change, root rotation) starts within this random delay. */
+export const DEFAULT_RENEW_JITTER_MS = 2000;
+/** Renewals the CA asks for are at least this far apart (a CA that keeps asking is not obeyed in a busy loop). */
+export const MIN_REQUESTED_RENEW_INTERVAL_MS = 1000;
 
 const ms = (d: Date | number) => (typeof d === 'number' ? d : d.getTime());
 
@@ -55,8 +66,12 @@ export interface AgentOptions {
   logger?: Logger;
   /** renew at once at start, whatever the window says */
   renewNow?: boolean;
-  /** trust-bundle poll interval, default 10 minutes */
+  /** trust-bundle poll interval, default 10 minutes (the fallback of the long-poll) */
   caRefreshMs?: number;
+  /** keep a long-poll of GET /v1/ca open to learn of rotations and renewal requests at once (default true) */
+  watch?: boolean;
+  /** a renewal the CA asks for starts after a random delay up to this (default 2 s) */
+  renewJitterMs?: number;
   /** first retry pause, default 1 s (doubling up to 5 minutes) */
   baseBackoffMs?: number;
   /** per-request deadline, default 10 s */
@@ -110,24 +125,103 @@ export function updateMetrics(stateDir: string, file: string | undefined, log?: 
   }
 }
 
+/** Whether a certificate chain (leaf first) verifies against these roots now. */
+function chainsTo(chain: Buffer[], roots: Buffer[]): boolean {
+  try {
+    verifyChain(chain[0], chain.slice(1), roots);
+    return true;
+  } catch (e) {
+    if (e instanceof PkiError) return false;
+    throw e;
+  }
+}
+
+/** What GET /v1/ca answers (the fields the agent reads). */
+export interface CaAnswerBody {
+  clusterId?: unknown;
+  trustBundle?: unknown;
+  intermediates?: unknown;
+  crossSigned?: unknown;
+  /** changes whenever the CA generations or a rotation's state change (long-poll: `?wait=<version>`) */
+  version?: unknown;
+  rotation?: unknown;
+  node?: { id?: unknown; role?: unknown; renew?: unknown };
+}
+
+export type TrustRefresh = 'unchanged' | 'updated' | 'renew' | 'refused';
+
 /**
- * Fetch the CA's trust bundle over TLS verified with the current one and apply it as
- * acceptTrustBundle decides: a new root only if a trusted root vouches for it (a cross-signed
- * certificate in `intermediates` or `crossSigned` of the answer, in the bundle itself, or in
- * our chain) or `trustDigests` names it; otherwise ca.crt is left alone, the refusal is logged
- * (warn, with the endpoint and the root's fingerprint) and 'refused' is returned. If our own
- * certificate would no longer verify against the new bundle (the root was rotated away), ca.crt
- * is left alone and 'renew' is returned: a renewal brings both. 'renew' is also returned when
- * the CA says this node's role changed (the answer's `node.renew`).
+ * Apply one answer of `GET /v1/ca` from endpoint `e` as acceptTrustBundle decides: a new root
+ * only if a trusted root vouches for it (a cross-signed certificate in `intermediates` or
+ * `crossSigned` of the answer, in the bundle itself, or in our chain) or `trustDigests` names
+ * it; otherwise ca.crt is left alone, the refusal is logged (warn, with the endpoint and the
+ * root's fingerprint) and 'refused' is returned. If our own certificate would no longer verify
+ * against the new bundle (the root was rotated away), ca.crt is left alone and 'renew' is
+ * returned: a renewal brings both. 'renew' is also returned when the CA asks this node to renew
+ * (the answer's `node.renew`: its role changed, or a root rotation wants its certificate from
+ * the new key). Throws CairnError('bad_response') for an answer of another cluster or without a
+ * usable trust bundle.
+ */
+export function applyCaAnswer(
+  id: NodeIdentity,
+  e: string,
+  ca: CaAnswerBody,
+  o: { logger?: Logger; trustDigests?: string[] } = {},
+): TrustRefresh {
+  if (ca?.clusterId !== id.config.clusterId) throw new CairnError('bad_response', `the CA at ${e} is of cluster ${String(ca?.clusterId)}, not ${id.config.clusterId}`);
+  if (typeof ca.trustBundle !== 'string') throw new CairnError('bad_response', `the CA at ${e} answered GET /v1/ca without a trust bundle`);
+  let trust: Buffer[];
+  try {
+    trust = certificatesFromPem(ca.trustBundle, 'the trust bundle');
+  } catch (err) {
+    if (err instanceof PkiError) throw new CairnError('bad_response', `the CA at ${e} answered with an unusable trust bundle: ${err.message}`);
+    throw err;
+  }
+  // the CA tells a node to renew now when its role changed (promote, demote: the renewal brings
+  // the certificate of its new role, and revokes a demoted node's manager certificates), and
+  // during a root rotation, batch by batch, until its certificate is from the new key
+  if (ca.node?.renew === true && ca.node.id === id.config.nodeId) {
+    const why = ca.node.role !== undefined && ca.node.role !== id.config.role ? 'this node\'s role changed' : 'the CA asks this node to renew';
+    o.logger?.info({ endpoint: e, from: id.config.role, to: ca.node.role }, `${why}: renewing now`);
+    return 'renew';
+  }
+  if (pemOf(trust) === pemOf(id.trust)) return 'unchanged';
+  const vouchers = [...id.chain.slice(1), ...vouchersFrom(ca.intermediates), ...vouchersFrom(ca.crossSigned)];
+  const d = acceptTrustBundle(id.trust, trust, { vouchers, digests: o.trustDigests, chain: id.chain });
+  if (!d.ok) {
+    if (d.reason === 'breaks_own_chain') {
+      o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
+      return 'renew';
+    }
+    o.logger?.warn(
+      { endpoint: e, reason: d.reason, refused: d.refused, fingerprints: d.refused.map((r) => r.fingerprint) },
+      `trust bundle from ${e} refused, ca.crt unchanged: ${d.message}`,
+    );
+    if (d.reason === 'unvouched_root' && !chainsTo(id.chain, trust)) {
+      // the CA trusts nothing our certificate chains to (a rotation finished without us): only
+      // a renewal can tell what to do — it brings a chain we may trust, or the CA says rejoin
+      o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
+      return 'renew';
+    }
+    return 'refused';
+  }
+  if (!d.changed) return 'unchanged';
+  replaceIdentity(id.dir, { caPem: pemOf(d.bundle) });
+  o.logger?.info({ endpoint: e, roots: d.bundle.length, added: d.added.length, removed: d.removed.length, how: d.how }, 'trust bundle updated');
+  return 'updated';
+}
+
+/**
+ * Fetch the CA's trust bundle over TLS verified with the current one (the endpoints in turn,
+ * until one answers) and apply it with applyCaAnswer.
  */
 export async function refreshTrustBundle(
   id: NodeIdentity,
   o: { timeoutMs?: number; signal?: AbortSignal; logger?: Logger; trustDigests?: string[] } = {},
-): Promise<'unchanged' | 'updated' | 'renew' | 'refused'> {
-  const ep = id.config.endpoints;
+): Promise<TrustRefresh> {
   let last: unknown;
-  for (const e of ep) {
-    let ca: { clusterId?: unknown; trustBundle?: unknown; intermediates?: unknown; crossSigned?: unknown; node?: { id?: unknown; role?: unknown; renew?: unknown } };
+  for (const e of id.config.endpoints) {
+    let ca: CaAnswerBody;
     try {
       ca = await request(e, 'GET', '/v1/ca', undefined, clientTlsOf(id), { timeoutMs: o.timeoutMs, signal: o.signal });
     } catch (err) {
@@ -135,39 +229,7 @@ export async function refreshTrustBundle(
       last = err;
       continue;
     }
-    if (ca?.clusterId !== id.config.clusterId) throw new CairnError('bad_response', `the CA at ${e} is of cluster ${String(ca?.clusterId)}, not ${id.config.clusterId}`);
-    if (typeof ca.trustBundle !== 'string') throw new CairnError('bad_response', `the CA at ${e} answered GET /v1/ca without a trust bundle`);
-    let trust: Buffer[];
-    try {
-      trust = certificatesFromPem(ca.trustBundle, 'the trust bundle');
-    } catch (err) {
-      if (err instanceof PkiError) throw new CairnError('bad_response', `the CA at ${e} answered with an unusable trust bundle: ${err.message}`);
-      throw err;
-    }
-    // the CA tells a node whose role changed (promote, demote) to renew now: the renewal
-    // brings the certificate of its new role, and revokes a demoted node's manager certificates
-    if (ca.node?.renew === true && ca.node.id === id.config.nodeId) {
-      o.logger?.info({ endpoint: e, from: id.config.role, to: ca.node.role }, 'the CA says this node\'s role changed: renewing now');
-      return 'renew';
-    }
-    if (pemOf(trust) === pemOf(id.trust)) return 'unchanged';
-    const vouchers = [...id.chain.slice(1), ...vouchersFrom(ca.intermediates), ...vouchersFrom(ca.crossSigned)];
-    const d = acceptTrustBundle(id.trust, trust, { vouchers, digests: o.trustDigests, chain: id.chain });
-    if (!d.ok) {
-      if (d.reason === 'breaks_own_chain') {
-        o.logger?.info({ endpoint: e }, 'the trust bundle changed and our certificate does not verify against it: renewing');
-        return 'renew';
-      }
-      o.logger?.warn(
-        { endpoint: e, reason: d.reason, refused: d.refused, fingerprints: d.refused.map((r) => r.fingerprint) },
-        `trust bundle from ${e} refused, ca.crt unchanged: ${d.message}`,
-      );
-      return 'refused';
-    }
-    if (!d.changed) return 'unchanged';
-    replaceIdentity(id.dir, { caPem: pemOf(d.bundle) });
-    o.logger?.info({ endpoint: e, roots: d.bundle.length, added: d.added.length, removed: d.removed.length, how: d.how }, 'trust bundle updated');
-    return 'updated';
+    return applyCaAnswer(id, e, ca, o);
   }
   throw last;
 }
@@ -199,6 +261,11 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
   let failures = 0;
   let lastRenewal = -Infinity;
   let nextCaCheck = 0;
+  /** when to make a renewal the CA asked for (null: none asked) */
+  let requestedAt: number | null = null;
+  /** the newest answer of the long-poll, not yet applied (only the newest matters) */
+  let inbox: CaAnswer | null = null;
+  const waker = new Waker();
 
   if (recoverPendingCommit(stateDir)) log.warn('finished an identity update that was interrupted');
   let id = readNodeIdentity(stateDir);
@@ -243,6 +310,27 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
   }
   updateMetrics(stateDir, opts.metricsFile, log);
 
+  // the long-poll runs beside the loop; it only hands answers over, the loop applies them
+  const watchStop = new AbortController();
+  const stopWatch = () => watchStop.abort();
+  signal?.addEventListener('abort', stopWatch, { once: true });
+  const watching = opts.watch === false
+    ? Promise.resolve()
+    : watchCa({
+        signal: watchStop.signal,
+        logger: log,
+        identity: () => rereadIdentity(stateDir),
+        random,
+        baseBackoffMs: opts.baseBackoffMs,
+        onAnswer: (a) => {
+          inbox = a;
+          waker.wake();
+        },
+      }).then(
+        () => undefined,
+        (e) => log.error({ err: (e as Error).message }, 'the CA watch stopped'),
+      );
+
   try {
     while (!signal?.aborted) {
       id = await rereadIdentity(stateDir); // someone may have replaced it (join --force, cairn agent --renew-now)
@@ -253,11 +341,12 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         log.info({ serial: id.leaf.serialHex, notAfter: id.leaf.notAfter.toISOString(), renewAt: new Date(at).toISOString() }, 'renewal scheduled');
       }
 
-      if (renewNow || now >= plan.at) {
+      if (renewNow || now >= plan.at || (requestedAt !== null && now >= requestedAt)) {
         try {
           const r = await renewOnce(stateDir, { rounds: 1, signal, logger: log, timeoutMs: opts.timeoutMs, trustDigests: opts.trustDigests });
           failures = 0;
           renewNow = false;
+          requestedAt = null;
           lastRenewal = Date.now();
           nextCaCheck = lastRenewal + caRefreshMs; // the renewal brought the current trust bundle
           recordSuccess(stateDir, r.serial);
@@ -283,11 +372,42 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         continue;
       }
 
+      if (inbox) {
+        const a: CaAnswer = inbox;
+        inbox = null;
+        try {
+          // a renewal asked of a certificate we already replaced is done: the rest of the answer still counts
+          const body = a.body.node?.renew === true && a.serial !== id.leaf.serialHex ? { ...a.body, node: { ...a.body.node, renew: false } } : a.body;
+          const r = applyCaAnswer(id, a.endpoint, body, { logger: log, trustDigests: opts.trustDigests });
+          if (r === 'renew' && requestedAt === null) {
+            requestedAt = Math.max(now + Math.round(random() * (opts.renewJitterMs ?? DEFAULT_RENEW_JITTER_MS)), lastRenewal + MIN_REQUESTED_RENEW_INTERVAL_MS);
+            log.info({ endpoint: a.endpoint, renewAt: new Date(requestedAt).toISOString() }, 'renewal requested by the CA');
+          }
+          if (r === 'updated') {
+            await publish('trust-changed', 'outputs written after the trust bundle changed', {});
+            opts.onTrustUpdate?.();
+          }
+        } catch (e) {
+          if (!(e instanceof CairnError)) throw e;
+          log.warn({ endpoint: a.endpoint, code: e.code, err: e.message }, 'could not apply the answer of the CA watch');
+        }
+        if (a.changed) {
+          try {
+            // the CA changed (a rotation began or ended): its CRL may be signed by another key now
+            if ((await refreshCrl(await rereadIdentity(stateDir), { timeoutMs: opts.timeoutMs, signal, logger: log })) === 'updated') opts.onCrlUpdate?.();
+          } catch (e) {
+            if (signal?.aborted) break;
+            log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the CRL; will try again');
+          }
+        }
+        continue;
+      }
+
       if (now >= nextCaCheck) {
         nextCaCheck = now + caRefreshMs;
         try {
           const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log, trustDigests: opts.trustDigests });
-          if (r === 'renew') renewNow = true;
+          if (r === 'renew' && requestedAt === null) requestedAt = Math.max(now, lastRenewal + MIN_REQUESTED_RENEW_INTERVAL_MS);
           if (r === 'updated') {
             await publish('trust-changed', 'outputs written after the trust bundle changed', {});
             opts.onTrustUpdate?.();
@@ -311,9 +431,12 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         continue;
       }
 
-      await sleep(Math.min(plan.at, nextCaCheck, unpublished?.at ?? Infinity) - now, signal);
+      await waker.sleep(Math.min(plan.at, nextCaCheck, unpublished?.at ?? Infinity, requestedAt ?? Infinity) - now, signal);
     }
   } finally {
+    signal?.removeEventListener('abort', stopWatch);
+    watchStop.abort();
+    await watching;
     closeAgents(clientTlsOf(id));
     await hooks?.stop();
   }

@@ -395,7 +395,8 @@ export class RetryableError extends CairnError {
 /** Whether an error is worth retrying (another endpoint, or later): network trouble, 5xx, 429. */
 export function isRetryable(e: unknown): boolean {
   if (e instanceof RetryableError) return true;
-  if (e instanceof ApiError) return e.status >= 500 || e.status === 429 || e.status === 408;
+  // renewal_conflict: the node's role changed while its renewal was being signed; asking again settles it
+  if (e instanceof ApiError) return e.status >= 500 || e.status === 429 || e.status === 408 || e.code === 'renewal_conflict';
   if (e instanceof CairnError) return ['unreachable', 'untrusted_server', 'bad_response'].includes(e.code);
   return false;
 }

@@ -49,7 +49,7 @@ export interface RenewOptions {
  * they end a renewal at once. Any other refusal may be one replica's (a wrong or misconfigured
  * replica answering 403 or 404): the other endpoints are tried first.
  */
-const NAMES_THIS_NODE = new Set(['node_removed', 'certificate_revoked', 'certificate_expired', 'renewal_superseded']);
+const NAMES_THIS_NODE = new Set(['node_removed', 'certificate_revoked', 'certificate_expired', 'renewal_superseded', 'rejoin_required']);
 
 /** Answers after which retrying cannot help: the node must join again (or the operator must act). */
 const FATAL = new Set([...NAMES_THIS_NODE, 'client_certificate_required', 'forbidden']);
@@ -101,6 +101,11 @@ function explain(e: CairnError, id: NodeIdentity): CairnError {
       return new CairnError(e.code, `the certificate of node ${id.config.nodeId} has been revoked (the node may have been removed from the cluster) and cannot be renewed; to come back, ${again}`);
     case 'renewal_superseded':
       return new CairnError(e.code, `the CA refuses to renew with certificate ${id.leaf.serialHex}: node ${id.config.nodeId} has a newer certificate (is another copy of this node's state directory renewing?); ${again}`);
+    case 'rejoin_required':
+      return new CairnError(
+        e.code,
+        `node ${id.config.nodeId} still holds a certificate of a root the cluster retired (a root CA rotation was finished without it); ${again}`,
+      );
     case 'certificate_expired':
     case 'client_certificate_required':
       return new CairnError(e.code, `the CA does not accept the certificate of node ${id.config.nodeId} (${e.message}); ${again}`);

@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import { createApiCertificate, createControlCertificate, createNodeCertificate, initializeCa, loadCa } from '../authority/offline-ca.js';
 import { KeyType } from '../pki/index.js';
 import { HOUR_MS } from '../pki/profiles.js';
+import { rotateCommand } from './rotate.js';
 import { keyTypeOption, out, parseDurationArg, printJson, requireMinDuration } from './common.js';
 
 interface LeafFlags {
@@ -29,7 +30,7 @@ function leafOpts(f: LeafFlags) {
 }
 
 export function caCommand(): Command {
-  const ca = new Command('ca').description('offline CA: create a cluster CA and certificates as files, no server needed');
+  const ca = new Command('ca').description('offline CA: create a cluster CA and certificates as files, no server needed; "ca rotate": rotate a running cluster\'s root CA');
 
   ca.command('initialize')
     .description('create a root CA for a cluster: cluster.crt and cluster.key (0600)')
@@ -74,6 +75,8 @@ export function caCommand(): Command {
     if (f.json) return printJson({ user: username, certificate: r.certPath, key: r.keyPath, serial: r.serialHex });
     out(`Created API client certificate for user ${username}: ${r.certPath}, ${r.keyPath}`);
   });
+
+  ca.addCommand(rotateCommand());
 
   return ca;
 }

@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
-import { isRole } from '../authority/tokens.js';
+import { formatToken, isRole, parseToken } from '../authority/tokens.js';
 import { DEFAULT_LISTEN, readTokens, saveToken, statePaths } from '../server/state-dir.js';
 import { HOUR_MS } from '../pki/index.js';
 import { formatDuration } from '../util/duration.js';
@@ -201,19 +201,30 @@ Two kinds of join token:
  * no replica answers, the kept token is printed as it is.
  */
 async function withCurrentDigest(stateDir: string, server: string | undefined, role: string, token: string): Promise<string> {
-  const { formatToken, parseToken } = await import('../authority/tokens.js');
-  const parsed = parseToken(token);
-  if (!parsed) return token;
   let digest: string;
   try {
     digest = (await adminCall(adminTarget({ stateDir, server }), 'GET', 'v1/ca')).digest;
   } catch {
     return token;
   }
-  if (typeof digest !== 'string' || digest === parsed.digest) return token;
-  const fresh = formatToken(digest, parsed.secret);
-  saveToken(stateDir, role, fresh);
-  return fresh;
+  if (typeof digest !== 'string') return token;
+  return keepTokensWithDigest(stateDir, digest)[role] ?? token;
+}
+
+/**
+ * Give the join tokens kept in <state dir>/admin/tokens.json the root digest `digest` (the
+ * secrets stay) and save the ones that changed. Returns the roles' tokens as now kept.
+ */
+export function keepTokensWithDigest(stateDir: string, digest: string): Record<string, string> {
+  const kept = readTokens(stateDir);
+  const now: Record<string, string> = {};
+  for (const [role, token] of Object.entries(kept)) {
+    const parsed = parseToken(token);
+    if (!parsed) continue;
+    now[role] = parsed.digest === digest ? token : formatToken(digest, parsed.secret);
+    if (now[role] !== token) saveToken(stateDir, role, now[role]);
+  }
+  return now;
 }
 
 interface NodeJson {

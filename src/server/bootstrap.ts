@@ -520,6 +520,13 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
   const started = crl.start();
   // the rotation driver: whoever holds the `rotation` lease asks the next batch of nodes to renew, and completes a converged rotation
   let driving = false;
+  let holding = false;
+  const holdsLease = async () => {
+    const held = (await store.acquireLease(ROTATION_LEASE, cfg.replicaId, 5 * DRIVE_INTERVAL_MS)) !== null;
+    if (held !== holding) logger.info({ replica: cfg.replicaId }, held ? 'this replica drives the rotation (holds the rotation lease)' : 'the rotation lease is held elsewhere');
+    holding = held;
+    return held;
+  };
   const drive = async () => {
     if (driving) return;
     driving = true;
@@ -527,8 +534,7 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
       await auth.reloadKeyring();
       await ensureServerCertificate(r);
       if (auth.cas.rotations.some((x) => x.state === 'running')) {
-        const leaseMs = 5 * DRIVE_INTERVAL_MS;
-        await driveRotations(auth, async () => (await store.acquireLease(ROTATION_LEASE, cfg.replicaId, leaseMs)) !== null);
+        await driveRotations(auth, holdsLease);
       }
     } catch (err) {
       logger.warn({ err }, 'rotation driver failed');

@@ -4,7 +4,7 @@
  * POST /v1/join, POST /v1/renew and GET /v1/crl/cluster.
  */
 import assert from 'node:assert/strict';
-import { KeyObject } from 'node:crypto';
+import { KeyObject, X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
@@ -27,6 +27,22 @@ export interface TestCa {
   der: Buffer;
   pem: string;
   issuer: Issuer;
+}
+
+/** A cross-signed certificate: `next`'s subject and public key, issued by `by` (the shape of a root rotation). */
+export function crossSign(next: TestCa, by: TestCa, o: { ca?: boolean; key?: Buffer } = {}): Buffer {
+  return issueCertificate(
+    {
+      serial: makeSerial(seq++),
+      subject: { CN: new X509Certificate(next.der).subject.replace(/^CN=/, '') },
+      notBefore: new Date(Date.now() - HOUR),
+      notAfter: new Date(Date.now() + 1000 * HOUR),
+      publicKey: o.key ?? spkiDer(next.issuer.key),
+      ...(o.ca === false ? {} : { ca: {} }),
+      keyUsage: o.ca === false ? ['digitalSignature'] : ['digitalSignature', 'keyCertSign', 'cRLSign'],
+    },
+    by.issuer,
+  );
 }
 
 export function makeRoot(cn = 'test-root'): TestCa {
@@ -136,6 +152,22 @@ export interface FakeCa {
   tokens: Map<string, 'worker' | 'manager'>;
   /** the DER CRL served at GET /v1/crl/cluster (404 without one) */
   crl: Buffer | null;
+  /** the CA that signs renewals and joins (default: root), and PEM sent after the leaf (a cross-signed certificate) */
+  issuer: TestCa;
+  chainExtra: string;
+  /** whether GET /v1/ca has a version and answers ?wait=<version> as a long-poll (default true; false: a server of before, 400 on ?wait) */
+  longPoll: boolean;
+  /** GET /v1/ca's version; bump() changes it and answers every waiting long-poll */
+  version: number;
+  bump(): void;
+  /** answer every waiting long-poll now, version unchanged (after askRenew.add: "within about a second") */
+  poke(): void;
+  /** how long a long-poll is held without a change (default 25 s) */
+  waitMs: number;
+  /** node IDs whose long-polls answer node.renew = true (removed when the node renews) */
+  askRenew: Set<string>;
+  /** long-polls being held now */
+  waiting: number;
   /** the server certificate's serial (hex) */
   serverSerial: string;
   close(): Promise<void>;
@@ -151,7 +183,7 @@ export function makeCrl(ca: TestCa, serials: string[], number: bigint): Buffer {
  * An in-process CA. `server` overrides its TLS certificate (default: a proper CA replica
  * certificate, OU=ca-replica, DNS:ca, O=<cluster>, issued by `root`).
  */
-export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { der: Buffer; pem: string; kp: KeyPair | undefined } } = {}): Promise<FakeCa> {
+export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { der: Buffer; pem: string; kp: KeyPair | undefined }; clientCa?: string } = {}): Promise<FakeCa> {
   const serverLeaf = o.server ?? issueLeaf(root, { cn: randomId(), ou: 'ca-replica', clusterId, sans: [{ dns: 'ca' }] });
   const st: FakeCa = {
     url: '',
@@ -167,11 +199,26 @@ export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { de
     requests: [],
     tokens: new Map(),
     crl: null,
+    issuer: root,
+    chainExtra: '',
+    longPoll: true,
+    version: 1,
+    bump() {
+      st.version++;
+      for (const w of [...waiters]) w();
+    },
+    poke() {
+      for (const w of [...waiters]) w();
+    },
+    waitMs: 25_000,
+    askRenew: new Set(),
+    waiting: 0,
     serverSerial: new (await import('node:crypto')).X509Certificate(serverLeaf.der).serialNumber.toUpperCase(),
     close: async () => close(server),
   };
+  const waiters = new Set<() => void>();
   const server = https.createServer(
-    { key: privateKeyToPem(serverLeaf.kp!.privateKey), cert: serverLeaf.pem, ca: root.pem, requestCert: true, rejectUnauthorized: false },
+    { key: privateKeyToPem(serverLeaf.kp!.privateKey), cert: serverLeaf.pem, ca: o.clientCa ?? root.pem, requestCert: true, rejectUnauthorized: false },
     (req, res) => {
       const send = (status: number, body: unknown) => {
         res.writeHead(status, { 'content-type': 'application/json' });
@@ -181,9 +228,32 @@ export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { de
       let raw = '';
       req.on('data', (d) => (raw += d));
       req.on('end', () => {
-        if (req.method === 'GET' && req.url === '/v1/ca') {
+        const u = new URL(req.url ?? '/', 'https://x');
+        if (req.method === 'GET' && u.pathname === '/v1/ca') {
           st.caCalls++;
-          return send(200, { clusterId, roots: { cluster: root.pem, client: root.pem }, trustBundle: st.bundle, digest: rootDigest(root.der), rotation: null, ...st.caExtra });
+          const wait = u.searchParams.get('wait');
+          if (u.search && (!st.longPoll || wait === null)) return send(400, { error: { code: 'bad_request', message: '/v1/ca takes no query parameters' } });
+          const answer = () => {
+            const sock = req.socket as tls.TLSSocket;
+            const cn = sock.authorized ? String(sock.getPeerCertificate()?.subject?.CN ?? '') : '';
+            const node = cn ? { node: { id: cn, role: st.role, renew: st.askRenew.has(cn) } } : {};
+            const version = st.longPoll ? { version: String(st.version) } : {};
+            send(200, { clusterId, roots: { cluster: root.pem, client: root.pem }, trustBundle: st.bundle, digest: rootDigest(root.der), rotation: null, ...version, ...node, ...st.caExtra });
+          };
+          if (wait === null || wait !== String(st.version) || (req.socket as tls.TLSSocket).authorized && st.askRenew.has(String((req.socket as tls.TLSSocket).getPeerCertificate()?.subject?.CN))) return answer();
+          st.waiting++;
+          const done = () => {
+            waiters.delete(done);
+            clearTimeout(t);
+            st.waiting--;
+            if (!res.destroyed) answer();
+          };
+          const t = setTimeout(done, st.waitMs);
+          waiters.add(done);
+          res.on('close', () => {
+            if (waiters.has(done)) done();
+          });
+          return;
         }
         if (req.method === 'GET' && req.url?.startsWith('/v1/crl/cluster')) {
           if (!st.crl) return send(404, { error: { code: 'not_found', message: 'no CRL yet' } });
@@ -200,8 +270,8 @@ export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { de
           if (!role) return send(401, { error: { code: 'invalid_token', message: 'invalid token' } });
           const csr = parseCsr(csrDerFrom(body.csr));
           const nodeId = randomId();
-          const leaf = issueLeaf(root, { cn: nodeId, ou: role, clusterId, pub: { der: csr.publicKeyDer, key: csr.publicKey }, lifetimeMs: st.lifetimeMs });
-          return send(200, { nodeId, role, clusterId, certificate: leaf.pem, trustBundle: st.bundle });
+          const leaf = issueLeaf(st.issuer, { cn: nodeId, ou: role, clusterId, pub: { der: csr.publicKeyDer, key: csr.publicKey }, lifetimeMs: st.lifetimeMs });
+          return send(200, { nodeId, role, clusterId, certificate: leaf.pem + st.chainExtra, trustBundle: st.bundle });
         }
         if (req.method === 'POST' && req.url === '/v1/renew') {
           const sock = req.socket as tls.TLSSocket;
@@ -211,9 +281,10 @@ export async function fakeCa(root: TestCa, clusterId: string, o: { server?: { de
           const peer = sock.getPeerCertificate();
           const nodeId = String(peer.subject.CN);
           const csr = parseCsr(csrDerFrom(JSON.parse(raw).csr));
-          const leaf = issueLeaf(root, { cn: nodeId, ou: st.role, clusterId, pub: { der: csr.publicKeyDer, key: csr.publicKey }, lifetimeMs: st.lifetimeMs });
+          const leaf = issueLeaf(st.issuer, { cn: nodeId, ou: st.role, clusterId, pub: { der: csr.publicKeyDer, key: csr.publicKey }, lifetimeMs: st.lifetimeMs });
           st.renewals++;
-          return send(200, { nodeId, role: st.role, clusterId, certificate: leaf.pem, trustBundle: st.bundle });
+          st.askRenew.delete(nodeId);
+          return send(200, { nodeId, role: st.role, clusterId, certificate: leaf.pem + st.chainExtra, trustBundle: st.bundle });
         }
         send(404, { error: { code: 'not_found', message: 'no route' } });
       });

@@ -6,14 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
 import {
-  certificateToPem, fingerprint256, issueCertificate, makeSerial, randomId, rootDigest, spkiDer,
+  certificateToPem, fingerprint256, randomId, rootDigest, spkiDer,
 } from '../../src/pki/index.js';
 import { refreshTrustBundle } from '../../src/agent/agent.js';
 import { closeAgents, request } from '../../src/agent/client.js';
@@ -25,25 +24,7 @@ import { loadNodeTls, NodeTls } from '../../src/agent/tls.js';
 import { acceptTrustBundle } from '../../src/agent/trust.js';
 import { CairnError } from '../../src/util/errors.js';
 import { CAIRN_BIN, runCli, tmpDir } from '../helpers.js';
-import { close, fakeCa, FakeCa, HOUR, issueLeaf, listen, makeCrl, makeNodeDir, makeRoot, nodeTlsServer, rejectsWith, talk, TestCa, tokenFor } from './agent-fixtures.js';
-
-let seq = 1000n;
-
-/** A certificate for `next`'s subject and key, issued and signed by `by`: what a root rotation sends. */
-function crossSign(next: TestCa, by: TestCa, o: { ca?: boolean; key?: Buffer } = {}): Buffer {
-  return issueCertificate(
-    {
-      serial: makeSerial(seq++),
-      subject: { CN: new X509Certificate(next.der).subject.replace(/^CN=/, '') },
-      notBefore: new Date(Date.now() - HOUR),
-      notAfter: new Date(Date.now() + 1000 * HOUR),
-      publicKey: o.key ?? spkiDer(next.issuer.key),
-      ...(o.ca === false ? {} : { ca: {} }),
-      keyUsage: o.ca === false ? ['digitalSignature'] : ['digitalSignature', 'keyCertSign', 'cRLSign'],
-    },
-    by.issuer,
-  );
-}
+import { close, crossSign, fakeCa, FakeCa, issueLeaf, listen, makeCrl, makeNodeDir, makeRoot, nodeTlsServer, rejectsWith, talk, tokenFor } from './agent-fixtures.js';
 
 const silent = async () => {
   const logs: any[] = [];
