@@ -7,7 +7,7 @@
 import { Command, Option } from 'commander';
 import { CairnError } from '../util/errors.js';
 import { readKeyFile, readText } from '../util/files.js';
-import { adminCall } from './admin-client.js';
+import { adminCall, adminTarget } from './admin-client.js';
 import { keepTokensWithDigest } from './server-side.js';
 import { jsonOption, out, printJson, serverOption, stateDirOption, table } from './common.js';
 
@@ -123,7 +123,7 @@ function checkView(r: any, what: string): RotationView {
 async function refreshTokens(f: Flags, digest?: string): Promise<string[]> {
   let d = digest;
   if (!d) {
-    const ca = await adminCall(f.stateDir, f.server, 'GET', 'v1/ca');
+    const ca = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'GET', 'v1/ca');
     d = typeof ca?.digest === 'string' ? ca.digest : undefined;
   }
   return d ? Object.keys(keepTokensWithDigest(f.stateDir, d)) : [];
@@ -133,7 +133,7 @@ async function refreshTokens(f: Flags, digest?: string): Promise<string[]> {
 async function status(f: Flags, stuck: number, deadline: { since: number | null }): Promise<{ rotation: RotationView | null; stuck: StuckNode[] }> {
   for (;;) {
     try {
-      const r = await adminCall(f.stateDir, f.server, 'GET', `v1/ca/rotation?ca=${f.ca}&stuck=${stuck}`);
+      const r = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'GET', `v1/ca/rotation?ca=${f.ca}&stuck=${stuck}`);
       deadline.since = null;
       return { rotation: r?.rotation ? checkView(r, 'GET /v1/ca/rotation') : null, stuck: Array.isArray(r?.stuck) ? r.stuck : [] };
     } catch (e) {
@@ -201,7 +201,7 @@ async function start(f: Flags): Promise<void> {
     body.certificate = readText(f.caCert);
     body.key = readKeyFile(f.caKey!); // refuses a key file others can read
   }
-  const v = checkView(await adminCall(f.stateDir, f.server, 'POST', 'v1/ca/rotate', body), 'POST /v1/ca/rotate');
+  const v = checkView(await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/ca/rotate', body), 'POST /v1/ca/rotate');
   if (f.detach) {
     if (f.json) return printJson({ rotation: v });
     if (!f.quiet) {
@@ -235,7 +235,7 @@ async function showStatus(f: Flags): Promise<void> {
 }
 
 async function finish(f: Flags): Promise<void> {
-  const r = await adminCall(f.stateDir, f.server, 'POST', 'v1/ca/rotation/finish', { ca: f.ca, ...(f.force ? { force: true } : {}) });
+  const r = await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/ca/rotation/finish', { ca: f.ca, ...(f.force ? { force: true } : {}) });
   const v = checkView(r, 'POST /v1/ca/rotation/finish');
   const unconverged = typeof r.unconverged === 'number' ? r.unconverged : 0;
   const tokens = v.ca === 'cluster' ? await refreshTokens(f, typeof r.digest === 'string' ? r.digest : undefined) : [];
@@ -248,7 +248,7 @@ async function finish(f: Flags): Promise<void> {
 }
 
 async function abort(f: Flags): Promise<void> {
-  const v = checkView(await adminCall(f.stateDir, f.server, 'POST', 'v1/ca/rotation/abort', { ca: f.ca }), 'POST /v1/ca/rotation/abort');
+  const v = checkView(await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/ca/rotation/abort', { ca: f.ca }), 'POST /v1/ca/rotation/abort');
   if (f.json) return printJson({ rotation: v });
   if (!f.quiet) out(`Rotation ${v.id} of the ${v.ca} CA aborted: ${v.from.subject} signs again; certificates the new key issued stay valid through the cross-signed chain until their nodes renew.`);
 }
