@@ -7,6 +7,7 @@ import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { adminCall, adminPages, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup-commands.js';
+import { addCaKeyOptions, addPkcs11Options, CaKeyFlags, casFromFiles, Pkcs11Flags, pkcs11FromFlags } from './ca-key-flags.js';
 import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable } from './common.js';
 
 
@@ -15,7 +16,7 @@ function joinCommand(token: string, url: string): string {
 }
 
 export function initCommand(): Command {
-  return addPkcs12InitOptions(new Command('init'))
+  return addPkcs11Options(addCaKeyOptions(addPkcs12InitOptions(new Command('init'))), { label: true })
     .description('create a cluster: root CAs, unlock key, store, join tokens, this replica\'s server certificate and an admin bundle')
     .argument('<cluster-name>', 'human name of the cluster')
     .addOption(stateDirOption())
@@ -32,12 +33,15 @@ Writes into the state directory (created 0700):
   replica.json        this replica's identity and listen address
   server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
   admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
-    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; fromPkcs12?: string; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
+    .action(async (name: string, f: CaKeyFlags & Pkcs11Flags & { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
       const { validateClusterName } = await import('../authority/policy.js');
       validateClusterName(name);
-      const ca = await casFromInitFlags(f);
+      const pkcs11 = await pkcs11FromFlags(f);
+      if (pkcs11 && f.fromPkcs12) throw new CairnError('usage', '--from-pkcs12 brings keys to seal in the store: it does not go with --pkcs11-*');
+      if (pkcs11 && (f.clientCaCert || f.clientCaKey)) throw new CairnError('usage', 'with --pkcs11-*, both CA keys are in the token: --client-ca-cert/--client-ca-key do not apply');
+      const ca = (await casFromFiles(f, { keyElsewhere: !!pkcs11 })) ?? (await casFromInitFlags(f));
       const { initReplica } = await import('../server/bootstrap.js'); // heavy (store, server): loaded only when used
-      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca });
+      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca, pkcs11, pkcs11KeyLabel: f.pkcs11KeyLabel });
       if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
       const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
       out(`Cluster "${name}" created (cluster ID ${r.clusterId}) in ${r.stateDir}.`);

@@ -12,6 +12,9 @@ import { Authority } from '../authority/authority.js';
 import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
+import { keyResolver } from '../authority/ca-keys.js';
+import { tokenCas } from '../authority/ca-keys.js';
+import type { Pkcs11Config } from '../authority/pkcs11.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
   certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
@@ -23,6 +26,9 @@ import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readT
 import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
+
+/** A PKCS#11 setting as replica.json keeps it: absolute paths, never the PIN. */
+const pkcs11Paths = (c: Pkcs11Config): Pkcs11Config => ({ module: path.resolve(c.module), token: c.token, pinFile: path.resolve(c.pinFile) });
 
 /** The leaf of a PEM chain (a certificate issued during a rotation is followed by the cross-signed one). */
 const leafOf = (pem: string, what: string) => certificatesFromPem(pem, what)[0];
@@ -91,8 +97,11 @@ export interface InitOptions {
   listen?: string;
   store?: string;
   keyType?: KeyType;
-  /** CA material to create the cluster with (init --from-pkcs12) instead of new roots */
+  /** CA material to create the cluster with (init --from-pkcs12, --ca-cert) instead of new roots */
   ca?: ProvidedCas;
+  /** CA keys in this PKCS#11 token (generated there, or `pkcs11KeyLabel` used) */
+  pkcs11?: Pkcs11Config;
+  pkcs11KeyLabel?: string;
 }
 
 export interface InitOutcome {
@@ -122,6 +131,8 @@ export interface NewStateDir {
   sans: string[];
   /** something `fn` created that must go if it fails */
   created(path: string): void;
+  /** something else to undo if it fails */
+  undo(fn: () => void): void;
 }
 
 /**
@@ -140,6 +151,7 @@ export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewState
   const createdDir = !exists(o.stateDir);
   ensureDir(o.stateDir);
   const created: string[] = [];
+  const undos: (() => void)[] = [];
   let store: Store | undefined;
   try {
     const unlockKey = newUnlockKey();
@@ -147,8 +159,9 @@ export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewState
     created.push(p.unlockKey);
     if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
     store = await openStore(kind, location, o.poolSize ? { poolSize: o.poolSize } : {});
-    return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f) });
+    return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f), undo: (u) => undos.push(u) });
   } catch (e) {
+    for (const u of undos.reverse()) u();
     await store?.close().catch(() => {});
     store = undefined;
     for (const f of created.reverse()) fs.rmSync(f, { force: true, recursive: true });
@@ -168,14 +181,17 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
   for (const f of [p.replica, p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
     if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
   }
-  return withNewStateDir(o, async ({ store, location, unlockKey, listen, advertiseAddr, sans, created }) => {
+  return withNewStateDir(o, async ({ store, location, unlockKey, listen, advertiseAddr, sans, created, undo }) => {
     const existing = await store.getCluster();
     if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
-    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, o.ca);
+    // CA keys in a PKCS#11 token: made (or found) and the roots signed there before the store records them
+    const inToken = o.pkcs11 ? await tokenCas(o.pkcs11, { keyType: o.keyType, label: o.pkcs11KeyLabel, clusterCert: o.ca?.cluster }) : undefined;
+    if (inToken) undo(inToken.undo); // keys generated for a cluster that was not created are deleted again
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, inToken ?? o.ca);
     const replicaId = randomId();
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}), ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-    const auth = new Authority(store, replicaId, unlockKey);
+    const auth = new Authority(store, replicaId, unlockKey, keyResolver({ pkcs11: cfg.pkcs11 }));
     await auth.load();
     created(p.adminDir);
     const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -195,6 +211,8 @@ export interface AddReplicaOptions {
   advertiseAddr: string;
   sans?: string[];
   listen?: string;
+  /** this replica reaches the PKCS#11 token holding the CA keys through this module */
+  pkcs11?: Pkcs11Config;
 }
 
 /**
@@ -220,9 +238,9 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', `the store ${redactUrl(location)} holds no cluster: run "cairn init --store …" first`);
     const replicaId = randomId();
-    const auth = new Authority(store, replicaId, unlockKey);
-    await auth.load(); // proves the unlock key opens the CA keys
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store };
+    const auth = new Authority(store, replicaId, unlockKey, keyResolver({ pkcs11: o.pkcs11 }));
+    await auth.load(); // proves the unlock key opens the CA keys (and this replica reaches a token holding them)
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store, ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: o.advertiseAddr, version: VERSION });
     ensureDir(o.stateDir);
     const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -257,7 +275,7 @@ async function openReplica(
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
-    const auth = new Authority(store, cfg.replicaId, unlockKey);
+    const auth = new Authority(store, cfg.replicaId, unlockKey, keyResolver({ pkcs11: cfg.pkcs11 }));
     await auth.load(); // proves the unlock key opens the CA keys
     return { store, auth, kind, location };
   } catch (e) {

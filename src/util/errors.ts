@@ -89,6 +89,14 @@ export const ERRORS = {
   has_nodes: { status: 409, exit: 1, api: false },
   store_not_empty: { status: 409, exit: 1, api: false },
 
+  // ---- CA keys held elsewhere (docs/ca-keys.md): a PKCS#11 token, an external CA
+  hsm_error: { status: 500, exit: 1, api: false },
+  hsm_token_missing: { status: 500, exit: 1, api: false },
+  hsm_login_failed: { status: 500, exit: 1, api: false },
+  hsm_key_missing: { status: 500, exit: 1, api: false },
+  key_in_hsm: { status: 409, exit: 1, api: false },
+  external_ca: { status: 502, exit: 1, api: false },
+
   // ---- the offline CA
   no_ca: { status: 400, exit: 1, api: false },
   bad_ca: { status: 400, exit: 1, api: false },
