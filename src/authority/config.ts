@@ -4,6 +4,7 @@
  */
 import { DAY_MS, HOUR_MS } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
+import { checkExternalCa, type ExternalCa } from './external-ca.js';
 
 export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
 export const MIN_CERT_EXPIRY_MS = HOUR_MS;
@@ -27,6 +28,8 @@ export interface ClusterConfig {
   renewalBurst: number;
   /** then one renewal per node every this many ms (0 = no limit) */
   renewalIntervalMs: number;
+  /** the external CAs issuing for a cluster CA an external CA holds (external-ca.ts), tried in order */
+  externalCas: ExternalCa[];
 }
 
 export const DEFAULT_CONFIG: ClusterConfig = {
@@ -39,10 +42,14 @@ export const DEFAULT_CONFIG: ClusterConfig = {
   renewalGraceMs: HOUR_MS,
   renewalBurst: 5,
   renewalIntervalMs: 60_000,
+  externalCas: [],
 };
 
+/** How many external CA URLs a cluster may list. */
+export const MAX_EXTERNAL_CAS = 8;
+
 /** Bounds of every setting a user may change: [min, max, what]. */
-const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
+const CONFIG_BOUNDS: Record<Exclude<keyof ClusterConfig, 'externalCas'>, [number, number, string]> = {
   certExpiryMs: [HOUR_MS, 20 * 365 * DAY_MS, 'certificate expiry must be between 1h and 20 years'],
   serialRangeIncrement: [1, 1_000_000, 'serialRangeIncrement must be between 1 and 1000000'],
   serialRangeLowWater: [0, 1_000_000, 'serialRangeLowWater must be between 0 and 1000000'],
@@ -63,12 +70,17 @@ export function configFrom(stored: Record<string, unknown>): ClusterConfig {
 export function checkConfigPatch(patch: Record<string, unknown>): Partial<ClusterConfig> {
   const allowed: Partial<ClusterConfig> = {};
   for (const [k, v] of Object.entries(patch)) {
+    if (k === 'externalCas') {
+      if (!Array.isArray(v) || v.length > MAX_EXTERNAL_CAS) throw new CairnError('bad_request', `externalCas must be a list of at most ${MAX_EXTERNAL_CAS} external CAs`);
+      allowed.externalCas = v.map((x) => checkExternalCa(x));
+      continue;
+    }
     // own keys only: "toString", "constructor" and the like are not settings
-    const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
+    const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof typeof CONFIG_BOUNDS] : undefined;
     if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
     if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
     if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);
-    allowed[k as keyof ClusterConfig] = v;
+    allowed[k as keyof typeof CONFIG_BOUNDS] = v;
   }
   if (Object.keys(allowed).length === 0) throw new CairnError('bad_request', 'no setting to change');
   return allowed;

@@ -1,7 +1,7 @@
 import { generateKeyPair, KeyType, makeSerial, randomId, rootCaProfile, rootDigest, selfSignCertificate, spkiDer } from '../pki/index.js';
 import type { Store } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
-import { DEFAULT_CONFIG } from './authority.js';
+import { DEFAULT_CONFIG, type ClusterConfig } from './authority.js';
 import { caRowFor, ProvidedCas } from './clone.js';
 import { rootCaSubject } from './policy.js';
 import { ROOT_SEQUENCES, startSequences } from './serials.js';
@@ -25,7 +25,7 @@ export function newRootCa(clusterId: string, name: 'cluster' | 'client', unlockK
  * (keys sealed under the unlock key), default configuration, serial sequence, and the
  * worker and manager join tokens (only their hashes are stored).
  */
-export async function initCluster(store: Store, name: string, unlockKey: Buffer, keyType?: KeyType, provided?: ProvidedCas): Promise<InitResult> {
+export async function initCluster(store: Store, name: string, unlockKey: Buffer, keyType?: KeyType, provided?: ProvidedCas, settings: Partial<ClusterConfig> = {}): Promise<InitResult> {
   // a clone (init --from-pkcs12 of cairn-made roots) keeps its original's cluster ID; any other cluster gets a new one
   const clusterId = provided?.clusterId ?? randomId();
   return store.transaction(async (tx) => {
@@ -45,7 +45,7 @@ export async function initCluster(store: Store, name: string, unlockKey: Buffer,
     await tx.insertCa(client.row);
     // a key that came from elsewhere may sign elsewhere too: serials in a block of their own
     await startSequences(tx, { sharesCaKeys: !!(provided?.cluster?.key || provided?.client?.key) });
-    await tx.setConfig({ ...DEFAULT_CONFIG });
+    await tx.setConfig({ ...DEFAULT_CONFIG, ...settings });
     // the digest is of the root nodes anchor in (an intermediate's root)
     const tokens = await mintJoinTokens(tx, rootDigest(cluster.der));
     await tx.audit('init', 'cluster.init', { clusterId, name });

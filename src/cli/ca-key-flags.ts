@@ -77,3 +77,17 @@ export async function pkcs11FromFlags(f: Pkcs11Flags): Promise<{ module: string;
   readPin(f.pkcs11PinFile!); // private, not empty: checked before anything is created
   return { module: f.pkcs11Module!, token: f.pkcs11Token!, pinFile: f.pkcs11PinFile! };
 }
+
+const collect = (v: string, acc: string[]) => [...acc, v];
+
+export function addExternalCaOption(c: Command, what: string): Command {
+  return c.option('--external-ca <spec>', `${what}: protocol=cfssl,url=https://HOST:PORT[,cacert=FILE] (repeatable: tried in order; cacert: the CA the URL's TLS certificate chains to)`, collect, [] as string[]);
+}
+
+/** The external CAs of `--external-ca` flags (cacert files read here). */
+export async function externalCasFromFlags(specs: string[]) {
+  const { parseExternalCa } = await import('../authority/external-ca.js');
+  const { MAX_EXTERNAL_CAS } = await import('../authority/config.js');
+  if (specs.length > MAX_EXTERNAL_CAS) throw usage(`at most ${MAX_EXTERNAL_CAS} --external-ca`);
+  return specs.map((s) => parseExternalCa(s, (f) => readText(f)));
+}

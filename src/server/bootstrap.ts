@@ -12,12 +12,12 @@ import { Authority } from '../authority/authority.js';
 import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
-import { keyResolver } from '../authority/ca-keys.js';
-import { tokenCas } from '../authority/ca-keys.js';
+import { KeyAccess, keyResolver, tokenCas } from '../authority/ca-keys.js';
+import type { ExternalCa } from '../authority/external-ca.js';
 import type { Pkcs11Config } from '../authority/pkcs11.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
-  certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
+  certificatesFromPem, certificateInfo, certificateToPem, createCsr, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
 import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/store.js';
@@ -29,6 +29,20 @@ import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplic
 
 /** A PKCS#11 setting as replica.json keeps it: absolute paths, never the PIN. */
 const pkcs11Paths = (c: Pkcs11Config): Pkcs11Config => ({ module: path.resolve(c.module), token: c.token, pinFile: path.resolve(c.pinFile) });
+
+/**
+ * The authority of this replica, reaching CA keys the store does not seal (ca-keys.ts): its
+ * PKCS#11 token, and the external CAs the cluster's settings list (asked with this replica's
+ * server certificate when they want a client certificate).
+ */
+function authorityFor(store: Store, replicaId: string, unlockKey: Buffer, pkcs11: Pkcs11Config | undefined, stateDir: string): Authority {
+  const access: KeyAccess = { pkcs11 };
+  const auth = new Authority(store, replicaId, unlockKey, keyResolver(access));
+  const p = statePaths(stateDir);
+  access.externalCas = () => ({ urls: auth.config.externalCas ?? [] });
+  access.clientIdentity = () => (exists(p.serverKey) && exists(p.serverCert) ? { key: readKeyFile(p.serverKey), cert: readText(p.serverCert) } : null);
+  return auth;
+}
 
 /** The leaf of a PEM chain (a certificate issued during a rotation is followed by the cross-signed one). */
 const leafOf = (pem: string, what: string) => certificatesFromPem(pem, what)[0];
@@ -68,7 +82,8 @@ export function checkServerKey(keyPem: string, certPem: string, keyFile: string,
 export async function serverIdentityFiles(auth: Authority, dir: string, cfg: ReplicaConfig): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
-  const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans));
+  // with its request: an external CA signs requests, not bare keys
+  const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans), undefined, createCsr(kp.privateKey));
   return [
     { path: p.serverKey, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
     { path: p.serverCert, data: s.certificate, mode: FILE_MODE },
@@ -80,7 +95,7 @@ export async function serverIdentityFiles(auth: Authority, dir: string, cfg: Rep
 export async function adminBundleFiles(auth: Authority, dir: string, name = 'admin'): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
-  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey), name);
+  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey), name, undefined, createCsr(kp.privateKey));
   ensureDir(p.adminDir);
   return [
     { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
@@ -102,6 +117,8 @@ export interface InitOptions {
   /** CA keys in this PKCS#11 token (generated there, or `pkcs11KeyLabel` used) */
   pkcs11?: Pkcs11Config;
   pkcs11KeyLabel?: string;
+  /** an external CA holds the cluster CA's key (`ca.cluster` is its certificate): tried in order */
+  externalCas?: ExternalCa[];
 }
 
 export interface InitOutcome {
@@ -187,11 +204,11 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
     // CA keys in a PKCS#11 token: made (or found) and the roots signed there before the store records them
     const inToken = o.pkcs11 ? await tokenCas(o.pkcs11, { keyType: o.keyType, label: o.pkcs11KeyLabel, clusterCert: o.ca?.cluster }) : undefined;
     if (inToken) undo(inToken.undo); // keys generated for a cluster that was not created are deleted again
-    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, inToken ?? o.ca);
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, inToken ?? o.ca, o.externalCas ? { externalCas: o.externalCas } : {});
     const replicaId = randomId();
     const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}), ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-    const auth = new Authority(store, replicaId, unlockKey, keyResolver({ pkcs11: cfg.pkcs11 }));
+    const auth = authorityFor(store, replicaId, unlockKey, cfg.pkcs11, o.stateDir);
     await auth.load();
     created(p.adminDir);
     const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -238,7 +255,7 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', `the store ${redactUrl(location)} holds no cluster: run "cairn init --store …" first`);
     const replicaId = randomId();
-    const auth = new Authority(store, replicaId, unlockKey, keyResolver({ pkcs11: o.pkcs11 }));
+    const auth = authorityFor(store, replicaId, unlockKey, o.pkcs11, o.stateDir);
     await auth.load(); // proves the unlock key opens the CA keys (and this replica reaches a token holding them)
     const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store, ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: o.advertiseAddr, version: VERSION });
@@ -275,7 +292,7 @@ async function openReplica(
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
-    const auth = new Authority(store, cfg.replicaId, unlockKey, keyResolver({ pkcs11: cfg.pkcs11 }));
+    const auth = authorityFor(store, cfg.replicaId, unlockKey, cfg.pkcs11, o.stateDir);
     await auth.load(); // proves the unlock key opens the CA keys
     return { store, auth, kind, location };
   } catch (e) {
