@@ -97,7 +97,7 @@ describe('hardening (SQLite server)', () => {
       assert.equal(r.body.error.code, 'bad_request', k);
     }
     const cfg = await api(c.url, 'GET', '/v1/config', undefined, admin);
-    assert.deepEqual(Object.keys(cfg.body).sort(), ['certExpiryMs', 'crlCycleMs', 'crlLeaseMs', 'crlValidityMs', 'renewalBurst', 'renewalGraceMs', 'renewalIntervalMs', 'serialRangeIncrement', 'serialRangeLowWater']);
+    assert.deepEqual(Object.keys(cfg.body).sort(), ['certExpiryMs', 'crlCycleMs', 'crlLeaseMs', 'crlValidityMs', 'externalCas', 'renewalBurst', 'renewalGraceMs', 'renewalIntervalMs', 'serialRangeIncrement', 'serialRangeLowWater']);
     const ok = await api(c.url, 'PATCH', '/v1/config', { certExpiryMs: 90 * 86_400_000 }, admin);
     assert.equal(ok.status, 200);
   });
