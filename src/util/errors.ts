@@ -95,7 +95,6 @@ export const ERRORS = {
   hsm_login_failed: { status: 500, exit: 1, api: false },
   hsm_key_missing: { status: 500, exit: 1, api: false },
   key_in_hsm: { status: 409, exit: 1, api: false },
-  external_ca: { status: 502, exit: 1, api: false },
 
   // ---- the offline CA
   no_ca: { status: 400, exit: 1, api: false },
