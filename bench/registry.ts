@@ -5,8 +5,9 @@
 import { BenchGroup } from './harness.js';
 import floor from './floor.js';
 import issue from './issue.js';
+import caKeys from './ca-keys.js';
 import server from './server.js';
 import ha from './ha.js';
 import ocsp from './ocsp.js';
 
-export const groups: BenchGroup[] = [floor, issue, server, ha, ocsp];
+export const groups: BenchGroup[] = [floor, issue, caKeys, server, ha, ocsp];

@@ -7,7 +7,7 @@
  */
 import { KeyObject, X509Certificate } from 'node:crypto';
 import {
-  certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId, spkiDer,
+  certificateToPem, csrDerFrom, DAY_MS, ID_RE, NameAttrs, parseCsr, randomId, serialHex, spkiDer,
   SubjectAltName, isRevocationReason, REVOCATION_REASONS,
 } from '../pki/index.js';
 import type { JoinTokenTable, NodeTable, Store } from '../store/store.js';
@@ -15,7 +15,7 @@ import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { Adopter, admitJoin, admitRecovery, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget, useAdmittedToken } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG, DEFAULT_URL_SETTINGS, UrlSettings } from './config.js';
-import { CaKeyring, CaName, LoadedCa } from './keyring.js';
+import { CaKeyring, CaName, LoadedCa, type KeyResolver } from './keyring.js';
 import type { IssuedCertificate } from './signer.js';
 import { isRetiredIssuer, rotationView, type RotationView } from './rotation.js';
 import { page, PageRequest } from './pages.js';
@@ -72,6 +72,8 @@ export class Authority {
     readonly store: Store,
     readonly replicaId: string,
     private readonly unlockKey: Buffer,
+    /** reaches CA keys the store does not seal (ca-keys.ts): a PKCS#11 token, an external CA */
+    private readonly resolveKey?: KeyResolver,
   ) {
     this.serials = new SerialSource(store, () => this.config);
     store.origin = replicaId;
@@ -84,8 +86,8 @@ export class Authority {
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     this.clusterId = cluster.id;
     this.clusterName = cluster.name;
-    this.keyring = CaKeyring.load(await this.store.listCas(), await this.store.listRotations(), this.unlockKey);
     await this.refreshConfig();
+    this.keyring = CaKeyring.load(await this.store.listCas(), await this.store.listRotations(), this.unlockKey, this.resolveKey);
   }
 
   /**
@@ -96,7 +98,7 @@ export class Authority {
     const rows = await this.store.listCas();
     const rotations = await this.store.listRotations();
     if (CaKeyring.versionOf(rows, rotations) === this.keyring.version) return false;
-    this.keyring = CaKeyring.load(rows, rotations, this.unlockKey);
+    this.keyring = CaKeyring.load(rows, rotations, this.unlockKey, this.resolveKey);
     return true;
   }
 
@@ -148,7 +150,9 @@ export class Authority {
   caInfo() {
     return {
       clusterId: this.clusterId,
-      roots: { cluster: certificateToPem(this.keyring.signer('cluster').certDer), client: certificateToPem(this.keyring.signer('client').certDer) },
+      // the roots peers anchor in: an intermediate's own root (its certificate is in `intermediates`)
+      roots: { cluster: certificateToPem(this.keyring.signer('cluster').anchorDer), client: certificateToPem(this.keyring.signer('client').anchorDer) },
+      intermediates: this.keyring.signer('cluster').intermediates.map((d) => certificateToPem(d)),
       trustBundle: this.trustBundle(),
       digest: this.digest,
       crossSigned: this.keyring.crossSigned(),
@@ -200,10 +204,16 @@ export class Authority {
    * the serial is reserved first, then the certificate signed; nothing is recorded here and
    * nothing signs inside a transaction (callers record in a short one afterwards).
    */
-  private async issue(policy: LeafPolicy, key: { publicKeyDer: Buffer; publicKey: KeyObject }, ca: CaName = 'cluster'): Promise<IssuedCertificate> {
+  private async issue(policy: LeafPolicy, key: { publicKeyDer: Buffer; publicKey: KeyObject; csrDer?: Buffer }, ca: CaName = 'cluster'): Promise<IssuedCertificate> {
     // revocation pointers (cairn update --ocsp-url/--crl-url) on every leaf but an OCSP responder's
     const withPointers = policy.ocspNoCheck ? policy : { ...policy, ...revocationPointers(this.config, ca) };
-    return this.keyring.signer(ca).issuer.issue({ policy: withPointers, ...key, serial: await this.serials.next() });
+    const serial = await this.serials.next();
+    const c = await this.keyring.signer(ca).issuer.issue({ policy: withPointers, ...key, serial });
+    // a serial cairn did not make (an external CA's) must still be unique in the store
+    if (c.serial !== serialHex(serial) && (await this.store.getCertificate(c.serial))) {
+      throw new RetryLater('unavailable', `the external CA issued serial ${c.serial} a second time: refused`, 1000);
+    }
+    return c;
   }
 
   /** A leaf and the CA certificates sent after it (PEM). */
@@ -213,7 +223,8 @@ export class Authority {
 
   private parseRequest(csr: unknown) {
     if (typeof csr !== 'string' || csr.length === 0) throw new CairnError('bad_request', 'missing field "csr" (a PEM certificate request)');
-    return fromPki(() => parseCsr(csrDerFrom(csr)));
+    const csrDer = fromPki(() => csrDerFrom(csr));
+    return { ...fromPki(() => parseCsr(csrDer)), csrDer };
   }
 
   private issued(nodeId: string, role: Role, c: IssuedCertificate): IssuedNode {
@@ -386,9 +397,9 @@ export class Authority {
   }
 
   /** A certificate for a CA replica's HTTPS server: `DNS:ca` plus the names given. */
-  async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number) {
+  async issueServerCertificate(publicKey: KeyObject, publicKeyDer: Buffer, names: SubjectAltName[], lifetimeMs?: number, csrDer?: Buffer) {
     const policy = replicaPolicy(this.clusterId, this.replicaId, names, lifetimeMs);
-    const c = await this.issue(policy, { publicKey, publicKeyDer });
+    const c = await this.issue(policy, { publicKey, publicKeyDer, csrDer });
     await this.store.transaction(async (tx) => {
       await tx.insertCertificate(this.certRecord(c, 'server', policy.subject, null, null));
       await tx.audit(`replica:${this.replicaId}`, 'replica.certificate', { replica: this.replicaId, serial: c.serial });
@@ -397,9 +408,9 @@ export class Authority {
   }
 
   /** An admin client certificate (issued by the cluster root, OU=admin). */
-  async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number) {
+  async issueAdminCertificate(publicKey: KeyObject, publicKeyDer: Buffer, name = 'admin', lifetimeMs?: number, csrDer?: Buffer) {
     const policy = adminPolicy(this.clusterId, name, lifetimeMs);
-    const c = await this.issue(policy, { publicKey, publicKeyDer });
+    const c = await this.issue(policy, { publicKey, publicKeyDer, csrDer });
     await this.store.transaction(async (tx) => {
       await tx.insertCertificate(this.certRecord(c, 'admin', policy.subject, null, null));
       await tx.audit('cli', 'admin_certificate.issue', { serial: c.serial, name });

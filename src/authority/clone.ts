@@ -5,29 +5,38 @@
  */
 import { KeyObject } from 'node:crypto';
 import {
-  certificateFromPem, certificateInfo, certificatesFromPem, certificateToPem, ID_RE, keysMatch, PkiError, privateKeyToPem, verifyChain,
+  certificateFromPem, certificateInfo, certificatesFromPem, certificateToPem, ID_RE, PkiError, privateKeyToPem, verifyChain,
 } from '../pki/index.js';
 import type { Pkcs12Entry, Pkcs12Input } from '../pki/pkcs12.js';
 import type { CaTable } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import type { Authority, PeerIdentity } from './authority.js';
+import { checkCaMaterial } from './ca-material.js';
 import { unsealCaKey } from './keyring.js';
 import { seal } from './seal.js';
 import { isRole } from './tokens.js';
 
 export type CaName = 'cluster' | 'client';
 
-/** One root CA given to `init` (from a PKCS#12 file). */
+/** One CA given to `init` (a PKCS#12 file, --ca-cert/--ca-key) or made in a token. */
 export interface CaMaterial {
   certDer: Buffer;
-  key: KeyObject;
+  /** null: the store does not hold it (`keyLocation` says where it is) */
+  key: KeyObject | null;
+  /** an intermediate's issuers up to its root, nearest first */
+  chain?: Buffer[];
+  /** where a key the store does not hold lives (keyring.ts KeyResolver), JSON */
+  keyLocation?: string;
 }
 
-/** The CA material a controller can be created from: both roots, and the cluster ID they carry. */
+/**
+ * The CA material a controller can be created from: both CAs (a CA not given is made), and
+ * the cluster ID to use (a clone keeps its original's; otherwise a new one).
+ */
 export interface ProvidedCas {
-  clusterId: string;
-  cluster: CaMaterial;
-  client: CaMaterial;
+  clusterId?: string;
+  cluster?: CaMaterial;
+  client?: CaMaterial;
 }
 
 export const NICKNAMES: Record<CaName, string> = { cluster: 'cluster-root-ca', client: 'client-root-ca' };
@@ -41,7 +50,9 @@ export function caRowFor(name: CaName, m: CaMaterial, unlockKey: Buffer, generat
     name,
     generation,
     cert_pem: certificateToPem(m.certDer),
-    key_sealed: seal(unlockKey, privateKeyToPem(m.key), id),
+    key_sealed: m.key ? seal(unlockKey, privateKeyToPem(m.key), id) : null,
+    key_location: m.keyLocation ?? null,
+    chain_pem: m.chain?.length ? m.chain.map((d) => certificateToPem(d)).join('') : null,
     key_id: info.subjectKeyId!.toString('hex'),
     status: 'active',
     created_at: Date.now(),
@@ -69,11 +80,15 @@ export function pkcs12EntriesFor(rows: CaTable[], unlockKey: Buffer): Pkcs12Inpu
 }
 
 /**
- * Pick the cluster and client root CAs out of a PKCS#12 file's entries: by friendly name
- * (`cluster-root-ca`, `client-root-ca`), else by subject CN. Both must be CA certificates
- * with their keys, and carry the same cluster ID as subject O.
+ * Pick the cluster and client CAs out of a PKCS#12 file's entries: by friendly name
+ * (`cluster-root-ca`, `client-root-ca`), else by subject CN. Each must be a CA certificate with
+ * its key, passing the checks of ca-material.ts (any subject; an intermediate's chain is taken
+ * from the file's other certificates without keys). The cluster ID is the one of a root cairn
+ * made (subject `OU=cairn, O=<cluster ID>`: a clone keeps its original's, so nodes move between
+ * them), else a new one.
  */
-export function casFromPkcs12(entries: Pkcs12Entry[]): ProvidedCas {
+export function casFromPkcs12(entries: Pkcs12Entry[], minLifetimeMs: number): ProvidedCas {
+  const pool = entries.filter((e) => !e.key).map((e) => e.certDer);
   const pick = (name: CaName): CaMaterial => {
     const nick = NICKNAMES[name];
     const found = entries.filter((e) => e.friendlyName === nick);
@@ -81,21 +96,21 @@ export function casFromPkcs12(entries: Pkcs12Entry[]): ProvidedCas {
     if (byCn.length === 0) throw new CairnError('bad_pkcs12', `the PKCS#12 file holds no "${nick}" certificate (by friendly name or subject CN)`);
     if (byCn.length > 1) throw new CairnError('bad_pkcs12', `the PKCS#12 file holds ${byCn.length} "${nick}" certificates; expected one`);
     const e = byCn[0];
-    const info = certificateInfo(e.certDer);
-    if (!info.isCA) throw new CairnError('bad_pkcs12', `"${nick}" in the PKCS#12 file is not a CA certificate`);
+    if (!certificateInfo(e.certDer).isCA) throw new CairnError('bad_pkcs12', `"${nick}" in the PKCS#12 file is not a CA certificate`);
     if (!e.key) throw new CairnError('bad_pkcs12', `"${nick}" in the PKCS#12 file has no private key`);
-    if (!keysMatch(e.key, info.publicKeyDer)) throw new CairnError('bad_pkcs12', `the key of "${nick}" does not belong to its certificate`);
-    if (!info.subjectKeyId) throw new CairnError('bad_pkcs12', `"${nick}" has no subject key identifier`);
-    if (info.notAfter.getTime() <= Date.now()) throw new CairnError('bad_pkcs12', `"${nick}" expired on ${info.notAfter.toISOString()}`);
-    return { certDer: e.certDer, key: e.key };
+    const c = checkCaMaterial([e.certDer, ...pool], e.key, { what: `"${nick}" in the PKCS#12 file`, minLifetimeMs, code: 'bad_pkcs12', unrelated: 'ignore' });
+    return { certDer: c.certDer, key: e.key, chain: c.chain };
   };
   const cluster = pick('cluster');
   const client = pick('client');
-  const o1 = certificateInfo(cluster.certDer).subjectAttrs.O;
-  const o2 = certificateInfo(client.certDer).subjectAttrs.O;
-  if (!o1 || !ID_RE.test(o1)) throw new CairnError('bad_pkcs12', `the cluster CA's subject O "${o1 ?? ''}" is not a cairn cluster ID`);
-  if (o1 !== o2) throw new CairnError('bad_pkcs12', `the cluster CA (O=${o1}) and the client CA (O=${o2 ?? ''}) are of different clusters`);
-  return { clusterId: o1, cluster, client };
+  const made = (d: Buffer) => {
+    const a = certificateInfo(d).subjectAttrs;
+    return a.OU === 'cairn' && a.O && ID_RE.test(a.O) ? a.O : undefined;
+  };
+  const o1 = made(cluster.certDer);
+  const o2 = made(client.certDer);
+  if (o1 && o2 && o1 !== o2) throw new CairnError('bad_pkcs12', `the cluster CA (O=${o1}) and the client CA (O=${o2}) are of different clusters`);
+  return { clusterId: o1 ?? o2, cluster, client };
 }
 
 /**

@@ -5,6 +5,7 @@
 import { DAY_MS, HOUR_MS } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 import { checkBaseUrl } from './policy.js';
+import { checkExternalCa, type ExternalCa } from './external-ca.js';
 
 export const DEFAULT_CERT_EXPIRY_MS = 90 * DAY_MS;
 export const MIN_CERT_EXPIRY_MS = HOUR_MS;
@@ -34,6 +35,8 @@ export interface ClusterConfig {
   ocspValidityMs: number;
   /** how often the audit log's head is sealed (signed), when it moved */
   auditSealIntervalMs: number;
+  /** the external CAs issuing for a cluster CA an external CA holds (external-ca.ts), tried in order */
+  externalCas: ExternalCa[];
 }
 
 /** Settings that are text: base URLs put into certificates issued from then on (null: none). */
@@ -57,12 +60,16 @@ export const DEFAULT_CONFIG: ClusterConfig = {
   recoveryWindowMs: 30 * DAY_MS,
   ocspValidityMs: HOUR_MS,
   auditSealIntervalMs: 60_000,
+  externalCas: [],
 };
+
+/** How many external CA URLs a cluster may list. */
+export const MAX_EXTERNAL_CAS = 8;
 
 export const DEFAULT_URL_SETTINGS: UrlSettings = { ocspUrl: null, crlUrl: null };
 
 /** Bounds of every setting a user may change: [min, max, what]. */
-const CONFIG_BOUNDS: Record<keyof ClusterConfig, [number, number, string]> = {
+const CONFIG_BOUNDS: Record<Exclude<keyof ClusterConfig, 'externalCas'>, [number, number, string]> = {
   certExpiryMs: [HOUR_MS, 20 * 365 * DAY_MS, 'certificate expiry must be between 1h and 20 years'],
   serialRangeIncrement: [1, 1_000_000, 'serialRangeIncrement must be between 1 and 1000000'],
   serialRangeLowWater: [0, 1_000_000, 'serialRangeLowWater must be between 0 and 1000000'],
@@ -90,12 +97,17 @@ export function checkConfigPatch(patch: Record<string, unknown>): Partial<Cluste
       allowed[k] = checkBaseUrl(v, k);
       continue;
     }
+    if (k === 'externalCas') {
+      if (!Array.isArray(v) || v.length > MAX_EXTERNAL_CAS) throw new CairnError('bad_request', `externalCas must be a list of at most ${MAX_EXTERNAL_CAS} external CAs`);
+      allowed.externalCas = v.map((x) => checkExternalCa(x));
+      continue;
+    }
     // own keys only: "toString", "constructor" and the like are not settings
-    const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof ClusterConfig] : undefined;
+    const bounds = Object.hasOwn(CONFIG_BOUNDS, k) ? CONFIG_BOUNDS[k as keyof typeof CONFIG_BOUNDS] : undefined;
     if (!bounds) throw new CairnError('bad_request', `unknown configuration setting "${k}"`);
     if (typeof v !== 'number' || !Number.isInteger(v)) throw new CairnError('bad_request', `${k} must be an integer`);
     if (v < bounds[0] || v > bounds[1]) throw new CairnError('bad_request', bounds[2]);
-    allowed[k as keyof ClusterConfig] = v;
+    allowed[k as keyof typeof CONFIG_BOUNDS] = v;
   }
   if (Object.keys(allowed).length === 0) throw new CairnError('bad_request', 'no setting to change');
   return allowed;

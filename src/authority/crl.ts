@@ -14,6 +14,7 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
 import type { CrlJob, CrlJobResult } from './crl-worker.js';
+import { publishCrl, type PublishedCrls } from './crl-publish.js';
 
 export const CRL_LEASE = 'crl';
 
@@ -34,6 +35,8 @@ export class CrlPublisher {
   private worker: Worker | null = null;
   private jobs = new Map<number, { resolve(r: CrlJobResult): void; reject(e: Error): void }>();
   private seq = 0;
+  /** CRLs this thread signed (keys held elsewhere), as the worker thread remembers its own */
+  private published: PublishedCrls = new Map();
   /** per CA: the revocation mark up to which its entries are known to be unchanged */
   private covered: Record<string, number> = {};
 
@@ -109,15 +112,14 @@ export class CrlPublisher {
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
   async publish(scope: CrlScope, term: number, mark: number, aging = true): Promise<void> {
     const ca = scope.name;
-    if (!(scope.signer instanceof LocalKeySigner)) {
-      // the worker thread signs with a key of this process; a key held elsewhere (HSM) is not there yet
-      throw new Error(`the CRL of ${ca} needs its CA key in this process`);
-    }
     const family = this.auth.cas.cas.find((c) => c.row.key_id === scope.keyIds[0])?.row.name ?? ca;
-    const r = await this.run({
-      ca, sequence: `crl-${family}`, keyIds: scope.keyIds, certDer: scope.signer.info.certDer, key: scope.signer.localKey, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark,
-      validityMs: this.settings().validityMs, aging, keep: 10,
-    });
+    const job = { ca, sequence: `crl-${family}`, keyIds: scope.keyIds, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark, validityMs: this.settings().validityMs, aging, keep: 10 };
+    // a key of this process signs in the worker thread; a key held elsewhere (a PKCS#11 token,
+    // whose session is this thread's) signs here, through the same steps
+    const r =
+      scope.signer instanceof LocalKeySigner
+        ? await this.run({ ...job, certDer: scope.signer.info.certDer, key: scope.signer.localKey })
+        : await publishCrl(this.auth.store, job, scope.signer, this.published);
     if (r.skipped) {
       this.covered[ca] = mark;
       this.log.debug({ ca, entries: r.entries, ms: r.ms }, 'CRL entries unchanged: not re-signed');

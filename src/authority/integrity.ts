@@ -26,13 +26,15 @@ export async function checkStoreIntegrity(store: Store, unlockKey: Buffer): Prom
     try {
       const keyPem = c.key_sealed ? unseal(unlockKey, c.key_sealed, c.id).toString() : null;
       checkCaMaterial(c.cert_pem, keyPem, c.key_id, c.id);
-      if (clusters[0] && certificateInfo(certificateFromPem(c.cert_pem, c.id)).subjectAttrs.O !== clusters[0].id) problems.push(`CA ${c.id} is not of cluster ${clusters[0].id}`);
+      // a root cairn made carries the cluster ID; an operator's own CA (init --ca-cert) any subject
+      const attrs = certificateInfo(certificateFromPem(c.cert_pem, c.id)).subjectAttrs;
+      if (clusters[0] && attrs.OU === 'cairn' && attrs.O !== clusters[0].id) problems.push(`CA ${c.id} is not of cluster ${clusters[0].id}`);
     } catch (e) {
       problems.push(`CA ${c.id}: ${(e as Error).message}`);
     }
   }
   for (const name of ['cluster', 'client']) {
-    if (!cas.some((c) => c.name === name && c.status === 'active' && c.key_sealed)) problems.push(`no active ${name} CA with a key`);
+    if (!cas.some((c) => c.name === name && c.status === 'active' && (c.key_sealed || c.key_location))) problems.push(`no active ${name} CA with a key`);
   }
   const certs = await store.listCertificateOwners();
   const bySerial = new Map(certs.map((c) => [c.serial, c]));

@@ -17,11 +17,24 @@
  * Every replica reloads the keyring when the stored rows change (`version`).
  */
 import { createHash, type KeyObject } from 'node:crypto';
-import { certificateFromPem, certificateToPem, privateKeyFromPem, rootDigest } from '../pki/index.js';
+import { certificateFromPem, certificatesFromPem, certificateToPem, IssuerInfo, privateKeyFromPem, rootDigest } from '../pki/index.js';
 import type { CaTable, RotationTable } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { unseal } from './seal.js';
-import { CaSigner, CertificateIssuer, LocalKeySigner, SigningIssuer } from './signer.js';
+import { CaSigner, CertificateIssuer, infoOf, LocalKeySigner, SigningIssuer } from './signer.js';
+
+/** The signing generation of a CA whose certificates an external CA issues: its key signs nothing here. */
+class HeldElsewhere implements CaSigner {
+  readonly info: IssuerInfo;
+  readonly keyId: string;
+  constructor(certDer: Buffer, private readonly id: string) {
+    this.info = infoOf(certDer);
+    this.keyId = this.info.keyId.toString('hex');
+  }
+  async sign(): Promise<Buffer> {
+    throw new CairnError('unavailable', `the key of CA ${this.id} is held by an external CA: it signs nothing but the certificates that CA issues`);
+  }
+}
 
 export type CaName = 'cluster' | 'client';
 export const CA_NAMES: readonly CaName[] = ['cluster', 'client'];
@@ -29,6 +42,10 @@ export const CA_NAMES: readonly CaName[] = ['cluster', 'client'];
 export interface LoadedCa {
   row: CaTable;
   certDer: Buffer;
+  /** the root a peer anchors this generation in: itself, or the top of its chain (an intermediate's root) */
+  anchorDer: Buffer;
+  /** for an intermediate: itself and the CA certificates between it and its root, sent after a leaf ([] for a root) */
+  intermediates: Buffer[];
   /** the key, when the store holds it (null: held elsewhere, or deleted after retirement) */
   signer: CaSigner | null;
 }
@@ -40,6 +57,14 @@ export interface SigningCa extends LoadedCa {
   /** CA certificates sent after a leaf (the cross-signed certificate during a rotation) */
   chain: Buffer[];
 }
+
+/**
+ * A key the store does not seal (row.key_location): a PKCS#11 token, an external CA. Given by
+ * the process that loads the keyring (it knows the module, the PIN, the URLs); returns the
+ * signer (null: nothing here can sign arbitrary bytes with it) and the issuer to use instead of
+ * signing with it (an external CA), or throws a clear error.
+ */
+export type KeyResolver = (row: CaTable, certDer: Buffer) => { signer: CaSigner | null; issuer?: CertificateIssuer };
 
 /** The CRL of one generation: its name in the store and API, the key IDs it covers, its signer. */
 export interface CrlScope {
@@ -62,8 +87,10 @@ export class CaKeyring {
     readonly rotations: RotationTable[],
   ) {
     const activeCluster = cas.filter((c) => c.row.name === 'cluster' && c.row.status === 'active');
-    this.digest = rootDigest(activeCluster[0].certDer);
-    this.trustBundle = activeCluster.map((c) => certificateToPem(c.certDer)).join('');
+    this.digest = rootDigest(activeCluster[0].anchorDer);
+    // the roots peers anchor in (an intermediate's own root; two generations may share it)
+    const anchors = activeCluster.map((c) => c.anchorDer).filter((d, i, all) => all.findIndex((x) => x.equals(d)) === i);
+    this.trustBundle = anchors.map((d) => certificateToPem(d)).join('');
     this.version = CaKeyring.versionOf(cas.map((c) => c.row), rotations);
   }
 
@@ -76,24 +103,37 @@ export class CaKeyring {
   }
 
   /** Load every generation from the store's rows, unsealing the keys it holds. */
-  static load(rows: CaTable[], rotations: RotationTable[], unlockKey: Buffer): CaKeyring {
+  static load(rows: CaTable[], rotations: RotationTable[], unlockKey: Buffer, resolve?: KeyResolver): CaKeyring {
+    const issuers = new Map<string, CertificateIssuer>();
     const cas = rows.map((row): LoadedCa => {
       const certDer = certificateFromPem(row.cert_pem, `CA ${row.id}`);
+      const above = row.chain_pem ? certificatesFromPem(row.chain_pem, `the chain of CA ${row.id}`) : [];
+      const anchorDer = above.length ? above[above.length - 1] : certDer;
       let signer: CaSigner | null = null;
       if (row.key_sealed) {
         const key: KeyObject = privateKeyFromPem(unseal(unlockKey, row.key_sealed, row.id).toString(), `CA ${row.id} key`);
         signer = new LocalKeySigner(certDer, key);
+      } else if (row.key_location && row.status === 'active') {
+        // a retired generation held elsewhere is not opened: its key signs nothing here any more
+        if (!resolve) throw new CairnError('store_corrupt', `the key of CA ${row.id} is held outside the store (${row.key_location}), and this process cannot reach it`);
+        const r = resolve(row, certDer);
+        signer = r.signer;
+        if (r.issuer) issuers.set(row.id, r.issuer);
       }
-      return { row, certDer, signer };
+      // an intermediate sends itself and what is between it and its root after each leaf
+      return { row, certDer, anchorDer, intermediates: above.length ? [certDer, ...above.slice(0, -1)] : [], signer };
     });
     const signing = {} as Record<CaName, SigningCa>;
     for (const name of CA_NAMES) {
       const active = cas.filter((c) => c.row.name === name && c.row.status === 'active');
-      const newest = active.filter((c) => c.signer).at(-1);
-      if (!newest || !newest.signer) throw new CairnError('store_corrupt', `the store has no active ${name} CA with a key`);
-      // the cross-signed certificate goes along while the generation it chains to is trusted
-      const chain = newest.row.cross_pem && active.length > 1 ? [certificateFromPem(newest.row.cross_pem, `the cross-signed certificate of ${newest.row.id}`)] : [];
-      signing[name] = { ...newest, signer: newest.signer, chain, issuer: new SigningIssuer(newest.signer, chain) };
+      const newest = active.filter((c) => c.signer || issuers.has(c.row.id)).at(-1);
+      if (!newest) throw new CairnError('store_corrupt', `the store has no active ${name} CA with a key`);
+      // the cross-signed certificate goes along while the generation it chains to is trusted;
+      // an intermediate sends the CA certificates between it and its root
+      const cross = newest.row.cross_pem && active.length > 1 ? [certificateFromPem(newest.row.cross_pem, `the cross-signed certificate of ${newest.row.id}`)] : [];
+      const chain = [...newest.intermediates, ...cross];
+      const signer = newest.signer ?? new HeldElsewhere(newest.certDer, newest.row.id);
+      signing[name] = { ...newest, signer, chain, issuer: issuers.get(newest.row.id) ?? new SigningIssuer(signer, chain) };
     }
     return new CaKeyring(cas, signing, rotations);
   }
@@ -105,7 +145,11 @@ export class CaKeyring {
 
   /** Certificates a TLS server accepts client certificates from (every active generation of both CAs). */
   clientTrust(): Buffer[] {
-    return this.cas.filter((c) => c.row.status === 'active').map((c) => c.certDer);
+    const out: Buffer[] = [];
+    for (const c of this.cas.filter((x) => x.row.status === 'active')) {
+      for (const d of [c.certDer, c.anchorDer]) if (!out.some((o) => o.equals(d))) out.push(d);
+    }
+    return out;
   }
 
   /** Key IDs of every generation of a CA. */
@@ -135,7 +179,7 @@ export class CaKeyring {
 
   /** The cross-signed certificates of active generations (PEM), for GET /v1/ca. */
   crossSigned(): string[] {
-    return CA_NAMES.flatMap((n) => this.signing[n].chain.map((d) => certificateToPem(d)));
+    return CA_NAMES.flatMap((n) => this.signing[n].chain.filter((d) => !this.signing[n].intermediates.includes(d)).map((d) => certificateToPem(d)));
   }
 
   /** The running rotation of a CA, if any. */

@@ -68,8 +68,10 @@ export interface IssueRequest {
   policy: LeafPolicy;
   publicKeyDer: Buffer;
   publicKey: KeyObject;
-  /** reserved before signing (serials.ts) */
+  /** reserved before signing (serials.ts); an external CA numbers its certificates itself */
   serial: Buffer;
+  /** the request itself (DER), for an issuer that forwards it (an external CA checks its signature) */
+  csrDer?: Buffer;
 }
 
 export interface IssuedCertificate {

@@ -7,6 +7,7 @@
  * lease). Every replica (and serve worker) loads them from the store, and reloads when one it
  * needs is missing or close to expiry, so a certificate issued on one replica is used by all.
  */
+import { SigningIssuer } from './signer.js';
 import type { KeyObject } from 'node:crypto';
 import { certificateFromPem, generateKeyPair, privateKeyFromPem, privateKeyToPem } from '../pki/index.js';
 import type { Pkcs12Input } from '../pki/pkcs12.js';
@@ -120,12 +121,15 @@ export class SigningKeys {
       this.loaded.some((k) => k.row.purpose === purpose && k.row.ca_key_id === caKeyId && k.row.not_after - now > before);
     // the signing generation of each CA gets a responder (an older generation still active in
     // a rotation keeps the one it had while it signed, until it expires)
+    // a CA whose key an external CA holds signs no subsystem certificate here (its OCSP answers
+    // and audit seals need a key cairn holds: docs/ca-keys.md)
+    const held = (ca: CaName) => this.auth.cas.signer(ca).issuer instanceof SigningIssuer;
     for (const ca of ['cluster', 'client'] as const) {
       const g = this.auth.signingCa(ca);
-      if (!fresh('ocsp', g.keyId, OCSP_SIGNER_RENEW_BEFORE_MS)) issued.push(await this.issue('ocsp', ca, g.generation));
+      if (held(ca) && !fresh('ocsp', g.keyId, OCSP_SIGNER_RENEW_BEFORE_MS)) issued.push(await this.issue('ocsp', ca, g.generation));
     }
     const clusterKeyId = this.auth.signingCa('cluster').keyId;
-    if (!fresh('audit', clusterKeyId, AUDIT_SIGNER_RENEW_BEFORE_MS)) issued.push(await this.issue('audit', 'cluster', 0));
+    if (held('cluster') && !fresh('audit', clusterKeyId, AUDIT_SIGNER_RENEW_BEFORE_MS)) issued.push(await this.issue('audit', 'cluster', 0));
     const expired = this.loaded.filter((k) => k.row.not_after <= now).map((k) => k.row.id);
     if (expired.length) await this.auth.store.deleteSigningKeys(expired);
     if (issued.length || expired.length) await this.reload();

@@ -7,10 +7,12 @@ import { adminCall, adminPages, adminTarget, addAdminOptions, AdminFlags } from 
 import { jsonOption, out, printJson, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
 
+import { addPkcs11Options, Pkcs11Flags, pkcs11FromFlags } from './ca-key-flags.js';
+
 export function replicaCommand(): Command {
   const replica = new Command('replica').description('CA replicas sharing one PostgreSQL store');
-  replica
-    .command('add')
+  addPkcs11Options(replica
+    .command('add'), { label: false })
     .description('prepare a new replica of an existing cluster: server certificate and admin bundle in --state-dir')
     .addOption(stateDirOption('the new replica\'s state directory'))
     .requiredOption('--store <url>', 'the cluster\'s PostgreSQL store: postgres://user:pass@host/db')
@@ -19,9 +21,10 @@ export function replicaCommand(): Command {
     .option('--san <name>', 'extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--listen <host:port>', 'address "cairn serve" listens on', DEFAULT_LISTEN)
     .addOption(jsonOption())
-    .action(async (f: { stateDir: string; store: string; unlockKeyFile?: string; advertiseAddr: string; san: string[]; listen: string; json?: boolean }) => {
+    .action(async (f: Pkcs11Flags & { stateDir: string; store: string; unlockKeyFile?: string; advertiseAddr: string; san: string[]; listen: string; json?: boolean }) => {
+      const pkcs11 = await pkcs11FromFlags(f);
       const { addReplica } = await import('../server/bootstrap.js');
-      const r = await addReplica({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen });
+      const r = await addReplica({ stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, pkcs11 });
       if (f.json) return printJson(r);
       out(`Replica ${r.replicaId} of cluster ${r.clusterId} prepared in ${f.stateDir}.`);
       out(`Start it with: cairn serve --state-dir ${f.stateDir} --unlock-key-file <file>   (or CAIRN_UNLOCK_KEY)`);

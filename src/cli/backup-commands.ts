@@ -184,6 +184,7 @@ Standard output must not be a terminal. See docs/backup.md.`)
         ? `${m.cas.length} CA certificates and keys`
         : `${m.cas.length} CAs, ${m.tables.nodes ?? 0} nodes, ${m.tables.certificates ?? 0} certificates`;
       process.stderr.write(`Backed up cluster ${m.clusterId} (${m.kind}: ${what}) to ${f.out ?? 'standard output'}.\n`);
+      for (const k of r.keysElsewhere) process.stderr.write(`Not in the backup: the key of CA ${k} (the HSM keeps it; back the token up with its own tools).\n`);
     });
 }
 
@@ -302,7 +303,7 @@ export function pkcs12CertFindCommand(): Command {
 
 /** init's --from-pkcs12 options. */
 export function addPkcs12InitOptions(c: Command): Command {
-  c.option('--from-pkcs12 <file>', 'create the cluster with the CAs of this PKCS#12 file (from "cairn clone-prepare"): the cluster ID is theirs');
+  c.option('--from-pkcs12 <file>', 'create the cluster with the CAs of this PKCS#12 file (from "cairn clone-prepare", or your own, any subject): the cluster ID of roots cairn made is kept');
   return pkcs12PasswordOptions(c);
 }
 
@@ -315,5 +316,6 @@ export async function casFromInitFlags(f: Pkcs12PasswordFlags & { fromPkcs12?: s
   const password = await pkcs12Password(f);
   const { parsePkcs12 } = await import('../pki/pkcs12.js');
   const { casFromPkcs12 } = await import('../authority/clone.js');
-  return casFromPkcs12(await parsePkcs12(readBytes(f.fromPkcs12), password));
+  const { DEFAULT_CONFIG } = await import('../authority/config.js');
+  return casFromPkcs12(await parsePkcs12(readBytes(f.fromPkcs12), password), DEFAULT_CONFIG.certExpiryMs);
 }

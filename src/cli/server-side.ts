@@ -7,6 +7,7 @@ import { formatDuration } from '../util/duration.js';
 import { CairnError } from '../util/errors.js';
 import { adminCall, adminPages, adminTarget, addAdminOptions, AdminFlags, serverUrl } from './admin-client.js';
 import { addPkcs12InitOptions, casFromInitFlags } from './backup-commands.js';
+import { addCaKeyOptions, addExternalCaOption, externalCasFromFlags, addPkcs11Options, CaKeyFlags, casFromFiles, Pkcs11Flags, pkcs11FromFlags } from './ca-key-flags.js';
 import { closeOnSignal, jsonOption, keyTypeOption, out, parseDurationArg, printJson, serverOption, stateDirOption, streamJsonArray, streamTable, table } from './common.js';
 
 
@@ -15,7 +16,7 @@ function joinCommand(token: string, url: string): string {
 }
 
 export function initCommand(): Command {
-  return addPkcs12InitOptions(new Command('init'))
+  return addExternalCaOption(addPkcs11Options(addCaKeyOptions(addPkcs12InitOptions(new Command('init'))), { label: true }), 'the cluster CA\'s key is held by an external CA (give its certificate with --ca-cert, no key)')
     .description('create a cluster: root CAs, unlock key, store, join tokens, this replica\'s server certificate and an admin bundle')
     .argument('<cluster-name>', 'human name of the cluster')
     .addOption(stateDirOption())
@@ -32,12 +33,19 @@ Writes into the state directory (created 0700):
   replica.json        this replica's identity and listen address
   server.key/.crt     this replica's HTTPS identity; ca.crt the trust bundle
   admin/              the admin client bundle (ca.pem, cert.pem, key.pem) and the join tokens (tokens.json, 0600)`)
-    .action(async (name: string, f: { stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; fromPkcs12?: string; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
+    .action(async (name: string, f: CaKeyFlags & Pkcs11Flags & { externalCa: string[]; stateDir: string; advertiseAddr?: string; san: string[]; listen: string; store?: string; keyType: any; json?: boolean; pkcs12Password?: string; pkcs12PasswordFile?: string }) => {
       const { validateClusterName } = await import('../authority/policy.js');
       validateClusterName(name);
-      const ca = await casFromInitFlags(f);
+      const pkcs11 = await pkcs11FromFlags(f);
+      if (pkcs11 && f.fromPkcs12) throw new CairnError('usage', '--from-pkcs12 brings keys to seal in the store: it does not go with --pkcs11-*');
+      if (pkcs11 && (f.clientCaCert || f.clientCaKey)) throw new CairnError('usage', 'with --pkcs11-*, both CA keys are in the token: --client-ca-cert/--client-ca-key do not apply');
+      const externalCas = f.externalCa.length ? await externalCasFromFlags(f.externalCa) : undefined;
+      if (externalCas && (pkcs11 || f.fromPkcs12 || f.caKey)) throw new CairnError('usage', '--external-ca holds the cluster CA key: give its certificate with --ca-cert, without --ca-key, --pkcs11-* or --from-pkcs12');
+      if (externalCas && !f.caCert) throw new CairnError('usage', '--external-ca needs the certificate of the external CA that signs: --ca-cert <file>');
+      const ca = (await casFromFiles(f, { keyElsewhere: !!pkcs11 || !!externalCas })) ?? (await casFromInitFlags(f));
+      if (externalCas && ca?.cluster) ca.cluster.keyLocation = JSON.stringify({ kind: 'external', protocol: 'cfssl' });
       const { initReplica } = await import('../server/bootstrap.js'); // heavy (store, server): loaded only when used
-      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca });
+      const r = await initReplica({ stateDir: f.stateDir, clusterName: name, advertiseAddr: f.advertiseAddr, sans: f.san, listen: f.listen, store: f.store ?? process.env.CAIRN_STORE, keyType: f.keyType, ca, pkcs11, pkcs11KeyLabel: f.pkcs11KeyLabel, externalCas });
       if (f.json) return printJson({ clusterId: r.clusterId, replicaId: r.replicaId, tokens: r.tokens, listen: r.listen });
       const url = `https://${f.advertiseAddr ? `${f.advertiseAddr}:${f.listen.split(':').pop()}` : r.listen}`;
       out(`Cluster "${name}" created (cluster ID ${r.clusterId}) in ${r.stateDir}.`);
@@ -287,7 +295,7 @@ export function nodeCommand(): Command {
 }
 
 export function updateCommand(): Command {
-  return addAdminOptions(new Command('update'))
+  return addExternalCaOption(addAdminOptions(new Command('update')), 'replace the list of external CAs the cluster CA is signed through')
     .description('change cluster-wide settings (replicated: every replica applies them)')
     .addOption(new Option('--cert-expiry <duration>', 'lifetime of node certificates, e.g. 720h, 90d (minimum 1h)').argParser(parseDurationArg))
     .option('--ocsp-url <url>', 'base URL of the OCSP responder put into certificates issued from now on (AIA: <url>/v1/ocsp/<ca>); "none" removes it')
@@ -297,7 +305,7 @@ export function updateCommand(): Command {
 --ocsp-url and --crl-url take the base URL of a replica or of a load balancer in front of the
 replicas (e.g. https://ca.example.com:7443); certificates then say where their status is. By
 default certificates carry neither: nodes reach the CA by their endpoint list.`)
-    .action(async (f: AdminFlags & { certExpiry?: number; ocspUrl?: string; crlUrl?: string; json?: boolean }) => {
+    .action(async (f: AdminFlags & { certExpiry?: number; ocspUrl?: string; crlUrl?: string; externalCa: string[]; json?: boolean }) => {
       const patch: Record<string, unknown> = {};
       if (f.certExpiry !== undefined) {
         if (f.certExpiry < HOUR_MS) throw new CairnError('usage', `--cert-expiry must be at least 1h (got ${formatDuration(f.certExpiry)})`);
@@ -310,11 +318,13 @@ default certificates carry neither: nodes reach the CA by their endpoint list.`)
       };
       if (f.ocspUrl !== undefined) patch.ocspUrl = url(f.ocspUrl, '--ocsp-url');
       if (f.crlUrl !== undefined) patch.crlUrl = url(f.crlUrl, '--crl-url');
-      if (Object.keys(patch).length === 0) throw new CairnError('usage', 'nothing to update: give --cert-expiry, --ocsp-url or --crl-url');
+      if (f.externalCa.length) patch.externalCas = await externalCasFromFlags(f.externalCa);
+      if (Object.keys(patch).length === 0) throw new CairnError('usage', 'nothing to update: give --cert-expiry, --ocsp-url, --crl-url or --external-ca');
       const cfg = await adminCall(adminTarget(f), 'PATCH', 'v1/config', patch);
       if (f.json) return printJson(cfg);
       if (f.certExpiry !== undefined) out(`Node certificate expiry is now ${formatDuration(cfg.certExpiryMs)} (applies to certificates issued from now on).`);
       if (f.ocspUrl !== undefined) out(cfg.ocspUrl ? `Certificates issued from now on name the OCSP responder ${cfg.ocspUrl}/v1/ocsp/<ca>.` : 'Certificates issued from now on name no OCSP responder.');
       if (f.crlUrl !== undefined) out(cfg.crlUrl ? `Certificates issued from now on name the CRL ${cfg.crlUrl}/v1/crl/<ca>.` : 'Certificates issued from now on name no CRL distribution point.');
+      if (f.externalCa.length) out(`External CAs are now: ${cfg.externalCas.map((e: { url: string }) => e.url).join(', ')} (tried in order).`);
     });
 }

@@ -283,6 +283,16 @@ export function selfSignCertificate(p: CertificateProfile, key: KeyObject): Buff
   return assemble(tbs, scheme, key);
 }
 
+/**
+ * The TBSCertificate of a self-signed certificate (a root) whose key is held elsewhere, and the
+ * scheme to sign it with (from `p.publicKey`): sign the bytes, then `signedCertificate()`.
+ */
+export function selfSignedTbs(p: CertificateProfile): { tbs: Buffer; scheme: SignatureScheme } {
+  checkProfile(p);
+  const scheme = signatureSchemeFor(createPublicKey({ key: p.publicKey, format: 'der', type: 'spki' }));
+  return { tbs: tbsCertificate(p, encodeName(p.subject), scheme, null), scheme };
+}
+
 /** Parse the parts of a CA certificate needed to sign with it, and check the key belongs to it. */
 export function makeIssuer(certDer: Buffer, key: KeyObject): Issuer {
   const info = issuerInfo(certDer);
@@ -307,6 +317,10 @@ export interface CertificateInfo {
   notBefore: Date;
   notAfter: Date;
   isCA: boolean;
+  /** basicConstraints pathLenConstraint (null: none) */
+  pathLength: number | null;
+  /** keyUsage bits set, by name (null: no keyUsage extension) */
+  keyUsage: KeyUsageName[] | null;
   publicKeyDer: Buffer;
   subjectKeyId: Buffer | null;
   authorityKeyId: Buffer | null;
@@ -332,6 +346,13 @@ export function certificateInfo(der: Buffer): CertificateInfo {
   const bc = extn('2.5.29.19')?.parsedValue as pkijs.BasicConstraints | undefined;
   const san = extn('2.5.29.17')?.parsedValue as pkijs.AltName | undefined;
   const eku = extn('2.5.29.37')?.parsedValue as pkijs.ExtKeyUsage | undefined;
+  const kuExt = extn('2.5.29.15')?.parsedValue as asn1.BitString | undefined;
+  let keyUsage: KeyUsageName[] | null = null;
+  if (kuExt) {
+    const bytes = Buffer.from(kuExt.valueBlock.valueHexView);
+    const bit = (n: number) => (bytes[n >> 3] ?? 0) & (0x80 >> (n & 7));
+    keyUsage = (Object.keys(KU_BITS) as KeyUsageName[]).filter((k) => bit(KU_BITS[k]));
+  }
   const attrs: NameAttrs = {};
   const short: Record<string, keyof NameAttrs> = { '2.5.4.6': 'C', '2.5.4.10': 'O', '2.5.4.11': 'OU', '2.5.4.3': 'CN' };
   for (const tv of cert.subject.typesAndValues) {
@@ -356,6 +377,8 @@ export function certificateInfo(der: Buffer): CertificateInfo {
     notBefore: cert.notBefore.value,
     notAfter: cert.notAfter.value,
     isCA: bc?.cA === true,
+    pathLength: bc?.cA === true && typeof bc.pathLenConstraint === 'number' ? bc.pathLenConstraint : bc?.cA === true && bc.pathLenConstraint ? Number((bc.pathLenConstraint as asn1.Integer).valueBlock.valueDec) : null,
+    keyUsage,
     publicKeyDer: Buffer.from(cert.subjectPublicKeyInfo.toSchema().toBER()),
     subjectKeyId: ski ? Buffer.from(ski.valueBlock.valueHexView) : null,
     authorityKeyId: aki?.keyIdentifier ? Buffer.from(aki.keyIdentifier.valueBlock.valueHexView) : null,

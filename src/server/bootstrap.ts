@@ -13,9 +13,12 @@ import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { AuditSealer } from '../authority/audit-log.js';
+import { KeyAccess, keyResolver, tokenCas } from '../authority/ca-keys.js';
+import type { ExternalCa } from '../authority/external-ca.js';
+import type { Pkcs11Config } from '../authority/pkcs11.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
 import {
-  certificatesFromPem, certificateInfo, certificateToPem, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
+  certificatesFromPem, certificateInfo, certificateToPem, createCsr, generateKeyPair, KeyType, privateKeyToPem, randomId, sanFor, spkiDer,
   SubjectAltName,
 } from '../pki/index.js';
 import { openStore, redactUrl, replicationWarning, resolveStoreUrl, type Store } from '../store/store.js';
@@ -24,6 +27,23 @@ import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readT
 import { VERSION } from '../version.js';
 import { buildServer } from './server.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
+
+/** A PKCS#11 setting as replica.json keeps it: absolute paths, never the PIN. */
+const pkcs11Paths = (c: Pkcs11Config): Pkcs11Config => ({ module: path.resolve(c.module), token: c.token, pinFile: path.resolve(c.pinFile) });
+
+/**
+ * The authority of this replica, reaching CA keys the store does not seal (ca-keys.ts): its
+ * PKCS#11 token, and the external CAs the cluster's settings list (asked with this replica's
+ * server certificate when they want a client certificate).
+ */
+function authorityFor(store: Store, replicaId: string, unlockKey: Buffer, pkcs11: Pkcs11Config | undefined, stateDir: string): Authority {
+  const access: KeyAccess = { pkcs11 };
+  const auth = new Authority(store, replicaId, unlockKey, keyResolver(access));
+  const p = statePaths(stateDir);
+  access.externalCas = () => ({ urls: auth.config.externalCas ?? [] });
+  access.clientIdentity = () => (exists(p.serverKey) && exists(p.serverCert) ? { key: readKeyFile(p.serverKey), cert: readText(p.serverCert) } : null);
+  return auth;
+}
 
 /** The leaf of a PEM chain (a certificate issued during a rotation is followed by the cross-signed one). */
 const leafOf = (pem: string, what: string) => certificatesFromPem(pem, what)[0];
@@ -63,7 +83,8 @@ export function checkServerKey(keyPem: string, certPem: string, keyFile: string,
 export async function serverIdentityFiles(auth: Authority, dir: string, cfg: ReplicaConfig): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
-  const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans));
+  // with its request: an external CA signs requests, not bare keys
+  const s = await auth.issueServerCertificate(kp.publicKey, spkiDer(kp.publicKey), sansFor(cfg.advertiseAddr, cfg.sans), undefined, createCsr(kp.privateKey));
   return [
     { path: p.serverKey, data: privateKeyToPem(kp.privateKey), mode: KEY_MODE },
     { path: p.serverCert, data: s.certificate, mode: FILE_MODE },
@@ -75,7 +96,7 @@ export async function serverIdentityFiles(auth: Authority, dir: string, cfg: Rep
 export async function adminBundleFiles(auth: Authority, dir: string, name = 'admin'): Promise<PlannedFile[]> {
   const p = statePaths(dir);
   const kp = generateKeyPair();
-  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey), name);
+  const admin = await auth.issueAdminCertificate(kp.publicKey, spkiDer(kp.publicKey), name, undefined, createCsr(kp.privateKey));
   ensureDir(p.adminDir);
   return [
     { path: p.adminCa, data: auth.trustBundle(), mode: FILE_MODE },
@@ -92,8 +113,13 @@ export interface InitOptions {
   listen?: string;
   store?: string;
   keyType?: KeyType;
-  /** CA material to create the cluster with (init --from-pkcs12) instead of new roots */
+  /** CA material to create the cluster with (init --from-pkcs12, --ca-cert) instead of new roots */
   ca?: ProvidedCas;
+  /** CA keys in this PKCS#11 token (generated there, or `pkcs11KeyLabel` used) */
+  pkcs11?: Pkcs11Config;
+  pkcs11KeyLabel?: string;
+  /** an external CA holds the cluster CA's key (`ca.cluster` is its certificate): tried in order */
+  externalCas?: ExternalCa[];
 }
 
 export interface InitOutcome {
@@ -123,6 +149,8 @@ export interface NewStateDir {
   sans: string[];
   /** something `fn` created that must go if it fails */
   created(path: string): void;
+  /** something else to undo if it fails */
+  undo(fn: () => void): void;
 }
 
 /**
@@ -141,6 +169,7 @@ export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewState
   const createdDir = !exists(o.stateDir);
   ensureDir(o.stateDir);
   const created: string[] = [];
+  const undos: (() => void)[] = [];
   let store: Store | undefined;
   try {
     const unlockKey = newUnlockKey();
@@ -148,8 +177,9 @@ export async function withNewStateDir<T>(o: NewStateDirOptions, fn: (d: NewState
     created.push(p.unlockKey);
     if (kind === 'sqlite') created.push(location, `${location}-wal`, `${location}-shm`);
     store = await openStore(kind, location, o.poolSize ? { poolSize: o.poolSize } : {});
-    return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f) });
+    return await fn({ store, location, unlockKey, listen, advertiseAddr, sans, created: (f) => created.push(f), undo: (u) => undos.push(u) });
   } catch (e) {
+    for (const u of undos.reverse()) u();
     await store?.close().catch(() => {});
     store = undefined;
     for (const f of created.reverse()) fs.rmSync(f, { force: true, recursive: true });
@@ -169,14 +199,17 @@ export async function initReplica(o: InitOptions): Promise<InitOutcome> {
   for (const f of [p.replica, p.unlockKey, path.join(o.stateDir, 'cairn.db'), p.serverKey, p.adminDir]) {
     if (exists(f)) throw new CairnError('exists', `${o.stateDir} is already initialized (${f} exists); refusing to overwrite it`);
   }
-  return withNewStateDir(o, async ({ store, location, unlockKey, listen, advertiseAddr, sans, created }) => {
+  return withNewStateDir(o, async ({ store, location, unlockKey, listen, advertiseAddr, sans, created, undo }) => {
     const existing = await store.getCluster();
     if (existing) throw new CairnError('exists', `the store ${redactUrl(location)} already holds cluster ${existing.id}`);
-    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, o.ca);
+    // CA keys in a PKCS#11 token: made (or found) and the roots signed there before the store records them
+    const inToken = o.pkcs11 ? await tokenCas(o.pkcs11, { keyType: o.keyType, label: o.pkcs11KeyLabel, clusterCert: o.ca?.cluster }) : undefined;
+    if (inToken) undo(inToken.undo); // keys generated for a cluster that was not created are deleted again
+    const { clusterId, tokens } = await initCluster(store, o.clusterName, unlockKey, o.keyType, inToken ?? o.ca, o.externalCas ? { externalCas: o.externalCas } : {});
     const replicaId = randomId();
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}) };
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId, listen, advertiseAddr, sans, ...(o.store ? { store: o.store } : {}), ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-    const auth = new Authority(store, replicaId, unlockKey);
+    const auth = authorityFor(store, replicaId, unlockKey, cfg.pkcs11, o.stateDir);
     await auth.load();
     created(p.adminDir);
     const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -196,6 +229,8 @@ export interface AddReplicaOptions {
   advertiseAddr: string;
   sans?: string[];
   listen?: string;
+  /** this replica reaches the PKCS#11 token holding the CA keys through this module */
+  pkcs11?: Pkcs11Config;
 }
 
 /**
@@ -221,9 +256,9 @@ export async function addReplica(o: AddReplicaOptions): Promise<{ replicaId: str
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', `the store ${redactUrl(location)} holds no cluster: run "cairn init --store …" first`);
     const replicaId = randomId();
-    const auth = new Authority(store, replicaId, unlockKey);
-    await auth.load(); // proves the unlock key opens the CA keys
-    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store };
+    const auth = authorityFor(store, replicaId, unlockKey, o.pkcs11, o.stateDir);
+    await auth.load(); // proves the unlock key opens the CA keys (and this replica reaches a token holding them)
+    const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: cluster.id, listen, advertiseAddr: o.advertiseAddr, sans, store: o.store, ...(o.pkcs11 ? { pkcs11: pkcs11Paths(o.pkcs11) } : {}) };
     await store.upsertReplica({ id: replicaId, address: o.advertiseAddr, version: VERSION });
     ensureDir(o.stateDir);
     const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
@@ -259,7 +294,7 @@ async function openReplica(
     const cluster = await store.getCluster();
     if (!cluster) throw new CairnError('not_initialized', 'the store holds no cluster: run "cairn init" first');
     if (cluster.id !== cfg.clusterId) throw new CairnError('wrong_cluster', `the store holds cluster ${cluster.id}, but this replica belongs to ${cfg.clusterId}`);
-    const auth = new Authority(store, cfg.replicaId, unlockKey);
+    const auth = authorityFor(store, cfg.replicaId, unlockKey, cfg.pkcs11, o.stateDir);
     await auth.load(); // proves the unlock key opens the CA keys
     return { store, auth, kind, location };
   } catch (e) {

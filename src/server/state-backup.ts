@@ -3,6 +3,7 @@
  * is, the unlock key, and the files a restore rewrites. The store-level work is in
  * ../authority/backup.ts and ../authority/clone.ts.
  */
+import { describeKeyLocation } from '../authority/ca-keys.js';
 import {  } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -52,6 +53,8 @@ async function requireCluster(store: Store, cfg: ReplicaConfig, location: string
 export interface BackupResult {
   data: Buffer;
   manifest: BackupManifest;
+  /** CAs whose keys are not in the backup because the store does not hold them: where each is */
+  keysElsewhere: string[];
 }
 
 /** Read one consistent snapshot of the store (the server may keep running) and encrypt it. */
@@ -61,7 +64,9 @@ export async function backupStateDir(o: StateAccess & { rootCaOnly: boolean; pas
     await requireCluster(store, cfg, location);
     const content = await readSnapshot(store, unlockKey, o.rootCaOnly ? 'root-ca-only' : 'full');
     const data = await encryptBackup(await encodeArchive(content), o.passphrase);
-    return { data, manifest: content.manifest };
+    // a key in a PKCS#11 token stays there: the backup holds its certificate and where it is
+    const keysElsewhere = content.cas.filter((c) => !c.keyPem && c.row.key_location && c.row.status === 'active').map((c) => `${c.row.id}: ${describeKeyLocation({ ...c.row, key_sealed: null })}`);
+    return { data, manifest: content.manifest, keysElsewhere };
   } finally {
     await store.close();
   }
@@ -268,6 +273,13 @@ export async function clonePrepare(o: StateAccess & { password: string }): Promi
   try {
     await requireCluster(store, cfg, location);
     const rows = await store.listCas();
+    const held = rows.find((r) => r.status === 'active' && !r.key_sealed && r.key_location);
+    if (held) {
+      throw new CairnError(
+        'key_in_hsm',
+        `the key of CA ${held.id} is ${describeKeyLocation(held)}: it cannot be exported for a clone; another replica reaches the same token with "cairn replica add --pkcs11-module … --pkcs11-token … --pkcs11-pin-file …"`,
+      );
+    }
     // the CA signing certificates, then the OCSP and audit signing ones (Dogtag's nicknames)
     const inputs = [...pkcs12EntriesFor(rows, unlockKey), ...signingKeyPkcs12Entries(rows, await store.listSigningKeys(), unlockKey)];
     const der = await buildPkcs12(inputs, o.password);

@@ -23,6 +23,8 @@ export interface ReplicaConfig {
   sans: string[];
   /** every connection starts with a PROXY protocol header from a load balancer (cairn serve --proxy-protocol) */
   proxyProtocol?: boolean;
+  /** how this replica reaches the PKCS#11 token holding CA keys: module path, token label, PIN file (never the PIN) */
+  pkcs11?: { module: string; token: string; pinFile: string };
 }
 
 export function statePaths(dir: string) {

@@ -236,6 +236,16 @@ migrations['0009_rotation'] = {
   },
 };
 
+migrations['0010_ca_keys'] = {
+  // CA keys held elsewhere (issue 10): where a generation's key lives when the store does not
+  // seal it (a PKCS#11 token, an external CA), and the CA certificates above an intermediate
+  // up to its root (an operator's own CA).
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable('cas').addColumn('key_location', 'text').execute();
+    await db.schema.alterTable('cas').addColumn('chain_pem', 'text').execute();
+  },
+};
+
 export const migrationProvider: MigrationProvider = {
   async getMigrations() {
     return migrations;

@@ -31,6 +31,13 @@ export interface CaTable {
   cross_pem: string | null;
   /** when it was retired */
   retired_at: number | null;
+  /**
+   * Where the key is when the store does not seal it (JSON, authority/ca-keys.ts): a PKCS#11
+   * token (`{"kind":"pkcs11",…}`) or an external CA (`{"kind":"external",…}`); null: sealed here.
+   */
+  key_location?: string | null;
+  /** the CA certificates above this one up to its root (PEM), when it is an intermediate */
+  chain_pem?: string | null;
 }
 
 export interface RotationTable {

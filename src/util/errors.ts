@@ -94,6 +94,12 @@ export const ERRORS = {
   audit_tampered: { status: 500, exit: 1, api: false },
   /** `cairn bundle unpack`: an archive cairn does not read */
   bad_zip: { status: 400, exit: 1, api: false },
+  // ---- CA keys held elsewhere (docs/ca-keys.md): a PKCS#11 token, an external CA
+  hsm_error: { status: 500, exit: 1, api: false },
+  hsm_token_missing: { status: 500, exit: 1, api: false },
+  hsm_login_failed: { status: 500, exit: 1, api: false },
+  hsm_key_missing: { status: 500, exit: 1, api: false },
+  key_in_hsm: { status: 409, exit: 1, api: false },
 
   // ---- the offline CA
   no_ca: { status: 400, exit: 1, api: false },

@@ -99,14 +99,14 @@ export interface Cluster {
 }
 
 /** `cairn init` in a fresh temp dir, then `cairn serve` on a free loopback port. */
-export async function startCluster(name = 'test', opts: { store?: string } = {}): Promise<Cluster> {
+export async function startCluster(name = 'test', opts: { store?: string; initArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Cluster> {
   const root = mkTemp();
   const dir = path.join(root, 'state');
   const port = await freePort();
-  const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json', ...(opts.store ? ['--store', opts.store] : [])]);
+  const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json', ...(opts.store ? ['--store', opts.store] : []), ...(opts.initArgs ?? [])], { env: opts.env });
   if (init.code !== 0) throw new Error(`cairn init failed: ${init.stderr}`);
   const j = JSON.parse(init.stdout);
-  const server = new ServeProcess(dir);
+  const server = new ServeProcess(dir, opts.env ?? {});
   const c: Cluster = {
     dir,
     port,

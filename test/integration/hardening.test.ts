@@ -98,7 +98,7 @@ describe('hardening (SQLite server)', () => {
     }
     const cfg = await api(c.url, 'GET', '/v1/config', undefined, admin);
     assert.deepEqual(Object.keys(cfg.body).sort(), [
-      'auditSealIntervalMs', 'certExpiryMs', 'crlCycleMs', 'crlLeaseMs', 'crlUrl', 'crlValidityMs', 'ocspUrl', 'ocspValidityMs', 'recoveryWindowMs', 'renewalBurst', 'renewalGraceMs',
+      'auditSealIntervalMs', 'certExpiryMs', 'crlCycleMs', 'crlLeaseMs', 'crlUrl', 'crlValidityMs', 'externalCas', 'ocspUrl', 'ocspValidityMs', 'recoveryWindowMs', 'renewalBurst', 'renewalGraceMs',
       'renewalIntervalMs', 'serialRangeIncrement', 'serialRangeLowWater',
     ]);
     const ok = await api(c.url, 'PATCH', '/v1/config', { certExpiryMs: 90 * 86_400_000 }, admin);

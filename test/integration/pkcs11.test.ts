@@ -1,0 +1,170 @@
+/**
+ * CA keys in a PKCS#11 token (issue 10), against a real SoftHSM2 token the test makes
+ * (SOFTHSM2_CONF → its own token directory): init generates both CA keys in the token (not
+ * extractable, nothing sealed in the store), the replica serves, a node joins and renews, a
+ * revocation shows in a CRL the token signed, all verified by OpenSSL (-x509_strict). The PIN
+ * is nowhere but its file. A wrong PIN and a missing token stop the replica with one clear
+ * line; backup --root-ca-only says where the keys are; clone-prepare refuses.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import pkcs11js from 'pkcs11js';
+import { run } from '../helpers.js';
+import { cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
+
+export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+const PIN = 'pin-7391-only-in-its-file';
+
+/** A SoftHSM2 token of its own: config, token directory, initialized token, PIN file (0600). */
+export function softToken(dir: string, label = 'cairn-ca') {
+  const conf = path.join(dir, 'softhsm2.conf');
+  fs.mkdirSync(path.join(dir, 'tokens'), { recursive: true });
+  fs.writeFileSync(conf, `directories.tokendir = ${path.join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+  const env = { SOFTHSM2_CONF: conf };
+  const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', PIN, '--so-pin', 'so-1234'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const pinFile = path.join(dir, 'pin');
+  fs.writeFileSync(pinFile, PIN + '\n', { mode: 0o600 });
+  return { env, conf, label, pinFile, args: ['--pkcs11-module', SOFTHSM_MODULE, '--pkcs11-token', label, '--pkcs11-pin-file', pinFile] };
+}
+
+const HAS_SOFTHSM = fs.existsSync(SOFTHSM_MODULE);
+
+describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softhsm2 is not installed' }, () => {
+  let dir: string;
+  let tok: ReturnType<typeof softToken>;
+  let c: Cluster;
+
+  before(async () => {
+    dir = mkTemp();
+    tok = softToken(dir);
+    process.env.SOFTHSM2_CONF = tok.conf; // this process reads the token too (key attributes)
+    c = await startCluster('hsm', { initArgs: tok.args, env: tok.env });
+  });
+  after(async () => {
+    await c?.cleanup();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('the keys were generated in the token: private, sensitive, not extractable; the store seals no key and records where they are', async () => {
+    const rows = await query(c.dir, 'SELECT id, key_sealed, key_location FROM cas ORDER BY id');
+    assert.equal(rows.length, 2);
+    for (const r of rows) {
+      assert.equal(r.key_sealed, null);
+      const loc = JSON.parse(r.key_location);
+      assert.equal(loc.kind, 'pkcs11');
+      assert.equal(loc.token, tok.label);
+    }
+    const p = new pkcs11js.PKCS11();
+    p.load(SOFTHSM_MODULE);
+    p.C_Initialize();
+    try {
+      const slot = p.C_GetSlotList(true).find((s) => p.C_GetTokenInfo(s).label.trim() === tok.label)!;
+      const session = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+      p.C_Login(session, pkcs11js.CKU_USER, PIN);
+      p.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }]);
+      const keys = p.C_FindObjects(session, 10);
+      p.C_FindObjectsFinal(session);
+      assert.equal(keys.length, 2);
+      for (const k of keys) {
+        const [ext, sens, never] = p.C_GetAttributeValue(session, k, [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }, { type: pkcs11js.CKA_NEVER_EXTRACTABLE }]);
+        assert.equal((ext.value as Buffer)[0], 0, 'not extractable');
+        assert.equal((sens.value as Buffer)[0], 1, 'sensitive');
+        assert.equal((never.value as Buffer)[0], 1, 'never extractable');
+      }
+      p.C_CloseSession(session);
+    } finally {
+      p.C_Finalize();
+    }
+  });
+
+  test('join, renew and a revocation in the CRL, all signed by the token, verified by OpenSSL', async () => {
+    const node = path.join(dir, 'node');
+    const j = cli(['join', '--token', c.tokens.worker, '--state-dir', node, c.url]);
+    assert.equal(j.code, 0, j.stderr);
+    const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(node, 'ca.crt'), path.join(node, 'node.crt')]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    const first = (await run('openssl', ['x509', '-in', path.join(node, 'node.crt'), '-noout', '-serial'])).stdout.trim();
+    const r = cli(['agent', '--renew-now', '--state-dir', node]);
+    assert.equal(r.code, 0, r.stderr);
+    const second = (await run('openssl', ['x509', '-in', path.join(node, 'node.crt'), '-noout', '-serial'])).stdout.trim();
+    assert.notEqual(first, second);
+    const v2 = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(node, 'ca.crt'), path.join(node, 'node.crt')]);
+    assert.equal(v2.code, 0, v2.stdout + v2.stderr);
+    const { nodeId } = JSON.parse(fs.readFileSync(path.join(node, 'node.json'), 'utf8'));
+    const rm = cli(['node', 'rm', nodeId, '--state-dir', c.dir]);
+    assert.equal(rm.code, 0, rm.stderr);
+    // the CRL leader signs in the token; wait for a CRL listing the serial
+    const crl = path.join(dir, 'cluster.crl');
+    const serial = second.replace('serial=', '');
+    let text = '';
+    for (let i = 0; i < 50 && !text.includes(serial); i++) {
+      await new Promise((res) => setTimeout(res, 200));
+      const got = await run('curl', ['-sk', '-o', crl, `${c.url}/v1/crl/cluster`]);
+      if (got.code === 0) text = (await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-text'])).stdout;
+    }
+    assert.ok(text.includes(serial), `serial ${serial} in the CRL:\n${text}`);
+    const vc = await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-CAfile', path.join(c.dir, 'ca.crt')]);
+    assert.match(vc.stdout + vc.stderr, /verify OK/);
+  });
+
+  test('the PIN is in no file but its own, and in no log', async () => {
+    const hits: string[] = [];
+    const walk = (d: string) => {
+      for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+        const f = path.join(d, e.name);
+        if (e.isDirectory()) walk(f);
+        else if (fs.readFileSync(f).includes(PIN)) hits.push(f);
+      }
+    };
+    walk(c.dir);
+    assert.deepEqual(hits, []);
+    assert.ok(!c.logs.join('').includes(PIN));
+    const cfg = JSON.parse(fs.readFileSync(path.join(c.dir, 'replica.json'), 'utf8'));
+    assert.deepEqual(cfg.pkcs11, { module: SOFTHSM_MODULE, token: tok.label, pinFile: tok.pinFile });
+  });
+
+  test('backup --root-ca-only says the keys are in the HSM; clone-prepare refuses', async () => {
+    const pass = path.join(dir, 'pass');
+    fs.writeFileSync(pass, 'backup pass phrase\n', { mode: 0o600 });
+    const out = path.join(dir, 'root.tar.age');
+    const b = cli(['backup', '--root-ca-only', '--state-dir', c.dir, '--passphrase-file', pass, '--out', out], { env: tok.env });
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stderr, /Not in the backup: the key of CA cluster-root-ca-1: in the PKCS#11 token "cairn-ca"/);
+    assert.ok(fs.statSync(out).size > 0);
+    const pw = path.join(dir, 'p12pw');
+    fs.writeFileSync(pw, 'p12 password\n', { mode: 0o600 });
+    const cp = cli(['clone-prepare', '--state-dir', c.dir, '--pkcs12-password-file', pw, '--pkcs12-file', path.join(dir, 'x.p12')], { env: tok.env });
+    assert.notEqual(cp.code, 0);
+    assert.match(cp.stderr, /is in the PKCS#11 token "cairn-ca" \(key "[^"]+"\): it cannot be exported for a clone/);
+    assert.equal(fs.existsSync(path.join(dir, 'x.p12')), false);
+  });
+
+  test('a wrong PIN, a locked-out file, a missing token: the replica refuses to start with one clear line', async () => {
+    await c.kill('SIGTERM');
+    const serve = (env: NodeJS.ProcessEnv) => spawnSync(process.execPath, [path.resolve('bin/cairn.js'), 'serve', '--state-dir', c.dir, '--workers', '1'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 });
+    fs.writeFileSync(tok.pinFile, 'wrong-pin\n');
+    let r = serve(tok.env);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /the PKCS#11 token "cairn-ca" refused the PIN in /);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+    fs.writeFileSync(tok.pinFile, PIN + '\n');
+    fs.chmodSync(tok.pinFile, 0o644);
+    r = serve(tok.env);
+    assert.match(r.stderr, /group or others can access it/);
+    fs.chmodSync(tok.pinFile, 0o600);
+    // another token directory, without this token
+    const empty = path.join(dir, 'empty');
+    fs.mkdirSync(path.join(empty, 'tokens'), { recursive: true });
+    fs.writeFileSync(path.join(empty, 'softhsm2.conf'), `directories.tokendir = ${path.join(empty, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+    r = serve({ SOFTHSM2_CONF: path.join(empty, 'softhsm2.conf') });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /no PKCS#11 token labelled "cairn-ca" in \/usr\/lib\/softhsm\/libsofthsm2.so/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    // and with the right token it serves again
+    await c.start();
+  });
+});
