@@ -11,24 +11,9 @@ import { adminCall, adminTarget } from './admin-client.js';
 import { keepTokensWithDigest } from './server-side.js';
 import { jsonOption, out, printJson, serverOption, stateDirOption, table } from './common.js';
 
-export interface RotationView {
-  id: string;
-  ca: 'cluster' | 'client';
-  state: 'running' | 'completed' | 'aborted';
-  startedAt: string;
-  finishedAt: string | null;
-  from: { keyId: string; subject: string };
-  to: { keyId: string; subject: string };
-  nodes: { total: number; converged: number };
-  renewRate: number;
-}
-
-export interface StuckNode {
-  id: string;
-  role: string;
-  lastSeen: string | null;
-  issuerKeyId: string | null;
-}
+// the API's answer, as the authority shapes it (a type import: nothing of the authority runs here)
+export type { RotationView, StuckNode } from '../authority/rotation.js';
+import type { RotationView, StuckNode } from '../authority/rotation.js';
 
 interface Flags {
   stateDir: string;
