@@ -281,6 +281,16 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
   }) : undefined;
   /** a change whose outputs could not be written yet: tried again at `at` */
   let unpublished: { event: HookEvent; at: number; failures: number } | null = null;
+  /** Refresh crl.pem (a failure is logged and retried later); false when the agent is stopping. */
+  const crlRefresh = async (): Promise<boolean> => {
+    try {
+      if ((await refreshCrl(await rereadIdentity(stateDir), { timeoutMs: opts.timeoutMs, signal, logger: log })) === 'updated') opts.onCrlUpdate?.();
+    } catch (e) {
+      if (signal?.aborted) return false;
+      log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the CRL; will try again');
+    }
+    return true;
+  };
   const publish = async (event: HookEvent, what: string, fields: Record<string, unknown>) => {
     try {
       const p = await publishChange(stateDir, event, { outputs: opts.outputs, hooks });
@@ -392,13 +402,8 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
           log.warn({ endpoint: a.endpoint, code: e.code, err: e.message }, 'could not apply the answer of the CA watch');
         }
         if (a.changed) {
-          try {
-            // the CA changed (a rotation began or ended): its CRL may be signed by another key now
-            if ((await refreshCrl(await rereadIdentity(stateDir), { timeoutMs: opts.timeoutMs, signal, logger: log })) === 'updated') opts.onCrlUpdate?.();
-          } catch (e) {
-            if (signal?.aborted) break;
-            log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the CRL; will try again');
-          }
+          // the CA changed (a rotation began or ended): its CRL may be signed by another key now
+          if (!(await crlRefresh())) break;
         }
         continue;
       }
@@ -416,13 +421,8 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
           if (signal?.aborted) break;
           log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the trust bundle; will try again');
         }
-        try {
-          // with the trust bundle as it now is: the CRL must be signed by a root we trust
-          if ((await refreshCrl(await rereadIdentity(stateDir), { timeoutMs: opts.timeoutMs, signal, logger: log })) === 'updated') opts.onCrlUpdate?.();
-        } catch (e) {
-          if (signal?.aborted) break;
-          log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the CRL; will try again');
-        }
+        // with the trust bundle as it now is: the CRL must be signed by a root we trust
+        if (!(await crlRefresh())) break;
         continue;
       }
 

@@ -14,7 +14,7 @@
  * (GET /v1/ca) and renewal (the bundle that comes with the certificate).
  */
 import { X509Certificate } from 'node:crypto';
-import { certificatesFromPem, fingerprint256, PkiError, rootDigest, verifyChain } from '../pki/index.js';
+import { certificatesFromPem, fingerprint256, PkiError, rootDigest, verifyChain, isSelfSigned } from '../pki/index.js';
 
 export interface TrustOffer {
   /** Certificates that may vouch for new roots: the node's chain, `intermediates`/`crossSigned` of GET /v1/ca, non-self-signed CA certificates of the offered bundle. */
@@ -59,13 +59,7 @@ function parse(der: Buffer): X509Certificate | null {
   }
 }
 
-function selfSigned(c: X509Certificate): boolean {
-  try {
-    return c.checkIssued(c) && c.verify(c.publicKey);
-  } catch {
-    return false;
-  }
-}
+const selfSigned = isSelfSigned;
 
 const spki = (c: X509Certificate) => c.publicKey.export({ type: 'spki', format: 'der' });
 const describe = (c: X509Certificate, der: Buffer): RefusedRoot => ({ subject: c.subject.replace(/\n/g, ', '), fingerprint: fingerprint256(der) });

@@ -5,7 +5,7 @@
  * external CA signs with it).
  */
 import { X509Certificate, type KeyObject } from 'node:crypto';
-import { certificateInfo, CertificateInfo, certificatesFromPem, checkKeyStrength, keysMatch, PkiError, privateKeyFromPem } from '../pki/index.js';
+import { certificateInfo, CertificateInfo, certificatesFromPem, checkKeyStrength, keysMatch, PkiError, privateKeyFromPem, isSelfSigned } from '../pki/index.js';
 import { CairnError } from '../util/errors.js';
 
 export interface CheckedCa {
@@ -97,13 +97,7 @@ export function checkCaMaterial(certs: Buffer[], key: KeyObject | null, o: CaChe
 
 const one = (s: string) => s.replace(/\n/g, ', ');
 
-function selfSigned(c: X509Certificate): boolean {
-  try {
-    return c.checkIssued(c) && c.verify(c.publicKey);
-  } catch {
-    return false;
-  }
-}
+const selfSigned = isSelfSigned;
 
 /** Certificates and key of `--ca-cert F --ca-key F` (PEM); the key may be absent (`requireKey` false). */
 export function caFilesMaterial(certPem: string, keyPem: string | null, o: CaCheckOptions): CheckedCa {

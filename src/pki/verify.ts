@@ -45,3 +45,12 @@ export function verifyChain(leaf: Buffer, intermediates: Buffer[], roots: Buffer
   }
   throw new PkiError('untrusted', 'certificate does not chain to a trusted root');
 }
+
+/** Whether a certificate is self-signed (issued by itself, its signature verifying with its own key). */
+export function isSelfSigned(c: import('node:crypto').X509Certificate): boolean {
+  try {
+    return c.checkIssued(c) && c.verify(c.publicKey);
+  } catch {
+    return false;
+  }
+}
