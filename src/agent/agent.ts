@@ -281,6 +281,12 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
   }) : undefined;
   /** a change whose outputs could not be written yet: tried again at `at` */
   let unpublished: { event: HookEvent; at: number; failures: number } | null = null;
+  /** ca.crt changed: write the outputs, run the hook, tell the library's loader. */
+  const trustChanged = async () => {
+    await publish('trust-changed', 'outputs written after the trust bundle changed', {});
+    opts.onTrustUpdate?.();
+  };
+
   /** Refresh crl.pem (a failure is logged and retried later); false when the agent is stopping. */
   const crlRefresh = async (): Promise<boolean> => {
     try {
@@ -393,10 +399,7 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
             requestedAt = Math.max(now + Math.round(random() * (opts.renewJitterMs ?? DEFAULT_RENEW_JITTER_MS)), lastRenewal + MIN_REQUESTED_RENEW_INTERVAL_MS);
             log.info({ endpoint: a.endpoint, renewAt: new Date(requestedAt).toISOString() }, 'renewal requested by the CA');
           }
-          if (r === 'updated') {
-            await publish('trust-changed', 'outputs written after the trust bundle changed', {});
-            opts.onTrustUpdate?.();
-          }
+          if (r === 'updated') await trustChanged();
         } catch (e) {
           if (!(e instanceof CairnError)) throw e;
           log.warn({ endpoint: a.endpoint, code: e.code, err: e.message }, 'could not apply the answer of the CA watch');
@@ -413,10 +416,7 @@ export async function runAgent(stateDir: string, opts: AgentOptions = {}): Promi
         try {
           const r = await refreshTrustBundle(id, { timeoutMs: opts.timeoutMs, signal, logger: log, trustDigests: opts.trustDigests });
           if (r === 'renew' && requestedAt === null) requestedAt = Math.max(now, lastRenewal + MIN_REQUESTED_RENEW_INTERVAL_MS);
-          if (r === 'updated') {
-            await publish('trust-changed', 'outputs written after the trust bundle changed', {});
-            opts.onTrustUpdate?.();
-          }
+          if (r === 'updated') await trustChanged();
         } catch (e) {
           if (signal?.aborted) break;
           log.warn({ code: (e as CairnError).code, err: (e as Error).message }, 'could not refresh the trust bundle; will try again');

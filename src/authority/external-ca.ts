@@ -101,6 +101,8 @@ function postJson(url: string, body: unknown, ca: string | undefined, client: { 
         agent: false,
       },
       (res) => {
+        // a bounded body, read as agent/client.ts's request() reads one, on purpose: that client
+        // speaks cairn's API with its error shapes, this one CFSSL's
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (c: Buffer) => {
