@@ -9,5 +9,6 @@ import caKeys from './ca-keys.js';
 import server from './server.js';
 import ha from './ha.js';
 import ocsp from './ocsp.js';
+import rotation from './rotation.js';
 
-export const groups: BenchGroup[] = [floor, issue, caKeys, server, ha, ocsp];
+export const groups: BenchGroup[] = [floor, issue, caKeys, server, ha, ocsp, rotation];

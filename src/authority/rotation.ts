@@ -89,6 +89,7 @@ function checkProvided(certPem: unknown, keyPem: unknown, minLifetimeMs: number)
 /** Start a rotation of a CA: a new root, cross-signed by the old one, signing from now on. */
 export async function startRotation(auth: Authority, body: { ca?: unknown; certificate?: unknown; key?: unknown }, actor: string): Promise<RotationView> {
   const ca = caName(body.ca);
+  await auth.reloadKeyring(); // another process may have changed the generations in the last second
   if (auth.cas.runningRotation(ca)) throw new CairnError('rotation_in_progress', `a rotation of the ${ca} CA is running: finish or abort it first`);
   const old = auth.cas.signer(ca);
   const generation = Math.max(...auth.cas.cas.filter((c) => c.row.name === ca).map((c) => c.row.generation)) + 1;
@@ -164,6 +165,7 @@ export async function rotationStatus(auth: Authority, ca: unknown, stuckLimit = 
  */
 export async function finishRotation(auth: Authority, body: { ca?: unknown; force?: unknown }, actor: string): Promise<{ rotation: RotationView; digest?: string; unconverged: number }> {
   const name = caName(body.ca);
+  await auth.reloadKeyring();
   const r = auth.cas.runningRotation(name);
   if (!r) throw new CairnError('no_rotation', `no rotation of the ${name} CA is running`);
   const to = auth.cas.byId(r.to_id)!;
@@ -197,6 +199,7 @@ async function endRotation(auth: Authority, r: RotationTable, state: 'completed'
 /** Abort a running rotation: the new generation is retired and the old one signs again. */
 export async function abortRotation(auth: Authority, body: { ca?: unknown }, actor: string): Promise<RotationView> {
   const name = caName(body.ca);
+  await auth.reloadKeyring();
   const r = auth.cas.runningRotation(name);
   if (!r) throw new CairnError('no_rotation', `no rotation of the ${name} CA is running`);
   return endRotation(auth, r, 'aborted', r.to_id, actor);

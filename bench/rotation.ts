@@ -1,0 +1,122 @@
+/**
+ * Root CA rotation with many nodes: N simulated nodes (CAIRN_BENCH_ROTATION_NODES, default
+ * 10,000) joined to one replica over SQLite, each then behaving as the agent does during a
+ * rotation: a long-poll of `GET /v1/ca?wait=<version>` with its own certificate, and a
+ * renewal (a fresh key) when the answer says `node.renew`. Timed from `POST /v1/ca/rotate` to
+ * the rotation's completion (by itself, once every node converged).
+ *
+ *  rotation.10k_s      seconds from the rotation's start to its completion
+ *  rotation.renew_rate renewals a second during it (the CA's batches: RENEW_RATE a second)
+ */
+import https from 'node:https';
+import { performance } from 'node:perf_hooks';
+import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../src/pki/index.js';
+import { RENEW_RATE } from '../src/authority/rotation.js';
+import { adminId, api, startCluster } from '../test/integration/cluster.js';
+import { BenchContext, BenchGroup, Row } from './harness.js';
+import { post } from './https.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function csr() {
+  const k = generateKeyPair();
+  return { key: privateKeyToPem(k.privateKey), csr: csrToPem(createCsr(k.privateKey)) };
+}
+
+function getJson(url: string, agent: https.Agent): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { agent, rejectUnauthorized: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('end', () => {
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) });
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    req.on('error', reject);
+  });
+}
+
+async function run(ctx: BenchContext): Promise<Row[]> {
+  const n = Number(process.env.CAIRN_BENCH_ROTATION_NODES ?? 10_000);
+  const c = await startCluster('bench-rotation');
+  try {
+    const admin = adminId(c.dir);
+    await api(c.url, 'PATCH', '/v1/config', { renewalIntervalMs: 0 }, admin);
+    ctx.log(`rotation: joining ${n} nodes`);
+    const nodes: { key: string; cert: string; agent: https.Agent | null }[] = [];
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 50 }, async () => {
+        while (next < n) {
+          next++;
+          const k = csr();
+          const r = await post(c.url, '/v1/join', { token: c.tokens.worker, csr: k.csr }, {});
+          if (r.status !== 201) throw new Error(`join: ${r.status} ${JSON.stringify(r.body)}`);
+          nodes.push({ key: k.key, cert: r.body.certificate, agent: null });
+        }
+      }),
+    );
+    let stopping = false;
+    let renewals = 0;
+    let errors = 0;
+    // every node: a long-poll, a renewal when asked (as the agent's watch does)
+    const nodeLoop = async (node: (typeof nodes)[number], version: string) => {
+      let v = version;
+      while (!stopping) {
+        node.agent ??= new https.Agent({ keepAlive: true, maxSockets: 1, key: node.key, cert: node.cert });
+        try {
+          const a = await getJson(`${c.url}/v1/ca?wait=${v}`, node.agent);
+          if (a.status !== 200) throw new Error(String(a.status));
+          v = a.body.version;
+          if (a.body.node?.renew) {
+            const k = csr();
+            const r = await post(c.url, '/v1/renew', { csr: k.csr }, { key: node.key, cert: node.cert });
+            if (r.status !== 200) throw new Error(`renew ${r.status}`);
+            node.agent.destroy();
+            Object.assign(node, { key: k.key, cert: r.body.certificate, agent: null });
+            renewals++;
+          }
+        } catch {
+          errors++;
+          await sleep(1000);
+        }
+      }
+    };
+    const version = (await api(c.url, 'GET', '/v1/ca')).body.version as string;
+    const loops = nodes.map((node) => nodeLoop(node, version));
+    await sleep(2000); // the long-polls are open
+    ctx.log('rotation: rotating');
+    const t0 = performance.now();
+    const r = await api(c.url, 'POST', '/v1/ca/rotate', {}, admin);
+    if (r.status !== 202) throw new Error(`rotate: ${r.status} ${JSON.stringify(r.body)}`);
+    let seconds = 0;
+    for (;;) {
+      await sleep(1000);
+      const s = (await api(c.url, 'GET', '/v1/ca/rotation', undefined, adminId(c.dir)).catch(() => null))?.body;
+      if (s?.rotation?.state === 'completed') {
+        seconds = (performance.now() - t0) / 1000;
+        break;
+      }
+      if ((performance.now() - t0) / 1000 > 600) throw new Error(`no completion within 600 s: ${JSON.stringify(s?.rotation?.nodes)}`);
+    }
+    stopping = true;
+    for (const node of nodes) node.agent?.destroy();
+    await Promise.race([Promise.all(loops), sleep(30_000)]);
+    return [
+      { name: 'rotation.10k_s', value: Math.round(seconds * 10) / 10, unit: 's', note: `${n} nodes, 1 replica (SQLite, default workers), the CA asks ${RENEW_RATE} renewals/s; ${errors} failed requests retried` },
+      { name: 'rotation.renew_rate', value: Math.round(renewals / seconds), unit: 'renewals/s', note: `${renewals} renewals` },
+    ];
+  } finally {
+    await c.cleanup();
+  }
+}
+
+const group: BenchGroup = {
+  name: 'rotation',
+  benches: [{ name: 'rotation.10k_s', description: 'root CA rotation of 10,000 simulated nodes on one replica: start to completion', produces: ['rotation.renew_rate'], run }],
+};
+export default group;
