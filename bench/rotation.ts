@@ -81,6 +81,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
             renewals++;
           }
         } catch {
+          if (stopping) return; // its connection was closed at the end
           errors++;
           await sleep(1000);
         }
