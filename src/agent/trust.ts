@@ -59,7 +59,6 @@ function parse(der: Buffer): X509Certificate | null {
   }
 }
 
-const selfSigned = isSelfSigned;
 
 const spki = (c: X509Certificate) => c.publicKey.export({ type: 'spki', format: 'der' });
 const describe = (c: X509Certificate, der: Buffer): RefusedRoot => ({ subject: c.subject.replace(/\n/g, ', '), fingerprint: fingerprint256(der) });
@@ -89,7 +88,7 @@ export function acceptTrustBundle(current: Buffer[], offered: Buffer[], o: Trust
   for (const der of offered) {
     const c = parse(der);
     if (!c || !c.ca) return { ok: false, reason: 'bad_bundle', message: 'the offered trust bundle holds a certificate that is not a CA', refused: [] };
-    if (!selfSigned(c)) {
+    if (!isSelfSigned(c)) {
       vouchers.push(c); // a cross-signed certificate sent along with the roots: it may vouch, it is not a root
       continue;
     }

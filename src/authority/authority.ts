@@ -355,10 +355,9 @@ export class Authority {
 
   /** Who may renew (admission.ts), read in the transaction `tx` under the node's row lock. */
   private async admitRenewalIn(tx: Store, nodeId: string, serial: string) {
-    const s = tx;
-    const node = await s.lockNode(nodeId);
-    const presented = await s.getCertificate(serial);
-    const newest = node?.current_serial && node.current_serial !== serial ? await s.getCertificate(node.current_serial) : undefined;
+    const node = await tx.lockNode(nodeId);
+    const presented = await tx.getCertificate(serial);
+    const newest = node?.current_serial && node.current_serial !== serial ? await tx.getCertificate(node.current_serial) : undefined;
     const admitted = admitRenewal(nodeId, node, presented, newest, Date.now(), this.config);
     return { admitted, role: node!.role as Role };
   }
@@ -374,18 +373,19 @@ export class Authority {
     const admitted = await admitJoin(this.store, this.digest, token);
     const req = this.parseRequest(csr);
     // the rules once before signing, and again under the node's row lock where it is recorded
-    const check = async (s: Store) => {
-      const node = await s.lockNode(nodeId);
+    // (the first read takes no lock: the row lock is taken, and everything read again, in the transaction)
+    const check = async (s: Store, lock: boolean) => {
+      const node = lock ? await s.lockNode(nodeId) : await s.getNode(nodeId);
       const newest = node?.current_serial ? await s.getCertificate(node.current_serial) : undefined;
       const newestKey = newest ? { status: newest.status, not_after: Number(newest.not_after), publicKeyDer: new X509Certificate(newest.cert_pem).publicKey.export({ type: 'spki', format: 'der' }) } : undefined;
       admitRecovery(nodeId, node, newestKey, req.publicKeyDer, admitted.role, Date.now(), this.config.recoveryWindowMs);
       return { role: node!.role as Role, expired: newest!.serial };
     };
-    const before = await check(this.store);
+    const before = await check(this.store, false);
     const policy = nodePolicy(this.clusterId, nodeId, before.role, this.config.certExpiryMs);
     const c = await this.issue(policy, req);
     await this.store.transaction(async (tx) => {
-      const { role, expired } = await check(tx);
+      const { role, expired } = await check(tx, true);
       if (role !== before.role) throw new RetryLater('renewal_conflict', `node ${nodeId} changed role during its recovery; try again`, 1000);
       const now = Date.now();
       await useAdmittedToken(tx, admitted, now);

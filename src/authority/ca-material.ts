@@ -68,7 +68,7 @@ export function checkCaMaterial(certs: Buffer[], key: KeyObject | null, o: CaChe
   const pool = certs.slice(1).map((d) => ({ der: d, x: new X509Certificate(d) }));
   const chain: Buffer[] = [];
   let cur = x;
-  for (let depth = 0; !selfSigned(cur); depth++) {
+  for (let depth = 0; !isSelfSigned(cur); depth++) {
     const next = pool.find((p) => !chain.includes(p.der) && cur.checkIssued(p.x) && cur.verify(p.x.publicKey));
     if (!next) {
       throw fail(
@@ -97,7 +97,6 @@ export function checkCaMaterial(certs: Buffer[], key: KeyObject | null, o: CaChe
 
 const one = (s: string) => s.replace(/\n/g, ', ');
 
-const selfSigned = isSelfSigned;
 
 /** Certificates and key of `--ca-cert F --ca-key F` (PEM); the key may be absent (`requireKey` false). */
 export function caFilesMaterial(certPem: string, keyPem: string | null, o: CaCheckOptions): CheckedCa {

@@ -522,7 +522,7 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   const r = await prepare(o, true);
   try {
     const { app, url, port } = await listen(o, r);
-    const leader = startLeaderTasks(r);
+    const leader = startLeaderTasks(r, { watched: true }); // this process's CA watcher reloads the keyring
     await leader.started;
     // the same RunningServer shape as servePrimary (workers.ts) returns, on purpose: one process or several
     r.logger.info({ url, store: r.kind, cluster: r.cfg.clusterId, proxyProtocol: r.proxyProtocol }, 'cairn serving');
@@ -548,7 +548,12 @@ export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
  * What runs once per replica, not once per worker process: CRL publication under the lease,
  * the heartbeat, and the configuration refresh the CRL settings come from.
  */
-function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promise<void> } {
+/**
+ * The tasks one process of a replica runs: CRL publication, settings refresh, heartbeat, the
+ * rotation driver. `watched`: a CA watcher in this process already reloads the keyring every
+ * second (serve with one process); the first process of `serve --workers` has none.
+ */
+function startLeaderTasks(r: Prepared, o: { watched?: boolean } = {}): { started: Promise<void>; stop(): Promise<void> } {
   const { auth, store, logger, cfg } = r;
   const crl = new CrlPublisher(auth, logger, () => ({ leaseMs: auth.config.crlLeaseMs, cycleMs: auth.config.crlCycleMs, validityMs: auth.config.crlValidityMs }));
   // the first CRL cycle (a new cluster's first CRLs) is over before the replica says it serves
@@ -566,7 +571,7 @@ function startLeaderTasks(r: Prepared): { started: Promise<void>; stop(): Promis
     if (driving) return;
     driving = true;
     try {
-      await auth.reloadKeyring();
+      if (!o.watched) await auth.reloadKeyring();
       await ensureServerCertificate(r);
       if (auth.cas.rotations.some((x) => x.state === 'running')) {
         await driveRotations(auth, holdsLease);
