@@ -168,6 +168,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     }
     if (err instanceof CairnError) {
       if (err instanceof RetryLater) reply.header('retry-after', String(Math.max(1, Math.ceil(err.retryAfterMs / 1000))));
+      // a fault of the server (a corrupt store, an expired CA) is the operator's to see
+      if (ERRORS[err.code].status >= 500 && !(err instanceof RetryLater)) req.log.error({ code: err.code, err: err.message }, 'server fault');
       return answer(reply, err.code, err.message);
     }
     if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return answer(reply, 'body_too_large', `request body is larger than ${BODY_LIMIT} bytes`);

@@ -52,9 +52,9 @@ export const ERRORS = {
   /** raised by the store layer; the API answers it as 503 `unavailable` */
   store_unavailable: { status: 503, exit: 1, api: false },
   /** a record the server needs is missing from the store (e.g. a serial sequence) */
-  store_corrupt: { status: 400, exit: 1, api: true },
+  store_corrupt: { status: 500, exit: 1, api: true },
   /** issuing under a CA certificate that has expired (notBefore would follow notAfter) */
-  bad_validity: { status: 400, exit: 1, api: true },
+  bad_validity: { status: 503, exit: 1, api: true },
 
   // ---- command-line arguments (exit 2)
   usage: { status: 400, exit: 2, api: false },
