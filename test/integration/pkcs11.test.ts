@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pkcs11js from 'pkcs11js';
 import { run } from '../helpers.js';
-import { cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
+import { cli, cliAsync, Cluster, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
 
 export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const PIN = 'pin-7391-only-in-its-file';
@@ -141,6 +141,31 @@ describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softh
     assert.notEqual(cp.code, 0);
     assert.match(cp.stderr, /is in the PKCS#11 token "cairn-ca" \(key "[^"]+"\): it cannot be exported for a clone/);
     assert.equal(fs.existsSync(path.join(dir, 'x.p12')), false);
+  });
+
+  test('serve --workers 2 with a token, restarted 5 times: every start serves and concurrent joins are signed', async () => {
+    // both processes open the SoftHSM2 token directory at the same moment at each start (the
+    // race that answered CKR_GENERAL_ERROR, or showed no token, before pkcs11.ts retried)
+    await c.kill('SIGTERM');
+    const serial = async (f: string) => (await run('openssl', ['x509', '-in', f, '-noout', '-serial'])).stdout.trim();
+    for (let round = 0; round < 5; round++) {
+      const s = new ServeProcess(c.dir, tok.env, ['--workers', '2']);
+      await s.start();
+      try {
+        const dirs = [0, 1, 2, 3].map((i) => path.join(dir, `w${round}-${i}`));
+        const joins = await Promise.all(dirs.map((d) => cliAsync(['join', '--token', c.tokens.worker, '--state-dir', d, c.url])));
+        for (const j of joins) assert.equal(j.code, 0, j.stderr);
+        for (const d of dirs) {
+          const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(d, 'ca.crt'), path.join(d, 'node.crt')]);
+          assert.equal(v.code, 0, v.stdout + v.stderr);
+        }
+        assert.equal(new Set(await Promise.all(dirs.map((d) => serial(path.join(d, 'node.crt'))))).size, 4);
+        assert.doesNotMatch(s.logs.join(''), /CKR_|hsm_error/);
+      } finally {
+        await s.kill('SIGTERM');
+      }
+    }
+    await c.start();
   });
 
   test('a wrong PIN, a locked-out file, a missing token: the replica refuses to start with one clear line', async () => {
