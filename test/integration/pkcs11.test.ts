@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pkcs11js from 'pkcs11js';
 import { run } from '../helpers.js';
-import { cli, cliAsync, Cluster, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
+import { cli, cliAsync, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
 
 export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const PIN = 'pin-7391-only-in-its-file';
@@ -141,6 +141,50 @@ describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softh
     assert.notEqual(cp.code, 0);
     assert.match(cp.stderr, /is in the PKCS#11 token "cairn-ca" \(key "[^"]+"\): it cannot be exported for a clone/);
     assert.equal(fs.existsSync(path.join(dir, 'x.p12')), false);
+  });
+
+  test('restore of a backup whose CA rows point into the token: refused with one line without the token flags or with the token unreachable, nothing created; with them the restored replica signs through the token', async () => {
+    const pass = path.join(dir, 'pass');
+    fs.writeFileSync(pass, 'backup pass phrase\n', { mode: 0o600 });
+    const full = path.join(dir, 'full.tar.age');
+    const b = cli(['backup', '--state-dir', c.dir, '--passphrase-file', pass, '--out', full], { env: tok.env });
+    assert.equal(b.code, 0, b.stderr);
+    const port = await freePort();
+    const target = path.join(dir, 'restored');
+    const restore = (extra: string[], env: NodeJS.ProcessEnv) => cli(['restore', '--in', full, '--passphrase-file', pass, '--state-dir', target, '--listen', `127.0.0.1:${port}`, '--advertise-addr', '127.0.0.1', ...extra], { env });
+    // no token given: one line naming the token and the flags; no state directory made
+    let r = restore([], tok.env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /in this backup is in the PKCS#11 token "cairn-ca" \(key "[^"]+"\): give --pkcs11-module, --pkcs11-token and --pkcs11-pin-file/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(target, 'replica.json')), false);
+    // the token not reachable (another token directory): its error, one line, nothing made
+    const empty = path.join(dir, 'empty-restore');
+    fs.mkdirSync(path.join(empty, 'tokens'), { recursive: true });
+    fs.writeFileSync(path.join(empty, 'softhsm2.conf'), `directories.tokendir = ${path.join(empty, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+    r = restore(tok.args, { SOFTHSM2_CONF: path.join(empty, 'softhsm2.conf') });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /no PKCS#11 token labelled "cairn-ca" in \/usr\/lib\/softhsm\/libsofthsm2.so/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(target, 'replica.json')), false);
+    assert.equal(fs.existsSync(path.join(target, 'cairn.db')), false);
+    // with the token: restored, replica.json reaches it, and the restored replica signs there
+    r = restore(tok.args, tok.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(target, 'replica.json'), 'utf8')).pkcs11, { module: SOFTHSM_MODULE, token: tok.label, pinFile: tok.pinFile });
+    const rows = await query(target, 'SELECT key_sealed, key_location FROM cas');
+    for (const row of rows) assert.equal(row.key_sealed, null);
+    const s = new ServeProcess(target, tok.env, ['--workers', '1']);
+    await s.start();
+    try {
+      const node = path.join(dir, 'node-restored');
+      const j = cli(['join', '--token', c.tokens.worker, '--state-dir', node, `https://127.0.0.1:${port}`]);
+      assert.equal(j.code, 0, j.stderr);
+      const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(c.dir, 'ca.crt'), path.join(node, 'node.crt')]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+    } finally {
+      await s.kill('SIGTERM');
+    }
   });
 
   test('serve --workers 2 with a token, restarted 5 times: every start serves and concurrent joins are signed', async () => {
