@@ -13,7 +13,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pkcs11js from 'pkcs11js';
 import { run } from '../helpers.js';
-import { cli, cliAsync, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
+import { adminId, api, cli, cliAsync, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
+import { createDb, pgQuery, TestDb } from './pg.js';
 
 export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const PIN = 'pin-7391-only-in-its-file';
@@ -235,5 +236,75 @@ describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softh
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     // and with the right token it serves again
     await c.start();
+  });
+});
+
+describe('CA keys in a PKCS#11 token, two replicas on PostgreSQL sharing one SoftHSM2 token directory', { skip: !HAS_SOFTHSM && 'softhsm2 is not installed' }, () => {
+  let dir: string;
+  let tok: ReturnType<typeof softToken>;
+  let db: TestDb;
+  let a: Cluster;
+  let second: { dir: string; url: string; server: ServeProcess } | null = null;
+
+  before(async () => {
+    dir = mkTemp();
+    tok = softToken(dir);
+    db = await createDb();
+    a = await startCluster('hsm-pg', { store: db.url, initArgs: tok.args, env: tok.env });
+  });
+  after(async () => {
+    await second?.server.kill('SIGKILL');
+    await a?.cleanup();
+    await db?.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('replica add without the token flags is refused with one line; with them, both replicas start together and both sign joins through the token', async () => {
+    const unlock = path.join(a.dir, 'unlock.key');
+    const port = await freePort();
+    const bDir = path.join(dir, 'b');
+    const add = (extra: string[]) => cli(['replica', 'add', '--state-dir', bDir, '--store', db.url, '--unlock-key-file', unlock, '--advertise-addr', '127.0.0.1', '--listen', `127.0.0.1:${port}`, '--json', ...extra], { env: tok.env });
+    const bare = add([]);
+    assert.notEqual(bare.code, 0);
+    assert.match(bare.stderr, /is in the PKCS#11 token "cairn-ca": this replica has no PKCS#11 module set up \(give --pkcs11-module, --pkcs11-token and --pkcs11-pin-file to "cairn replica add"\)/);
+    assert.equal(bare.stderr.trim().split('\n').length, 1, bare.stderr);
+    const ok = add(tok.args);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(bDir, 'replica.json'), 'utf8')).pkcs11.token, tok.label);
+    second = { dir: bDir, url: `https://127.0.0.1:${port}`, server: new ServeProcess(bDir, tok.env, ['--unlock-key-file', unlock, '--workers', '2']) };
+    // both replicas (2 processes each) open the one token directory at the same moment
+    await a.kill('SIGTERM');
+    await Promise.all([a.start(), second.server.start()]);
+
+    const joins = await Promise.all(
+      [a.url, second.url, a.url, second.url, a.url, second.url].map((url, i) => cliAsync(['join', '--token', a.tokens.worker, '--state-dir', path.join(dir, `n${i}`), url])),
+    );
+    for (const j of joins) assert.equal(j.code, 0, j.stderr);
+    for (let i = 0; i < 6; i++) {
+      const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(a.dir, 'ca.crt'), path.join(dir, `n${i}`, 'node.crt')]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+    }
+    // each replica signed (the store records which): both reached the key in the token
+    const signers = await pgQuery(db.url, "SELECT DISTINCT replica_id FROM certificates WHERE kind = 'node'");
+    assert.equal(signers.length, 2, JSON.stringify(signers));
+    const rows = await pgQuery(db.url, 'SELECT key_sealed FROM cas');
+    for (const r of rows) assert.equal(r.key_sealed, null);
+
+    // a revocation on the second replica: the CRL (signed in the token by the CRL leader) lists it at both replicas
+    const { nodeId } = JSON.parse(fs.readFileSync(path.join(dir, 'n1', 'node.json'), 'utf8'));
+    const serial = (await run('openssl', ['x509', '-in', path.join(dir, 'n1', 'node.crt'), '-noout', '-serial'])).stdout.trim().replace('serial=', '');
+    const rm = await api(second.url, 'DELETE', `/v1/nodes/${nodeId}`, undefined, adminId(bDir));
+    assert.equal(rm.status, 200, JSON.stringify(rm.body));
+    for (const url of [a.url, second.url]) {
+      const crl = path.join(dir, 'pg.crl');
+      let text = '';
+      for (let i = 0; i < 50 && !text.includes(serial); i++) {
+        await new Promise((res) => setTimeout(res, 200));
+        if ((await run('curl', ['-sk', '-o', crl, `${url}/v1/crl/cluster`])).code === 0) text = (await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-text'])).stdout;
+      }
+      assert.ok(text.includes(serial), `serial ${serial} in the CRL of ${url}`);
+      const vc = await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-CAfile', path.join(a.dir, 'ca.crt'), '-verify']);
+      assert.match(vc.stdout + vc.stderr, /verify OK/);
+    }
   });
 });
