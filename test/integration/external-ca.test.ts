@@ -11,7 +11,7 @@ import http from 'node:http';
 import { createPrivateKey } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createCsr, csrToPem } from '../../src/pki/index.js';
+import { buildCrl, certificateInfo, certificatesFromPem, createCsr, csrToPem, makeIssuer } from '../../src/pki/index.js';
 import Database from 'better-sqlite3';
 import { Background, CFSSL_CERTDB_SCHEMA, freePort, run, startBackground } from '../helpers.js';
 import { api, cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
@@ -229,5 +229,57 @@ describe('external CA: cfssl serve', () => {
     const s = await joinNode('s');
     const kept = (await run('openssl', ['crl', '-in', path.join(s.node, 'crl.pem'), '-noout', '-text'])).stdout;
     for (const r of revoked) assert.ok(kept.includes(hex(r)), `${r} in the node's crl.pem`);
+  });
+
+  test("an external CA whose CRL lacks a revocation it recorded, or is signed by another CA: not served, the log says why", async () => {
+    const d = (f: string) => path.join(dir, f);
+    const n = await joinNode('t'); // signed by the real CFSSL
+    const before = await run('curl', ['-sk', '-o', d('before.crl'), '-w', '%{http_code}', `${c.url}/v1/crl/cluster`]);
+    const caIssuer = makeIssuer(certificatesFromPem(fs.readFileSync(d('ca.pem'), 'utf8'), 'ca')[0], createPrivateKey(fs.readFileSync(d('ca-key.pem'))));
+    const tlsIssuer = makeIssuer(certificatesFromPem(fs.readFileSync(d('tls-ca.pem'), 'utf8'), 'tls ca')[0], createPrivateKey(fs.readFileSync(d('tls-ca.key'))));
+    let mode: 'missing' | 'foreign' = 'missing';
+    const revokes: { serial: string; authority_key_id: string; reason: string }[] = [];
+    const https = await import('node:https');
+    const fake = https.createServer({ key: fs.readFileSync(d('tls.key')), cert: fs.readFileSync(d('tls.pem')) }, (req, res) => {
+      let body = '';
+      req.on('data', (x) => (body += x));
+      req.on('end', () => {
+        if (req.url === '/api/v1/cfssl/revoke') {
+          revokes.push(JSON.parse(body));
+          return res.end(JSON.stringify({ success: true, result: {} }));
+        }
+        if (req.url?.startsWith('/api/v1/cfssl/crl')) {
+          // a CRL listing nothing, by the cluster CA ("missing") or by another CA ("foreign")
+          const now = Date.now();
+          const der = buildCrl({ issuer: mode === 'missing' ? caIssuer : tlsIssuer, number: 1n, thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), revoked: [] });
+          return res.end(JSON.stringify({ success: true, result: der.toString('base64') }));
+        }
+        res.statusCode = 404;
+        res.end('404 page not found');
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const port = (fake.address() as { port: number }).port;
+    try {
+      const u = cli(['update', '--state-dir', c.dir, '--external-ca', `protocol=cfssl,url=https://127.0.0.1:${port},cacert=${d('tls-ca.pem')}`]);
+      assert.equal(u.code, 0, u.stderr);
+      await new Promise((r) => setTimeout(r, 2500)); // every replica process has the new URL
+      assert.equal(cli(['node', 'rm', n.nodeId, '--state-dir', c.dir]).code, 0);
+      await waitFor('the revocation told to the external CA', () => revokes.some((r) => BigInt(r.serial) === BigInt(`0x${n.serial}`)));
+      const told = revokes.find((r) => BigInt(r.serial) === BigInt(`0x${n.serial}`))!;
+      assert.equal(told.reason, 'cessationofoperation');
+      assert.equal(told.authority_key_id, certificateInfo(caIssuer.certDer).subjectKeyId!.toString('hex'));
+      await waitFor('the log line', () => /the external CA's CRL lacks revocations it recorded: not published/.test(c.logs.join('')));
+      mode = 'foreign';
+      await waitFor('the log line', () => /answered with a CRL that is not signed by the cluster CA/.test(c.logs.join('')), 75_000);
+      // what /v1/crl/cluster served before is what it serves now: neither CRL was taken
+      const after = await run('curl', ['-sk', '-o', d('after.crl'), '-w', '%{http_code}', `${c.url}/v1/crl/cluster`]);
+      assert.equal(after.stdout, before.stdout);
+      if (before.stdout === '200') assert.ok(fs.readFileSync(d('after.crl')).equals(fs.readFileSync(d('before.crl'))));
+    } finally {
+      fake.close();
+      const back = cli(['update', '--state-dir', c.dir, '--external-ca', url()]);
+      assert.equal(back.code, 0, back.stderr);
+    }
   });
 });
