@@ -7,6 +7,11 @@
  * its own store connection, so a large CRL does not stall the requests this process serves.
  * A CA whose entries did not change since its last CRL is not re-signed when another CA's
  * revocation moved the mark; it is when its CRL ages (half its validity).
+ *
+ * A CA whose key an external CA holds (external-ca.ts) has no key here to sign with: the
+ * leader tells that CA each revocation of a certificate it issued (recorded here first, sent
+ * again each cycle until it is recorded there), and stores the CRL the external CA gives when
+ * it is signed by that CA and lists every revocation it recorded (docs/ca-keys.md).
  */
 import type { CrlScope } from './keyring.js';
 import { LocalKeySigner, type RevocationForwarder } from './signer.js';
