@@ -53,3 +53,23 @@ test('a CairnError from inside (a refused PIN) passes through unchanged', () => 
     (e: unknown) => e instanceof CairnError && e.code === 'hsm_login_failed',
   );
 });
+
+test('a module that is not a PKCS#11 library: one hsm_error line naming it', async () => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { Pkcs11Token } = await import('../../src/authority/pkcs11.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-p11-'));
+  try {
+    const pin = path.join(dir, 'pin');
+    fs.writeFileSync(pin, '1234\n', { mode: 0o600 });
+    const notLib = path.join(dir, 'not-a-module.so');
+    fs.writeFileSync(notLib, 'not an ELF library');
+    assert.throws(
+      () => Pkcs11Token.open({ module: notLib, token: 't', pinFile: pin }),
+      (e: unknown) => e instanceof CairnError && e.code === 'hsm_error' && e.message.startsWith(`cannot load the PKCS#11 module ${notLib}: `) && !e.message.includes('\n'),
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
