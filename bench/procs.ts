@@ -13,7 +13,7 @@ import {
   certificateToPem, generateKeyPair, issueCertificate, leafProfile, makeIssuer, makeSerial, privateKeyToPem, randomId, rootCaProfile,
   selfSignCertificate, spkiDer,
 } from '../src/pki/index.js';
-import { freePort } from '../test/helpers.js';
+import { CFSSL_CERTDB_SCHEMA, freePort } from '../test/helpers.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TICK_MS = 1000 / 100; // USER_HZ: /proc reports CPU time in 1/100 s on Linux
@@ -125,28 +125,6 @@ export async function waitForPort(port: number, timeoutMs = 15_000): Promise<voi
   }
 }
 
-// cfssl 1.2's certdb schema (certdb/sqlite/migrations/001_CreateCertificates.sql)
-const CFSSL_SCHEMA = `
-CREATE TABLE certificates (
-  serial_number            blob NOT NULL,
-  authority_key_identifier blob NOT NULL,
-  ca_label                 blob,
-  status                   blob NOT NULL,
-  reason                   int,
-  expiry                   timestamp,
-  revoked_at               timestamp,
-  pem                      blob NOT NULL,
-  PRIMARY KEY(serial_number, authority_key_identifier)
-);
-CREATE TABLE ocsp_responses (
-  serial_number            blob NOT NULL,
-  authority_key_identifier blob NOT NULL,
-  body                     blob NOT NULL,
-  expiry                   timestamp,
-  PRIMARY KEY(serial_number, authority_key_identifier),
-  FOREIGN KEY(serial_number, authority_key_identifier) REFERENCES certificates(serial_number, authority_key_identifier)
-);`;
-
 export interface Cfssl {
   url: string;
   pid: number;
@@ -183,7 +161,7 @@ export async function startCfssl(dir: string): Promise<Cfssl> {
   fs.writeFileSync(f('config.json'), JSON.stringify({ signing: { default: { expiry: '2160h', usages: ['signing', 'digital signature', 'server auth', 'client auth'] } } }));
   const { default: Database } = await import('better-sqlite3');
   const db = new Database(f('certs.db'));
-  db.exec(CFSSL_SCHEMA);
+  db.exec(CFSSL_CERTDB_SCHEMA);
   db.close();
   fs.writeFileSync(f('db.json'), JSON.stringify({ driver: 'sqlite3', data_source: f('certs.db') }));
   const port = await freePort();

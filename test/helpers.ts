@@ -273,3 +273,33 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/**
+ * CFSSL's SQLite certificate database (certdb/sqlite/migrations: 001, and the columns 002 adds
+ * in CFSSL 1.3+, which 1.2 leaves empty), for `cfssl serve -db-config` in tests and benches.
+ */
+export const CFSSL_CERTDB_SCHEMA = `
+CREATE TABLE certificates (
+  serial_number            blob NOT NULL,
+  authority_key_identifier blob NOT NULL,
+  ca_label                 blob,
+  status                   blob NOT NULL,
+  reason                   int,
+  expiry                   timestamp,
+  revoked_at               timestamp,
+  pem                      blob NOT NULL,
+  issued_at                timestamp,
+  not_before               timestamp,
+  metadata                 text,
+  sans                     text,
+  common_name              text,
+  PRIMARY KEY(serial_number, authority_key_identifier)
+);
+CREATE TABLE ocsp_responses (
+  serial_number            blob NOT NULL,
+  authority_key_identifier blob NOT NULL,
+  body                     blob NOT NULL,
+  expiry                   timestamp,
+  PRIMARY KEY(serial_number, authority_key_identifier),
+  FOREIGN KEY(serial_number, authority_key_identifier) REFERENCES certificates(serial_number, authority_key_identifier)
+);`;

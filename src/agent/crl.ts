@@ -5,7 +5,8 @@
  *
  * The CRL is fetched from `GET /v1/crl/cluster` (DER) over TLS verified as for every CA call,
  * then checked: it must be signed by a root of ca.crt (same issuer name, signature verified
- * with node:crypto), and its CRL number must not be lower than the stored one's. Only then is
+ * with node:crypto), and its CRL number must not be lower than the stored one's (without numbers,
+ * as an external CA's: its thisUpdate not earlier). Only then is
  * crl.pem replaced, atomically (temp file + rename).
  */
 import type { Logger } from 'pino';
@@ -36,6 +37,10 @@ export function checkCrl(der: Buffer, trust: Buffer[], stored: CrlInfo | null, w
   if (verifyCrl(crl, trust) < 0) throw new CairnError('bad_crl', `the CRL from ${where} is not signed by a root this node trusts`);
   if (stored && stored.issuerDer.equals(crl.issuerDer) && crl.number < stored.number) {
     throw new CairnError('stale_crl', `the CRL from ${where} (number ${crl.number}) is older than the one this node holds (number ${stored.number})`);
+  }
+  // a CRL without a number (an external CA's: CFSSL numbers none) is ordered by its thisUpdate
+  if (stored && stored.issuerDer.equals(crl.issuerDer) && crl.number === 0n && stored.number === 0n && crl.thisUpdate < stored.thisUpdate) {
+    throw new CairnError('stale_crl', `the CRL from ${where} (issued ${crl.thisUpdate.toISOString()}) is older than the one this node holds (issued ${stored.thisUpdate.toISOString()})`);
   }
   return crl;
 }
@@ -81,7 +86,7 @@ export async function refreshCrl(
       continue;
     }
     if (stored && crl.der.equals(stored.der)) return 'unchanged';
-    if (stored && crl.number === stored.number) return 'unchanged'; // the same number re-signed: keep ours
+    if (stored && crl.number === stored.number && (crl.number !== 0n || crl.thisUpdate <= stored.thisUpdate)) return 'unchanged'; // the same number re-signed: keep ours
     storeCrl(id.dir, crl);
     o.logger?.info({ endpoint: ep, crlNumber: String(crl.number), revoked: crl.revoked.size }, 'CRL updated');
     return 'updated';

@@ -48,16 +48,30 @@ export async function publishCrl(store: Store, j: CrlPublishJob, signer: CaSigne
   }));
   // the number is claimed, the CRL signed, then recorded in a short transaction fenced by the
   // lease term (a number claimed by a leader that lost its lease is skipped, never reused)
-  if (!(await store.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
-  await store.ensureSequence(j.sequence, 1);
-  const { start: n } = await store.claimRange(j.sequence, 1);
+  const n = await claimCrlNumber(store, j);
   const der = await signCrl(signer, { number: BigInt(n), thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + j.validityMs), revoked });
-  const number = await store.transaction(async (tx) => {
-    if (!(await tx.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
-    await tx.insertCrl({ ca_name: j.ca, number: n, der: der.toString('base64'), this_update: now - 60_000, next_update: now + j.validityMs, revocation_mark: j.mark, entries: revoked.length, replica_id: j.holder, term: j.term });
-    await tx.pruneCrls(j.ca, j.keep);
-    return n;
-  });
+  const number = await recordCrl(store, j, { number: n, der, thisUpdate: now - 60_000, nextUpdate: now + j.validityMs, entries: revoked.length });
   published.set(j.ca, { digest, number });
   return { number, entries: revoked.length, ms: Math.round(performance.now() - started) };
+}
+
+/** The next number of a CA's CRLs, claimed while holding the lease. */
+export async function claimCrlNumber(store: Store, j: Pick<CrlPublishJob, 'lease' | 'holder' | 'term' | 'sequence'>): Promise<number> {
+  if (!(await store.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
+  await store.ensureSequence(j.sequence, 1);
+  return (await store.claimRange(j.sequence, 1)).start;
+}
+
+/** Record a CRL (signed here, or an external CA's) in a short transaction fenced by the lease term; older ones pruned. */
+export async function recordCrl(
+  store: Store,
+  j: Pick<CrlPublishJob, 'ca' | 'lease' | 'holder' | 'term' | 'mark' | 'keep'>,
+  c: { number: number; der: Buffer; thisUpdate: number; nextUpdate: number; entries: number },
+): Promise<number> {
+  return store.transaction(async (tx) => {
+    if (!(await tx.holdsLease(j.lease, j.holder, j.term))) throw new Error('lost the CRL lease before publishing');
+    await tx.insertCrl({ ca_name: j.ca, number: c.number, der: c.der.toString('base64'), this_update: c.thisUpdate, next_update: c.nextUpdate, revocation_mark: j.mark, entries: c.entries, replica_id: j.holder, term: j.term });
+    await tx.pruneCrls(j.ca, j.keep);
+    return c.number;
+  });
 }

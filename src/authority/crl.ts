@@ -7,14 +7,25 @@
  * its own store connection, so a large CRL does not stall the requests this process serves.
  * A CA whose entries did not change since its last CRL is not re-signed when another CA's
  * revocation moved the mark; it is when its CRL ages (half its validity).
+ *
+ * A CA whose key an external CA holds (external-ca.ts) has no key here to sign with: the
+ * leader tells that CA each revocation of a certificate it issued (recorded here first, sent
+ * again each cycle until it is recorded there), and stores the CRL the external CA gives when
+ * it is signed by that CA and lists every revocation it recorded (docs/ca-keys.md).
  */
 import type { CrlScope } from './keyring.js';
-import { LocalKeySigner } from './signer.js';
+import { LocalKeySigner, type RevocationForwarder } from './signer.js';
+import { normalizeSerialHex, parseCrl } from '../pki/index.js';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
 import type { CrlJob, CrlJobResult } from './crl-worker.js';
-import { publishCrl, type PublishedCrls } from './crl-publish.js';
+import { claimCrlNumber, publishCrl, recordCrl, type CrlPublishJob, type PublishedCrls } from './crl-publish.js';
+
+/** revocations sent to an external CA per batch */
+const FORWARD_BATCH = 100;
+/** how often an external CA without a CRL is asked again, and a failure to forward logged again */
+const EXTERNAL_RECHECK_MS = 60_000;
 
 export const CRL_LEASE = 'crl';
 
@@ -39,6 +50,17 @@ export class CrlPublisher {
   private published: PublishedCrls = new Map();
   /** per CA: the revocation mark up to which its entries are known to be unchanged */
   private covered: Record<string, number> = {};
+  /** external CAs said to publish no CRL: when they said so (asked again after EXTERNAL_RECHECK_MS; logged once) */
+  private noExternalCrl = new Map<string, number>();
+  /** when each kind of external CA trouble was last logged (at most once per EXTERNAL_RECHECK_MS) */
+  private warned = new Map<string, number>();
+
+  /** Log a warning about an external CA unless the same kind was logged within EXTERNAL_RECHECK_MS. */
+  private warnExternal(key: string, obj: object, msg: string): void {
+    if (Date.now() - (this.warned.get(key) ?? 0) < EXTERNAL_RECHECK_MS) return;
+    this.warned.set(key, Date.now());
+    this.log.warn(obj, msg);
+  }
 
   constructor(
     private readonly auth: Authority,
@@ -99,27 +121,107 @@ export class CrlPublisher {
       // one CRL per generation holding its key (keyring.ts crlScopes), each signed by that key
       for (const scope of this.auth.cas.crlScopes()) {
         const ca = scope.name;
+        // an external CA is told first what cairn revoked (its CRL then lists it)
+        const forwarded = scope.external ? await this.forward(scope.name, scope.keyIds, scope.external) : 0;
         const last = await store.latestCrl(ca);
         const now = Date.now();
         const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2;
-        if (aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging);
+        if (forwarded > 0 || aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging, forwarded > 0);
       }
     } finally {
       this.running = false;
     }
   }
 
+  /**
+   * Tell an external CA the revocations of certificates it issued that it has not recorded yet
+   * (recorded in cairn's store first: a CA down loses nothing, it is told at a later cycle).
+   * Returns how many it recorded now; a batch stops after three failures in a row.
+   */
+  private async forward(ca: string, keyIds: string[], external: RevocationForwarder): Promise<number> {
+    const store = this.auth.store;
+    let done = 0;
+    for (;;) {
+      const rows = await store.unforwardedRevocations(keyIds, Date.now(), FORWARD_BATCH);
+      const ok: string[] = [];
+      const failures: string[] = [];
+      for (const r of rows) {
+        try {
+          await external.revoke(r.serial, r.revocation_reason);
+          ok.push(r.serial);
+          failures.length = 0;
+        } catch (e) {
+          failures.push(`${r.serial}: ${(e as Error).message}`);
+          if (failures.length >= 3) break;
+        }
+      }
+      await store.markForwarded(ok, Date.now());
+      done += ok.length;
+      if (ok.length) this.log.info({ ca, revocations: ok.length }, 'revocations recorded by the external CA');
+      if (failures.length) {
+        this.warnExternal(`${ca}:forward`, { ca, recorded: ok.length, err: failures[failures.length - 1] }, 'the external CA did not record a revocation: it is asked again at the next cycle');
+        return done;
+      }
+      this.warned.delete(`${ca}:forward`);
+      if (rows.length < FORWARD_BATCH) return done;
+    }
+  }
+
+  /**
+   * Store the external CA's CRL as this scope's, when it lists every revocation the external CA
+   * has recorded for cairn (a CRL missing one is not served: the last one stays). One that said
+   * it has no CRL is asked again a minute later, or at once after it was told a revocation (`told`).
+   */
+  private async publishExternal(scope: { name: string; keyIds: string[]; external: RevocationForwarder }, job: CrlPublishJob, told: boolean): Promise<void> {
+    const store = this.auth.store;
+    const ca = scope.name;
+    const started = performance.now();
+    const said = this.noExternalCrl.get(ca);
+    if (said !== undefined && !told && Date.now() - said < EXTERNAL_RECHECK_MS) return; // it has none: not asked each second (but after telling it a revocation)
+    let der: Buffer | null;
+    try {
+      der = await scope.external.crl(job.validityMs);
+    } catch (e) {
+      this.warnExternal(`${ca}:fetch`, { ca, err: (e as Error).message }, "could not fetch the external CA's CRL: the last one stays, asked again at the next cycle");
+      return;
+    }
+    if (!der) {
+      const first = !this.noExternalCrl.has(ca);
+      this.noExternalCrl.set(ca, Date.now());
+      if (first) {
+        this.log.warn({ ca }, `the external CA publishes no CRL (GET /api/v1/cfssl/crl answered 404: CFSSL 1.3 or later started with -db-config has one): /v1/crl/${ca} stays unpublished; revocations are recorded there and enforced by cairn`);
+      }
+      this.covered[ca] = job.mark;
+      return;
+    }
+    this.noExternalCrl.delete(ca);
+    this.warned.delete(`${ca}:fetch`);
+    const crl = parseCrl(der);
+    const now = Date.now();
+    const pending = new Set((await store.unforwardedRevocations(scope.keyIds, now, 1_000_000)).map((r) => r.serial));
+    const missing = (await store.revokedFor(scope.keyIds, now)).filter((r) => !pending.has(r.serial) && !crl.revoked.has(normalizeSerialHex(r.serial)));
+    if (missing.length) {
+      this.warnExternal(`${ca}:missing`, { ca, missing: missing.length, first: missing[0].serial }, "the external CA's CRL lacks revocations it recorded: not published (the last CRL stays)");
+      return;
+    }
+    const n = await claimCrlNumber(store, job);
+    await recordCrl(store, job, { number: n, der, thisUpdate: crl.thisUpdate.getTime(), nextUpdate: crl.nextUpdate!.getTime(), entries: crl.revoked.size });
+    this.covered[ca] = job.mark;
+    this.log.info({ ca, number: n, entries: crl.revoked.size, ms: Math.round(performance.now() - started) }, "published the external CA's CRL");
+  }
+
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
-  async publish(scope: CrlScope, term: number, mark: number, aging = true): Promise<void> {
+  async publish(scope: CrlScope, term: number, mark: number, aging = true, told = false): Promise<void> {
     const ca = scope.name;
     const family = this.auth.cas.cas.find((c) => c.row.key_id === scope.keyIds[0])?.row.name ?? ca;
     const job = { ca, sequence: `crl-${family}`, keyIds: scope.keyIds, lease: CRL_LEASE, holder: this.auth.replicaId, term, mark, validityMs: this.settings().validityMs, aging, keep: 10 };
+    if (scope.external) return this.publishExternal({ ...scope, external: scope.external }, job, told);
     // a key of this process signs in the worker thread; a key held elsewhere (a PKCS#11 token,
     // whose session is this thread's) signs here, through the same steps
     const r =
       scope.signer instanceof LocalKeySigner
         ? await this.run({ ...job, certDer: scope.signer.info.certDer, key: scope.signer.localKey })
-        : await publishCrl(this.auth.store, job, scope.signer, this.published);
+        : await publishCrl(this.auth.store, job, scope.signer!, this.published);
     if (r.skipped) {
       this.covered[ca] = mark;
       this.log.debug({ ca, entries: r.entries, ms: r.ms }, 'CRL entries unchanged: not re-signed');

@@ -11,10 +11,10 @@
 import https from 'node:https';
 import { X509Certificate } from 'node:crypto';
 import {
-  certificateInfo, certificatesFromPem, csrToPem, PkiError,
+  certificateInfo, certificatesFromPem, CrlInfo, csrToPem, isRevocationReason, parseCrl, PkiError, verifyCrl,
 } from '../pki/index.js';
 import { CairnError, RetryLater } from '../util/errors.js';
-import type { CertificateIssuer, IssuedCertificate, IssueRequest } from './signer.js';
+import type { CertificateIssuer, IssuedCertificate, IssueRequest, RevocationForwarder } from './signer.js';
 
 export const EXTERNAL_CA_TIMEOUT_MS = 5000;
 export const EXTERNAL_CA_MAX_ANSWER = 256 * 1024;
@@ -82,19 +82,39 @@ export function checkExternalCa(v: unknown, code: 'usage' | 'bad_request' = 'bad
 
 interface CfsslAnswer {
   success?: boolean;
-  result?: { certificate?: string };
+  /** sign: the certificate; crl: the CRL's DER in base64 */
+  result?: { certificate?: string } | string;
   errors?: { code?: number; message?: string }[];
 }
 
-/** POST JSON to a URL with the limits above; resolves to the parsed answer or rejects with a message. */
-function postJson(url: string, body: unknown, ca: string | undefined, client: { key: string; cert: string } | null): Promise<CfsslAnswer> {
+/** A failed call, with the HTTP status when the external CA answered one. */
+class CallError extends Error {
+  constructor(
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Largest CRL accepted from an external CA (its DER, base64 in JSON): as a node accepts from cairn. */
+export const EXTERNAL_CRL_MAX_ANSWER = 24 * 1024 * 1024;
+
+/** Call a CFSSL endpoint (POST with a JSON body, or GET) with the limits above; resolves to the parsed answer or rejects with a message. */
+function callCfssl(
+  url: string,
+  body: unknown,
+  ca: string | undefined,
+  client: { key: string; cert: string } | null,
+  maxAnswer = EXTERNAL_CA_MAX_ANSWER,
+): Promise<CfsslAnswer> {
   return new Promise((resolve, reject) => {
-    const data = Buffer.from(JSON.stringify(body));
+    const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const req = https.request(
       url,
       {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'content-length': data.length },
+        method: data ? 'POST' : 'GET',
+        headers: data ? { 'content-type': 'application/json', 'content-length': data.length } : {},
         ...(ca ? { ca } : {}),
         ...(client ? { key: client.key, cert: client.cert } : {}),
         timeout: EXTERNAL_CA_TIMEOUT_MS,
@@ -107,8 +127,8 @@ function postJson(url: string, body: unknown, ca: string | undefined, client: { 
         let size = 0;
         res.on('data', (c: Buffer) => {
           size += c.length;
-          if (size > EXTERNAL_CA_MAX_ANSWER) {
-            req.destroy(new Error(`answered more than ${EXTERNAL_CA_MAX_ANSWER / 1024} KiB`));
+          if (size > maxAnswer) {
+            req.destroy(new Error(`answered more than ${maxAnswer / 1024} KiB`));
             return;
           }
           chunks.push(c);
@@ -118,11 +138,11 @@ function postJson(url: string, body: unknown, ca: string | undefined, client: { 
           try {
             j = JSON.parse(Buffer.concat(chunks).toString('utf8'));
           } catch {
-            return reject(new Error(`answered HTTP ${res.statusCode} with something that is not JSON`));
+            return reject(new CallError(`answered HTTP ${res.statusCode} with something that is not JSON`, res.statusCode));
           }
           if (res.statusCode !== 200 || !j?.success) {
             const why = j?.errors?.map((e) => e.message).filter(Boolean).join('; ');
-            return reject(new Error(`answered HTTP ${res.statusCode}${why ? `: ${why}` : ''}`));
+            return reject(new CallError(`answered HTTP ${res.statusCode}${why ? `: ${why}` : ''}`, res.statusCode));
           }
           resolve(j);
         });
@@ -136,14 +156,18 @@ function postJson(url: string, body: unknown, ca: string | undefined, client: { 
       reject(e);
     });
     req.on('close', () => clearTimeout(deadline));
-    req.end(data);
+    req.end(data ?? undefined);
   });
 }
 
-/** Issue through a CFSSL signer holding the key of `caCertDer`. */
-export class CfsslIssuer implements CertificateIssuer {
+/**
+ * Issue through a CFSSL signer holding the key of `caCertDer`; tell it what cairn revoked and
+ * read its CRL (docs/ca-keys.md "CRLs of an external CA").
+ */
+export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
   readonly keyId: string;
   private readonly ca: X509Certificate;
+  private readonly caDer: Buffer;
 
   constructor(
     caCertDer: Buffer,
@@ -155,6 +179,79 @@ export class CfsslIssuer implements CertificateIssuer {
     const info = certificateInfo(caCertDer);
     this.keyId = (info.subjectKeyId ?? Buffer.alloc(0)).toString('hex');
     this.ca = new X509Certificate(caCertDer);
+    this.caDer = caCertDer;
+  }
+
+  /**
+   * Record a revocation in the external CA (`POST /api/v1/cfssl/revoke`: the serial in decimal
+   * and the CA's key identifier, as CFSSL's certificate database keys them). Each URL in turn
+   * (they front one CA and one database); throws naming each URL's answer when none recorded it.
+   */
+  async revoke(serialHex: string, reason: string | null): Promise<void> {
+    const urls = this.settings().urls;
+    if (urls.length === 0) throw new Error('no external CA URL is set');
+    const body = { serial: BigInt(`0x${serialHex}`).toString(10), authority_key_id: this.keyId, reason: reason && isRevocationReason(reason) ? reason.toLowerCase() : '' };
+    const failures: string[] = [];
+    for (const ext of urls) {
+      try {
+        try {
+          await callCfssl(`${ext.url}/api/v1/cfssl/revoke`, body, ext.cacert, this.clientIdentity());
+        } catch (e) {
+          // CFSSL 1.2 built with a recent Go (Debian's golang-cfssl) records what it signs with
+          // an empty authority key ID: the same serial is asked for under that one
+          if (!(e instanceof CallError && e.status === 400 && /not found/i.test(e.message))) throw e;
+          await callCfssl(`${ext.url}/api/v1/cfssl/revoke`, { ...body, authority_key_id: '' }, ext.cacert, this.clientIdentity());
+        }
+        return;
+      } catch (e) {
+        failures.push(`${ext.url}: ${(e as Error).message}`);
+      }
+    }
+    throw new Error(failures.join('; '));
+  }
+
+  /**
+   * The external CA's CRL (`GET /api/v1/cfssl/crl?expiry=…`, CFSSL 1.3 and later, with its
+   * certificate database), checked: it parses, is signed by the cluster CA certificate, and is
+   * current. null when no URL offers one (404: an older CFSSL, or one without -db-config).
+   */
+  async crl(validityMs: number): Promise<Buffer | null> {
+    const urls = this.settings().urls;
+    const failures: string[] = [];
+    let answered = 0;
+    let notOffered = 0;
+    const hours = Math.max(1, Math.round(validityMs / 3_600_000));
+    for (const ext of urls) {
+      try {
+        const a = await callCfssl(`${ext.url}/api/v1/cfssl/crl?expiry=${hours}h`, undefined, ext.cacert, this.clientIdentity(), EXTERNAL_CRL_MAX_ANSWER);
+        return this.checkCrl(a);
+      } catch (e) {
+        if (e instanceof CallError && e.status !== undefined) {
+          answered++;
+          if (e.status === 404) notOffered++;
+        }
+        failures.push(`${ext.url}: ${(e as Error).message}`);
+      }
+    }
+    // every URL that answered has no CRL endpoint (those that did not answer front the same CA)
+    if (notOffered > 0 && notOffered === answered) return null;
+    throw new Error(`no external CA gave a CRL: ${failures.join('; ') || 'no external CA URL is set'}`);
+  }
+
+  private checkCrl(a: CfsslAnswer): Buffer {
+    if (typeof a.result !== 'string') throw new Error('answered without a CRL');
+    const der = Buffer.from(a.result, 'base64');
+    let crl: CrlInfo;
+    try {
+      crl = parseCrl(der);
+    } catch {
+      throw new Error('answered with something that is not a CRL');
+    }
+    if (verifyCrl(crl, [this.caDer]) !== 0) throw new Error('answered with a CRL that is not signed by the cluster CA');
+    const now = Date.now();
+    if (!crl.nextUpdate || crl.nextUpdate.getTime() <= now) throw new Error('answered with an expired CRL');
+    if (crl.thisUpdate.getTime() > now + 5 * 60_000) throw new Error('answered with a CRL from the future (check its clock)');
+    return der;
   }
 
   async issue(req: IssueRequest): Promise<IssuedCertificate> {
@@ -175,7 +272,7 @@ export class CfsslIssuer implements CertificateIssuer {
     for (const ext of urls) {
       const url = `${ext.url}/api/v1/cfssl/sign`;
       try {
-        const a = await postJson(url, body, ext.cacert, this.clientIdentity());
+        const a = await callCfssl(url, body, ext.cacert, this.clientIdentity());
         return this.check(a, req);
       } catch (e) {
         failures.push(`${ext.url}: ${(e as Error).message}`);
@@ -186,7 +283,7 @@ export class CfsslIssuer implements CertificateIssuer {
 
   /** What came back must be what cairn asked for, issued by the CA it trusts. */
   private check(a: CfsslAnswer, req: IssueRequest): IssuedCertificate {
-    const pem = a.result?.certificate;
+    const pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
     if (typeof pem !== 'string') throw new Error('answered without a certificate');
     let der: Buffer;
     let info;

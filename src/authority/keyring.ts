@@ -21,7 +21,7 @@ import { certificateFromPem, certificatesFromPem, certificateToPem, IssuerInfo, 
 import type { CaTable, RotationTable } from '../store/store.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import { unseal } from './seal.js';
-import { CaSigner, CertificateIssuer, infoOf, LocalKeySigner, SigningIssuer } from './signer.js';
+import { CaSigner, CertificateIssuer, infoOf, isRevocationForwarder, LocalKeySigner, RevocationForwarder, SigningIssuer } from './signer.js';
 
 /** The signing generation of a CA whose certificates an external CA issues: its key signs nothing here. */
 class HeldElsewhere implements CaSigner {
@@ -48,6 +48,8 @@ export interface LoadedCa {
   intermediates: Buffer[];
   /** the key, when the store holds it (null: held elsewhere, or deleted after retirement) */
   signer: CaSigner | null;
+  /** an external CA holding the key, which keeps the revocations and the CRL of this generation */
+  external?: RevocationForwarder;
 }
 
 /** The generation that signs for a CA now, with what it sends along. */
@@ -66,12 +68,12 @@ export interface SigningCa extends LoadedCa {
  */
 export type KeyResolver = (row: CaTable, certDer: Buffer) => { signer: CaSigner | null; issuer?: CertificateIssuer };
 
-/** The CRL of one generation: its name in the store and API, the key IDs it covers, its signer. */
-export interface CrlScope {
-  name: string;
-  keyIds: string[];
-  signer: CaSigner;
-}
+/**
+ * The CRL of one generation: its name in the store and API, the key IDs it covers, and who
+ * makes it: its signer (a key cairn reaches), or the external CA that holds the key
+ * (`external`: told what cairn revoked, its CRL served).
+ */
+export type CrlScope = { name: string; keyIds: string[] } & ({ signer: CaSigner; external?: undefined } | { signer?: undefined; external: RevocationForwarder });
 
 export class CaKeyring {
   /** Digest carried by join tokens: of the cluster root nodes joined under (the old one while a rotation runs). */
@@ -110,6 +112,7 @@ export class CaKeyring {
       const above = row.chain_pem ? certificatesFromPem(row.chain_pem, `the chain of CA ${row.id}`) : [];
       const anchorDer = above.length ? above[above.length - 1] : certDer;
       let signer: CaSigner | null = null;
+      let external: RevocationForwarder | undefined;
       if (row.key_sealed) {
         const key: KeyObject = privateKeyFromPem(unseal(unlockKey, row.key_sealed, row.id).toString(), `CA ${row.id} key`);
         signer = new LocalKeySigner(certDer, key);
@@ -119,9 +122,10 @@ export class CaKeyring {
         const r = resolve(row, certDer);
         signer = r.signer;
         if (r.issuer) issuers.set(row.id, r.issuer);
+        if (!r.signer && isRevocationForwarder(r.issuer)) external = r.issuer;
       }
       // an intermediate sends itself and what is between it and its root after each leaf
-      return { row, certDer, anchorDer, intermediates: above.length ? [certDer, ...above.slice(0, -1)] : [], signer };
+      return { row, certDer, anchorDer, intermediates: above.length ? [certDer, ...above.slice(0, -1)] : [], signer, ...(external ? { external } : {}) };
     });
     const signing = {} as Record<CaName, SigningCa>;
     for (const name of CA_NAMES) {
@@ -163,17 +167,19 @@ export class CaKeyring {
   }
 
   /**
-   * One CRL per generation that holds its key: named after the CA for the signing generation
-   * (`cluster`, `client`), after the row for the others (`cluster-root-ca-1`). Each covers
-   * the certificates its own key issued, and is signed by that key.
+   * One CRL per generation that holds its key or whose external CA keeps one: named after the
+   * CA for the signing generation (`cluster`, `client`), after the row for the others
+   * (`cluster-root-ca-1`). Each covers the certificates its own key issued, and is signed by
+   * that key (by the external CA for an external one).
    */
   crlScopes(): CrlScope[] {
     return this.cas
-      .filter((c) => c.signer)
-      .map((c) => {
+      .filter((c) => c.signer || c.external)
+      .map((c): CrlScope => {
         const name = c.row.name as CaName;
         const current = this.signing[name]?.row.id === c.row.id;
-        return { name: current ? name : c.row.id, keyIds: [c.row.key_id], signer: c.signer! };
+        const base = { name: current ? name : c.row.id, keyIds: [c.row.key_id] };
+        return c.signer ? { ...base, signer: c.signer } : { ...base, external: c.external! };
       });
   }
 

@@ -56,6 +56,33 @@ function ckr(e: unknown): string {
   return (e as Error)?.message ?? String(e);
 }
 
+/**
+ * PKCS#11 calls that may fail for a moment: SoftHSM2's file object store answers
+ * CKR_GENERAL_ERROR to C_GetTokenInfo (and the calls after it) while another process opens the
+ * same token directory — `serve --workers 2`, or two replicas sharing one token directory,
+ * starting together. Retried with backoff (about 3 s in all); any other error is at once.
+ */
+const TRANSIENT = new Set<number>([pkcs11js.CKR_GENERAL_ERROR, pkcs11js.CKR_DEVICE_ERROR, pkcs11js.CKR_FUNCTION_FAILED]);
+const RETRY_DELAYS_MS = [10, 20, 40, 80, 160, 320, 500, 500, 500, 500, 500];
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Run a PKCS#11 call, again after a pause while it fails with a transient error; then throw `what: CKR_…` as hsm_error. */
+export function withRetry<T>(what: string, fn: () => T, delays: readonly number[] = RETRY_DELAYS_MS): T {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return fn();
+    } catch (e) {
+      if (e instanceof CairnError) throw e;
+      const code = (e as { code?: number })?.code;
+      if (typeof code === 'number' && TRANSIENT.has(code) && attempt < delays.length) {
+        Atomics.wait(sleeper, 0, 0, delays[attempt]); // startup only: a synchronous pause
+        continue;
+      }
+      throw err(`${what}: ${ckr(e)}${attempt ? ` (after ${attempt + 1} attempts)` : ''}`);
+    }
+  }
+}
+
 /** One loaded module per path, initialized once per process. */
 const modules = new Map<string, pkcs11js.PKCS11>();
 function loadModule(path: string): pkcs11js.PKCS11 {
@@ -67,13 +94,33 @@ function loadModule(path: string): pkcs11js.PKCS11 {
   } catch (e) {
     throw err(`cannot load the PKCS#11 module ${path}: ${(e as Error).message}`);
   }
-  try {
-    m.C_Initialize();
-  } catch (e) {
-    if ((e as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err(`the PKCS#11 module ${path} did not initialize: ${ckr(e)}`);
-  }
+  const p = m;
+  withRetry(`the PKCS#11 module ${path} did not initialize`, () => {
+    try {
+      p.C_Initialize();
+    } catch (e) {
+      if ((e as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw e;
+    }
+  });
   modules.set(path, m);
   return m;
+}
+
+/** Finalize and initialize a module again (it then reads its tokens again). */
+function reloadModule(path: string): pkcs11js.PKCS11 {
+  const m = modules.get(path);
+  modules.delete(path);
+  try {
+    m?.C_Finalize();
+  } catch {
+    /* not initialized */
+  }
+  try {
+    m?.close();
+  } catch {
+    /* not loaded */
+  }
+  return loadModule(path);
 }
 
 /** The PIN from its file: private (0600), one line. */
@@ -105,33 +152,55 @@ export class Pkcs11Token {
     const had = Pkcs11Token.open_.get(k);
     if (had) return had;
     const pin = readPin(cfg.pinFile);
-    const p = loadModule(cfg.module);
-    let slot: Buffer | undefined;
-    const seen: string[] = [];
-    for (const s of p.C_GetSlotList(true)) {
-      const label = p.C_GetTokenInfo(s).label.trim();
-      seen.push(label);
-      if (label === cfg.token) {
-        slot = s;
-        break;
-      }
+    let p = loadModule(cfg.module);
+    const where = `the PKCS#11 token "${cfg.token}" (module ${cfg.module})`;
+    // the slot list and the labels together: a label read while another process opens the
+    // token directory may fail for a moment (withRetry), and is then read again with the list
+    const list = () =>
+      withRetry(`the PKCS#11 module ${cfg.module} could not list its tokens`, () => {
+        const seen: string[] = [];
+        for (const s of p.C_GetSlotList(true)) {
+          const label = p.C_GetTokenInfo(s).label.trim();
+          seen.push(label);
+          if (label === cfg.token) return { slot: s, seen };
+        }
+        return { slot: undefined, seen };
+      });
+    let { slot, seen } = list();
+    // SoftHSM2 reads its token directory at C_Initialize, and may miss a token another process
+    // is opening at that moment: look again, from a fresh C_Initialize, before calling it missing
+    // (only while this process has no session on the module, which a new C_Initialize would end)
+    for (let again = 0; !slot && again < 4 && ![...Pkcs11Token.open_.values()].some((t) => t.modulePath === cfg.module); again++) {
+      Atomics.wait(sleeper, 0, 0, 100 * 2 ** again);
+      p = reloadModule(cfg.module);
+      ({ slot, seen } = list());
     }
     if (!slot) {
       throw new CairnError('hsm_token_missing', `no PKCS#11 token labelled "${cfg.token}" in ${cfg.module} (tokens present: ${seen.length ? seen.map((l) => `"${l}"`).join(', ') : 'none'})`);
     }
-    const session = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    const session = withRetry(`${where} did not open a session`, () => p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
     try {
-      p.C_Login(session, pkcs11js.CKU_USER, pin);
-    } catch (e) {
-      const code = (e as { code?: number }).code;
-      if (code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
-        p.C_CloseSession(session);
-        if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) {
-          throw new CairnError('hsm_login_failed', `the PKCS#11 token "${cfg.token}" refused the PIN in ${cfg.pinFile}`);
+      withRetry(`${where} did not log in`, () => {
+        try {
+          p.C_Login(session, pkcs11js.CKU_USER, pin);
+        } catch (e) {
+          const code = (e as { code?: number }).code;
+          if (code === pkcs11js.CKR_USER_ALREADY_LOGGED_IN) return;
+          if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) {
+            throw new CairnError('hsm_login_failed', `the PKCS#11 token "${cfg.token}" refused the PIN in ${cfg.pinFile}`);
+          }
+          if (code === pkcs11js.CKR_PIN_LOCKED) throw new CairnError('hsm_login_failed', `the PIN of the PKCS#11 token "${cfg.token}" is locked (too many wrong PINs): unlock it with the SO PIN`);
+          if (typeof code === 'number' && TRANSIENT.has(code)) throw e;
+          throw new CairnError('hsm_login_failed', `cannot log in to the PKCS#11 token "${cfg.token}": ${ckr(e)}`);
         }
-        if (code === pkcs11js.CKR_PIN_LOCKED) throw new CairnError('hsm_login_failed', `the PIN of the PKCS#11 token "${cfg.token}" is locked (too many wrong PINs): unlock it with the SO PIN`);
-        throw new CairnError('hsm_login_failed', `cannot log in to the PKCS#11 token "${cfg.token}": ${ckr(e)}`);
+      });
+    } catch (e) {
+      try {
+        p.C_CloseSession(session);
+      } catch {
+        /* closed with it */
       }
+      throw e;
     }
     const t = new Pkcs11Token(p, session, cfg.token, cfg.module);
     Pkcs11Token.open_.set(k, t);
@@ -157,12 +226,19 @@ export class Pkcs11Token {
   }
 
   private find(template: pkcs11js.Template): Buffer[] {
-    this.p.C_FindObjectsInit(this.session, template);
-    try {
-      return this.p.C_FindObjects(this.session, 16);
-    } finally {
-      this.p.C_FindObjectsFinal(this.session);
-    }
+    return withRetry(`the PKCS#11 token "${this.label}" (module ${this.modulePath}) could not search its objects`, () => {
+      this.p.C_FindObjectsInit(this.session, template); // (throws before the search is begun: no Final then)
+      try {
+        return this.p.C_FindObjects(this.session, 16);
+      } finally {
+        this.p.C_FindObjectsFinal(this.session);
+      }
+    });
+  }
+
+  /** Attributes of an object, as hsm_error when the token fails. */
+  private attrs(h: Buffer, template: pkcs11js.Template): pkcs11js.Attribute[] {
+    return withRetry(`the PKCS#11 token "${this.label}" (module ${this.modulePath}) did not read a key's attributes`, () => this.p.C_GetAttributeValue(this.session, h, template));
   }
 
   /** The private key labelled `label` (with CKA_ID `id` when given) and its public key (SPKI DER). */
@@ -172,7 +248,7 @@ export class Pkcs11Token {
     const found = this.find(t);
     if (found.length === 0) return null;
     if (found.length > 1) throw err(`the PKCS#11 token "${this.label}" holds ${found.length} private keys labelled "${label}": give a unique label`);
-    const [idAttr] = this.p.C_GetAttributeValue(this.session, found[0], [{ type: pkcs11js.CKA_ID }]);
+    const [idAttr] = this.attrs(found[0], [{ type: pkcs11js.CKA_ID }]);
     const keyId = Buffer.from((idAttr.value as Buffer) ?? Buffer.alloc(0)).toString('hex');
     const pub = this.find([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...(keyId ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(keyId, 'hex') }] : [{ type: pkcs11js.CKA_LABEL, value: label }])]);
     if (pub.length !== 1) throw err(`the PKCS#11 token "${this.label}" holds no single public key for "${label}"`);
@@ -180,11 +256,11 @@ export class Pkcs11Token {
   }
 
   private publicKeyOf(h: Buffer): Buffer {
-    const [type] = this.p.C_GetAttributeValue(this.session, h, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+    const [type] = this.attrs(h, [{ type: pkcs11js.CKA_KEY_TYPE }]);
     const tv = type.value as Buffer;
     const kt = tv.length === 8 ? Number(tv.readBigUInt64LE()) : tv.readUIntLE(0, tv.length);
     if (kt === pkcs11js.CKK_EC) {
-      const [params, point] = this.p.C_GetAttributeValue(this.session, h, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
+      const [params, point] = this.attrs(h, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
       const curve = Object.values(EC_CURVES).find((c) => c.oidDer === (params.value as Buffer).toString('hex'));
       if (!curve) throw err(`a key in the PKCS#11 token "${this.label}" is on a curve cairn does not sign with`);
       let q = point.value as Buffer;
@@ -194,7 +270,7 @@ export class Pkcs11Token {
       return createPublicKey({ key: { kty: 'EC', crv: curve.crv, x: x.toString('base64url'), y: y.toString('base64url') }, format: 'jwk' }).export({ type: 'spki', format: 'der' });
     }
     if (kt === pkcs11js.CKK_RSA) {
-      const [n, e] = this.p.C_GetAttributeValue(this.session, h, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
+      const [n, e] = this.attrs(h, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
       return createPublicKey({ key: { kty: 'RSA', n: (n.value as Buffer).toString('base64url'), e: (e.value as Buffer).toString('base64url') }, format: 'jwk' }).export({ type: 'spki', format: 'der' });
     }
     throw err(`a key in the PKCS#11 token "${this.label}" is of a type cairn does not sign with`);
@@ -247,18 +323,25 @@ export class Pkcs11Token {
   /** Sign `data` with the key `handle` by `scheme` (ECDSA: the token signs the digest; RSA: PKCS#1 v1.5 with SHA-256). */
   sign(handle: Buffer, scheme: SignatureScheme, data: Buffer, ecSize: number | null): Promise<Buffer> {
     return this.serial(async () => {
-      try {
-        if (ecSize) {
-          const digest = createHash(scheme.hash!).update(data).digest();
-          this.p.C_SignInit(this.session, { mechanism: pkcs11js.CKM_ECDSA }, handle);
-          const raw = await this.p.C_SignAsync(this.session, digest, Buffer.alloc(2 * ecSize));
-          return rawToDer(raw);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          if (ecSize) {
+            const digest = createHash(scheme.hash!).update(data).digest();
+            this.p.C_SignInit(this.session, { mechanism: pkcs11js.CKM_ECDSA }, handle);
+            const raw = await this.p.C_SignAsync(this.session, digest, Buffer.alloc(2 * ecSize));
+            return rawToDer(raw);
+          }
+          this.p.C_SignInit(this.session, { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS }, handle);
+          return await this.p.C_SignAsync(this.session, data, Buffer.alloc(1024));
+        } catch (e) {
+          const code = (e as { code?: number })?.code;
+          if (typeof code === 'number' && TRANSIENT.has(code) && attempt < 3) {
+            await new Promise((r) => setTimeout(r, 50 * 2 ** attempt)); // another process opening the token (withRetry)
+            continue;
+          }
+          // a join or renewal that cannot be signed now: 503 with Retry-After
+          throw new RetryLater('unavailable', `the PKCS#11 token "${this.label}" (module ${this.modulePath}) did not sign: ${ckr(e)}`, 5000);
         }
-        this.p.C_SignInit(this.session, { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS }, handle);
-        return await this.p.C_SignAsync(this.session, data, Buffer.alloc(1024));
-      } catch (e) {
-        // a join or renewal that cannot be signed now: 503 with Retry-After
-        throw new RetryLater('unavailable', `the PKCS#11 token "${this.label}" did not sign: ${ckr(e)}`, 5000);
       }
     });
   }

@@ -92,6 +92,20 @@ export interface CertificateIssuer {
   issue(req: IssueRequest): Promise<IssuedCertificate>;
 }
 
+/**
+ * An issuer that keeps its own record of revocations (an external CA): cairn tells it what it
+ * revoked, and serves its CRL (crl.ts) — cairn holds no key to sign one.
+ */
+export interface RevocationForwarder {
+  /** Record a revocation there (serial: uppercase hex as the store has it); throws when it could not. */
+  revoke(serialHex: string, reason: string | null): Promise<void>;
+  /** Its current CRL (DER), checked; null when it publishes none. */
+  crl(validityMs: number): Promise<Buffer | null>;
+}
+
+export const isRevocationForwarder = (i: unknown): i is RevocationForwarder =>
+  typeof (i as RevocationForwarder)?.revoke === 'function' && typeof (i as RevocationForwarder)?.crl === 'function';
+
 /** Issue with a CA key: the profile from the policy, signed by `signer`, sent with `chain`. */
 export class SigningIssuer implements CertificateIssuer {
   constructor(

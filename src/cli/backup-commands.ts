@@ -10,6 +10,7 @@ import { DEFAULT_LISTEN } from '../server/state-dir.js';
 import { CairnError } from '../util/errors.js';
 import { KEY_MODE, refuseExisting, readBytes, readKeyFile, writeFilesAtomic } from '../util/files.js';
 import { jsonOption, out, printJson, stateDirOption } from './common.js';
+import { addPkcs11Options, Pkcs11Flags, pkcs11FromFlags } from './ca-key-flags.js';
 
 export const PASSPHRASE_ENV = 'CAIRN_BACKUP_PASSPHRASE';
 export const PKCS12_PASSWORD_ENV = 'CAIRN_PKCS12_PASSWORD';
@@ -202,24 +203,29 @@ export function restoreCommand(): Command {
     .option('--san <name>', 'full restore into a new state directory: extra DNS name or IP address for the server certificate (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addOption(jsonOption());
   passphraseOptions(c);
+  addPkcs11Options(c, { label: false });
   return c
     .addHelpText('after', `
 --root-ca-only: the controller's server must be stopped (it loads the CAs at start); its
 server and admin certificates are reissued under the restored root and its join tokens
 change (written to <state-dir>/admin/tokens.json). Start it again afterwards.
+CA keys in a PKCS#11 token: a backup holds where they are, not the keys; the restore opens them
+in the token (--pkcs11-module/--pkcs11-token/--pkcs11-pin-file, or the ones of this replica's
+replica.json), and refuses with one line when it cannot reach them.
 Full restore: into a new state directory (created like "cairn init" does), or into the empty
 store of an initialized state directory of the same cluster. Nothing changes unless the whole
 restore succeeds. See docs/backup.md.`)
     .action(async (f: PassphraseFlags & {
       rootCaOnly?: boolean; stateDir: string; store?: string; unlockKeyFile?: string; in?: string; force?: boolean; listen: string; advertiseAddr?: string; san: string[]; json?: boolean;
-    }) => {
+    } & Pkcs11Flags) => {
       if (f.force && !f.rootCaOnly) throw usage('--force goes with --root-ca-only');
       const data = await readInput(f.in);
+      const pkcs11 = await pkcs11FromFlags(f);
       const passphrase = await backupPassphrase(f, false);
       const { restoreStateDir } = await import('../server/state-backup.js');
       const r = await restoreStateDir({
         stateDir: f.stateDir, store: f.store, unlockKeyFile: f.unlockKeyFile, data, passphrase, rootCaOnly: !!f.rootCaOnly, force: f.force,
-        listen: f.listen, advertiseAddr: f.advertiseAddr, sans: f.san,
+        listen: f.listen, advertiseAddr: f.advertiseAddr, sans: f.san, pkcs11,
       });
       if (f.json) {
         const { manifest, ...rest } = r;

@@ -2,6 +2,7 @@ import { verify as nodeVerify, X509Certificate } from 'node:crypto';
 import { certificateInfo, Issuer, IssuerInfo } from './cert.js';
 import { asn1, bitsBytes, children, ctxConstructed, ctxPrimitive, decode, derChildren, derTop, encode, octets, oid, raw, seq, smallInt, time, timeDer, Tlv, tlv, uintBytes, uintContents } from './der.js';
 import { PkiError } from './errors.js';
+import { sameName } from './name.js';
 import { SignatureScheme, signWith } from './keys.js';
 
 /** RFC 5280 5.3.1 reason codes. */
@@ -216,7 +217,7 @@ export function verifyCrl(crl: CrlInfo, issuers: Buffer[]): number {
     }
     if (!c.ca) continue;
     const subject = certificateInfo(der).subjectDer;
-    if (!subject.equals(crl.issuerDer)) continue;
+    if (!sameName(subject, crl.issuerDer)) continue;
     try {
       if (nodeVerify(SIG_HASH[alg], crl.tbsDer, c.publicKey, crl.signature)) return i;
     } catch {

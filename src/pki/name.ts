@@ -1,4 +1,4 @@
-import { derOf, oid, tlv } from './der.js';
+import { derChildren, derOf, derTop, oid, tlv } from './der.js';
 import { PkiError } from './errors.js';
 
 /** Distinguished-name attributes cairn writes, in order. */
@@ -44,4 +44,36 @@ export function encodeName(attrs: NameAttrs): Buffer {
     rdns.push(tlv(0x31, tlv(0x30, OID_DER[k], value)));
   }
   return tlv(0x30, ...rdns);
+}
+
+/** Directory string types compared by their text: UTF8String, PrintableString, TeletexString, IA5String. */
+const TEXT_TAGS: Record<number, BufferEncoding> = { 0x0c: 'utf8', 0x13: 'latin1', 0x14: 'latin1', 0x16: 'latin1' };
+
+/** A Name as RFC 5280 7.1 compares it (the string type aside; whitespace and case folded; an RDN's attributes in any order). */
+function nameKey(der: Buffer): string {
+  const rdns: string[] = [];
+  for (const rdn of derChildren(der, derTop(der, 'Name'), 'Name')) {
+    const atvs = derChildren(der, rdn, 'RDN', 1).map((atv) => {
+      const [type, value] = derChildren(der, atv, 'attribute', 2);
+      const enc = TEXT_TAGS[value.tag];
+      const v = enc ? der.subarray(value.contents, value.end).toString(enc).trim().replace(/\s+/g, ' ').toLowerCase() : `#${der.subarray(value.start, value.end).toString('hex')}`;
+      return `${der.subarray(type.start, type.end).toString('hex')}=${JSON.stringify(v)}`;
+    });
+    rdns.push(atvs.sort().join('+'));
+  }
+  return rdns.join(',');
+}
+
+/**
+ * Whether two DER Names are the same name: byte for byte, or as RFC 5280 7.1 compares them
+ * (a CRL another implementation made may write the issuer's name with other string types:
+ * Go writes PrintableString where OpenSSL wrote UTF8String).
+ */
+export function sameName(a: Buffer, b: Buffer): boolean {
+  if (a.equals(b)) return true;
+  try {
+    return nameKey(a) === nameKey(b);
+  } catch {
+    return false;
+  }
 }

@@ -29,14 +29,14 @@ import { buildServer } from './server.js';
 import { DEFAULT_LISTEN, loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
 
 /** A PKCS#11 setting as replica.json keeps it: absolute paths, never the PIN. */
-const pkcs11Paths = (c: Pkcs11Config): Pkcs11Config => ({ module: path.resolve(c.module), token: c.token, pinFile: path.resolve(c.pinFile) });
+export const pkcs11Paths = (c: Pkcs11Config): Pkcs11Config => ({ module: path.resolve(c.module), token: c.token, pinFile: path.resolve(c.pinFile) });
 
 /**
  * The authority of this replica, reaching CA keys the store does not seal (ca-keys.ts): its
  * PKCS#11 token, and the external CAs the cluster's settings list (asked with this replica's
  * server certificate when they want a client certificate).
  */
-function authorityFor(store: Store, replicaId: string, unlockKey: Buffer, pkcs11: Pkcs11Config | undefined, stateDir: string): Authority {
+export function authorityFor(store: Store, replicaId: string, unlockKey: Buffer, pkcs11: Pkcs11Config | undefined, stateDir: string): Authority {
   const access: KeyAccess = { pkcs11 };
   const auth = new Authority(store, replicaId, unlockKey, keyResolver(access));
   const p = statePaths(stateDir);

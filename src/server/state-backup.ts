@@ -3,12 +3,11 @@
  * is, the unlock key, and the files a restore rewrites. The store-level work is in
  * ../authority/backup.ts and ../authority/clone.ts.
  */
-import { describeKeyLocation } from '../authority/ca-keys.js';
+import { describeKeyLocation, parseKeyLocation } from '../authority/ca-keys.js';
 import {  } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { Authority } from '../authority/authority.js';
 import { BackupManifest, encodeArchive } from '../authority/backup-archive.js';
 import { encryptBackup, openBackup } from '../authority/backup-crypto.js';
 import { readSnapshot, refuseStaleBackup, restoreFullIn, restoreRootCaIn } from '../authority/backup-restore.js';
@@ -20,7 +19,8 @@ import { openStore, redactUrl, resolveStoreUrl, type Store } from '../store/stor
 import { CairnError } from '../util/errors.js';
 import { exists, KEY_MODE, stageFiles, StagedFiles } from '../util/files.js';
 import { VERSION } from '../version.js';
-import { adminBundleFiles, serverIdentityFiles, withNewStateDir } from './bootstrap.js';
+import { adminBundleFiles, authorityFor, pkcs11Paths, serverIdentityFiles, withNewStateDir } from './bootstrap.js';
+import { isPkcs11Ref, type Pkcs11Config } from '../authority/pkcs11.js';
 import { loadUnlockKey, parseHostPort, ReplicaConfig, readReplicaConfig, statePaths } from './state-dir.js';
 
 export interface StateAccess {
@@ -99,6 +99,26 @@ export interface RestoreOptions extends StateAccess {
   listen?: string;
   advertiseAddr?: string;
   sans?: string[];
+  /** the PKCS#11 token this replica reaches, when the backup's CA keys are in one (else replica.json's) */
+  pkcs11?: Pkcs11Config;
+}
+
+/**
+ * The token a restore needs: when the backup's active CA rows point into a PKCS#11 token, the
+ * one given (or this replica's); refused with one line when none is. The keys are then opened
+ * (Authority.load) before anything is committed: a token that is missing, refuses the PIN or
+ * lacks the key stops the restore with that error, and nothing changes.
+ */
+function tokenFor(content: Awaited<ReturnType<typeof openBackup>>, given: Pkcs11Config | undefined): Pkcs11Config | undefined {
+  const inToken = content.cas.filter((c) => c.row.status === 'active').map((c) => ({ id: c.row.id, loc: parseKeyLocation(c.row) })).filter((c) => isPkcs11Ref(c.loc));
+  if (inToken.length && !given) {
+    const loc = inToken[0].loc as { token: string; label: string };
+    throw new CairnError(
+      'hsm_token_missing',
+      `the key of CA ${inToken[0].id} in this backup is in the PKCS#11 token "${loc.token}" (key "${loc.label}"): give --pkcs11-module, --pkcs11-token and --pkcs11-pin-file so that this replica reaches it`,
+    );
+  }
+  return inToken.length ? given : undefined;
 }
 
 export interface RestoreResult {
@@ -156,6 +176,7 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
       throw new CairnError('server_running', `replica ${others[0].id} (${others[0].address}) of this cluster is running: stop every replica sharing the store before restoring (a stopped replica's last heartbeat ages out in 15 s)`);
     }
     if (!o.force) await refuseStaleBackup(store, content);
+    const pkcs11 = tokenFor(content, o.pkcs11 ?? cfg.pkcs11);
     const active = (await store.listNodes()).filter((n) => n.status === 'active').length;
     if (active && !o.force) {
       throw new CairnError('has_nodes', `${active} node(s) joined this controller under its current CAs; their certificates would no longer verify: give --force to replace the CAs anyway (those nodes must join again)`);
@@ -165,9 +186,9 @@ async function restoreRootCa(o: RestoreOptions, content: Awaited<ReturnType<type
     try {
       result = await store.transaction(async (tx) => {
         const r = await restoreRootCaIn(tx, content, unlockKey, { force: o.force });
-        const auth = new Authority(tx, cfg.replicaId, unlockKey);
+        const auth = authorityFor(tx, cfg.replicaId, unlockKey, pkcs11, o.stateDir);
         await auth.load();
-        const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId };
+        const newCfg: ReplicaConfig = { ...cfg, clusterId: r.clusterId, ...(pkcs11 ? { pkcs11: pkcs11Paths(pkcs11) } : {}) };
         const files = [...(await serverIdentityFiles(auth, o.stateDir, newCfg)), ...(await adminBundleFiles(auth, o.stateDir))];
         files.push(
           { path: p.adminTokens, data: JSON.stringify(r.tokens, null, 2) + '\n', mode: KEY_MODE },
@@ -209,7 +230,16 @@ async function restoreFullExisting(o: RestoreOptions, content: Awaited<ReturnTyp
   try {
     store = await openStore(kind, location, { poolSize: 2 });
     const s = store;
-    await s.transaction((tx) => restoreFullIn(tx, content, unlockKey));
+    const pkcs11 = tokenFor(content, o.pkcs11 ?? cfg0.pkcs11);
+    await s.transaction(async (tx) => {
+      await restoreFullIn(tx, content, unlockKey);
+      if (pkcs11) await authorityFor(tx, cfg0.replicaId, unlockKey, pkcs11, o.stateDir).load(); // the token's keys are reachable
+    });
+    if (o.pkcs11) {
+      const p0 = statePaths(o.stateDir);
+      const staged = stageFiles([{ path: p0.replica, data: JSON.stringify({ ...cfg0, pkcs11: pkcs11Paths(o.pkcs11) }, null, 2) + '\n', mode: KEY_MODE }], { overwrite: true });
+      staged.commit();
+    }
     const admin = await s.findCertificates({ kind: 'admin' });
     const p = statePaths(o.stateDir);
     let adminCertificateRestored = false;
@@ -235,16 +265,17 @@ async function restoreFullNew(o: RestoreOptions, content: Awaited<ReturnType<typ
     if (exists(f)) throw new CairnError('exists', `${o.stateDir} is not empty (${f} exists): a full restore creates a new state directory, or fills the empty store of an initialized one`);
   }
   const storeUrl = o.store ?? process.env.CAIRN_STORE;
+  const pkcs11 = tokenFor(content, o.pkcs11);
   return withNewStateDir({ ...o, store: storeUrl, poolSize: 2 }, async ({ store: s, unlockKey, listen, advertiseAddr, sans, created }) => {
     const stage: { files: StagedFiles | null } = { files: null };
     try {
       const replicaId = randomId();
-      const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}) };
+      const cfg: ReplicaConfig = { version: 1, replicaId, clusterId: content.manifest.clusterId, listen, advertiseAddr, sans, ...(storeUrl ? { store: storeUrl } : {}), ...(pkcs11 ? { pkcs11: pkcs11Paths(pkcs11) } : {}) };
       created(p.adminDir);
       await s.transaction(async (ts) => {
         await restoreFullIn(ts, content, unlockKey);
         await ts.upsertReplica({ id: replicaId, address: advertiseAddr, version: VERSION });
-        const auth = new Authority(ts, replicaId, unlockKey);
+        const auth = authorityFor(ts, replicaId, unlockKey, pkcs11, o.stateDir);
         await auth.load();
         const files = [...(await serverIdentityFiles(auth, o.stateDir, cfg)), ...(await adminBundleFiles(auth, o.stateDir))];
         await ts.audit('cli', 'store.restore', { from: content.manifest.createdAt, cluster: content.manifest.clusterId, replica: replicaId });

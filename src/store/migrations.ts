@@ -246,6 +246,14 @@ migrations['0010_ca_keys'] = {
   },
 };
 
+migrations['0011_external_revocations'] = {
+  // A certificate an external CA issued and cairn revoked: when the external CA recorded the
+  // revocation (POST /api/v1/cfssl/revoke), null while it is still to be told (crl.ts).
+  async up(db: Kysely<any>) {
+    await db.schema.alterTable('certificates').addColumn('forwarded_at', 'bigint').execute();
+  },
+};
+
 export const migrationProvider: MigrationProvider = {
   async getMigrations() {
     return migrations;

@@ -73,6 +73,8 @@ export interface CertificateTable {
   cert_pem: string;
   created_at: number;
   replica_id: string | null;
+  /** revoked, issued by an external CA: when that CA recorded the revocation (null: not yet) */
+  forwarded_at?: number | null;
 }
 
 export interface NodeTable {

@@ -626,6 +626,26 @@ export class SqlStore implements Store {
       .execute();
   }
 
+  async unforwardedRevocations(issuerKeyIds: string[], now: number, limit: number) {
+    if (issuerKeyIds.length === 0) return [];
+    return this.db
+      .selectFrom('certificates')
+      .select(['serial', 'revoked_at', 'revocation_reason'])
+      .where('status', '=', 'revoked')
+      .where('issuer_key_id', 'in', issuerKeyIds)
+      .where('not_after', '>', now)
+      .where('forwarded_at', 'is', null)
+      .orderBy('revoked_at')
+      .orderBy('serial')
+      .limit(limit)
+      .execute();
+  }
+
+  async markForwarded(serials: string[], at: number): Promise<void> {
+    if (serials.length === 0) return;
+    await this.db.updateTable('certificates').set({ forwarded_at: at }).where('serial', 'in', serials).where('status', '=', 'revoked').execute();
+  }
+
   async latestCrl(caName: string): Promise<CrlTable | undefined> {
     return this.db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
   }

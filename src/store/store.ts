@@ -129,6 +129,10 @@ export interface Store {
   bumpRevocationMark(): Promise<void>;
   /** Revoked, unexpired certificates issued by these CA keys: the entries of a CRL. */
   revokedFor(issuerKeyIds: string[], now: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason'>[]>;
+  /** Revoked, unexpired certificates of these CA keys (an external CA's) it has not recorded yet, oldest revocation first. */
+  unforwardedRevocations(issuerKeyIds: string[], now: number, limit: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason'>[]>;
+  /** The external CA recorded these revocations. */
+  markForwarded(serials: string[], at: number): Promise<void>;
 
   // ---- nodes
   insertNode(n: NodeTable, o?: { ifAbsent?: boolean }): Promise<void>;

@@ -11,9 +11,13 @@ import http from 'node:http';
 import { createPrivateKey } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createCsr, csrToPem } from '../../src/pki/index.js';
-import { Background, freePort, run, startBackground } from '../helpers.js';
+import { buildCrl, certificateInfo, certificatesFromPem, createCsr, csrToPem, makeIssuer } from '../../src/pki/index.js';
+import Database from 'better-sqlite3';
+import { Background, CFSSL_CERTDB_SCHEMA, freePort, run, startBackground } from '../helpers.js';
 import { api, cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
+
+/** The cfssl binary: Debian's golang-cfssl (1.2) by default; CAIRN_TEST_CFSSL names another (1.3+ serves GET /api/v1/cfssl/crl). */
+const CFSSL = process.env.CAIRN_TEST_CFSSL ?? 'cfssl';
 
 const openssl = async (args: string[]) => {
   const r = await run('openssl', args);
@@ -29,7 +33,8 @@ describe('external CA: cfssl serve', () => {
   const url = () => `protocol=cfssl,url=https://127.0.0.1:${cfsslPort},cacert=${path.join(dir, 'tls-ca.pem')}`;
 
   async function startCfssl() {
-    cfssl = startBackground('cfssl', ['serve', '-address', '127.0.0.1', '-port', String(cfsslPort), '-ca', path.join(dir, 'ca.pem'), '-ca-key', path.join(dir, 'ca-key.pem'), '-config', path.join(dir, 'config.json'), '-tls-cert', path.join(dir, 'tls.pem'), '-tls-key', path.join(dir, 'tls.key')]);
+    // with its SQLite certificate database: CFSSL records what it signs, and revocations
+    cfssl = startBackground(CFSSL, ['serve', '-address', '127.0.0.1', '-port', String(cfsslPort), '-ca', path.join(dir, 'ca.pem'), '-ca-key', path.join(dir, 'ca-key.pem'), '-config', path.join(dir, 'config.json'), '-db-config', path.join(dir, 'db.json'), '-tls-cert', path.join(dir, 'tls.pem'), '-tls-key', path.join(dir, 'tls.key')]);
     for (let i = 0; i < 50; i++) {
       const r = await run('curl', ['-sk', '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${cfsslPort}/api/v1/cfssl/health`]);
       if (r.stdout.trim() !== '000') return;
@@ -47,6 +52,10 @@ describe('external CA: cfssl serve', () => {
     fs.writeFileSync(d('ext'), 'subjectAltName=IP:127.0.0.1\n');
     await openssl(['x509', '-req', '-in', d('tls.csr'), '-CA', d('tls-ca.pem'), '-CAkey', d('tls-ca.key'), '-set_serial', '5', '-days', '30', '-extfile', d('ext'), '-out', d('tls.pem')]);
     fs.writeFileSync(d('config.json'), JSON.stringify({ signing: { default: { expiry: '2160h', usages: ['digital signature', 'key encipherment', 'server auth', 'client auth'] } } }));
+    const db = new Database(d('certs.db'));
+    db.exec(CFSSL_CERTDB_SCHEMA);
+    db.close();
+    fs.writeFileSync(d('db.json'), JSON.stringify({ driver: 'sqlite3', data_source: d('certs.db') }));
     cfsslPort = await freePort();
     deadPort = await freePort();
     await startCfssl();
@@ -130,6 +139,143 @@ describe('external CA: cfssl serve', () => {
       } finally {
         tlsFake.close();
       }
+    } finally {
+      fake.close();
+      const back = cli(['update', '--state-dir', c.dir, '--external-ca', url()]);
+      assert.equal(back.code, 0, back.stderr);
+    }
+  });
+
+  /** A certificate's row in CFSSL's database (keyed by the decimal serial, as CFSSL records it). */
+  const cfsslRow = (serialHex: string): { status: string; reason: number | null } | undefined => {
+    const db = new Database(path.join(dir, 'certs.db'), { readonly: true, fileMustExist: true });
+    try {
+      return db.prepare('SELECT CAST(status AS TEXT) AS status, reason FROM certificates WHERE CAST(serial_number AS TEXT) = ?').get(BigInt(`0x${serialHex}`).toString(10)) as never;
+    } finally {
+      db.close();
+    }
+  };
+  const waitFor = async (what: string, ok: () => boolean | Promise<boolean>, ms = 15_000) => {
+    const end = Date.now() + ms;
+    while (!(await ok())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}; replica log:\n${c.logs.join("").slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  const joinNode = async (name: string) => {
+    const node = path.join(dir, name);
+    const j = cli(['join', '--token', c.tokens.worker, '--state-dir', node, c.url]);
+    assert.equal(j.code, 0, j.stderr);
+    const { nodeId } = JSON.parse(fs.readFileSync(path.join(node, 'node.json'), 'utf8'));
+    const [{ serial }] = await query(c.dir, "SELECT serial FROM certificates WHERE node_id = ? AND status = 'good'", nodeId);
+    return { node, nodeId, serial: serial as string };
+  };
+  const revoked: string[] = [];
+
+  test("cairn's revocations are recorded in CFSSL's database (POST /api/v1/cfssl/revoke) with their reason, also one made while CFSSL was down", async () => {
+    const p = await joinNode('p');
+    assert.equal(cfsslRow(p.serial)?.status, 'good', 'CFSSL recorded what it signed');
+    assert.equal(cli(['node', 'rm', p.nodeId, '--state-dir', c.dir]).code, 0);
+    await waitFor("CFSSL's record of the revocation", () => cfsslRow(p.serial)?.status === 'revoked');
+    assert.equal(cfsslRow(p.serial)?.reason, 5, 'cessationOfOperation');
+    await waitFor('forwarded_at', async () => (await query(c.dir, 'SELECT forwarded_at FROM certificates WHERE serial = ?', p.serial))[0].forwarded_at !== null);
+
+    // CFSSL down: the revocation is recorded (and enforced) by cairn, and told to CFSSL when it is back
+    const q = await joinNode('q');
+    await cfssl!.stop();
+    const rm = cli(['node', 'rm', q.nodeId, '--state-dir', c.dir]);
+    assert.equal(rm.code, 0, rm.stderr);
+    await new Promise((r) => setTimeout(r, 2500)); // a few CRL cycles with CFSSL down
+    assert.equal((await query(c.dir, 'SELECT forwarded_at FROM certificates WHERE serial = ?', q.serial))[0].forwarded_at, null);
+    assert.equal(cfsslRow(q.serial)?.status, 'good');
+    assert.match(c.logs.join(''), /the external CA did not record a revocation: it is asked again at the next cycle/);
+    await startCfssl();
+    await waitFor("CFSSL's record of the revocation made while it was down", () => cfsslRow(q.serial)?.status === 'revoked');
+    revoked.push(p.serial, q.serial);
+
+    // every certificate cairn revoked under the external CA (renewals' superseded ones, the first test's node) is revoked there
+    const rows = await query(c.dir, "SELECT serial FROM certificates WHERE status = 'revoked'");
+    await waitFor('every revocation recorded by CFSSL', () => rows.every((r) => cfsslRow(r.serial)?.status === 'revoked'));
+  });
+
+  test("the cluster CRL is CFSSL's (GET /api/v1/cfssl/crl, CFSSL 1.3+), checked and served at /v1/crl/cluster: OpenSSL verifies it and refuses the revoked certificates", async (t) => {
+    const probe = await run('curl', ['-sk', '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${cfsslPort}/api/v1/cfssl/crl`]);
+    const crlFile = path.join(dir, 'cluster.crl');
+    const fetchCrl = async () => (await run('curl', ['-sk', '-o', crlFile, '-w', '%{http_code}', `${c.url}/v1/crl/cluster`])).stdout.trim();
+    if (probe.stdout.trim() === '404') {
+      // CFSSL 1.2 (Debian bookworm's golang-cfssl) has no CRL endpoint: nothing is served, and the log says why
+      t.diagnostic(`${CFSSL} serves no /api/v1/cfssl/crl (CFSSL before 1.3): checking that no CRL is served; CAIRN_TEST_CFSSL=<cfssl 1.3+> checks the CRL`);
+      await waitFor('the log line', () => /the external CA publishes no CRL \(GET \/api\/v1\/cfssl\/crl answered 404/.test(c.logs.join('')));
+      assert.equal(await fetchCrl(), '404');
+      return;
+    }
+    const good = await joinNode('r');
+    const text = async () => (await run('openssl', ['crl', '-inform', 'DER', '-in', crlFile, '-noout', '-text'])).stdout;
+    const hex = (s: string) => s.replace(/^0+/, '');
+    await waitFor('a CRL listing the revoked serials', async () => (await fetchCrl()) === '200' && (await text()).includes(hex(revoked[1])));
+    const listing = await text();
+    for (const s of revoked) assert.ok(listing.includes(hex(s)), `${s} in the CRL:\n${listing}`);
+    assert.ok(!listing.includes(hex(good.serial)));
+    const v = await run('openssl', ['crl', '-inform', 'DER', '-in', crlFile, '-noout', '-CAfile', path.join(dir, 'ca.pem'), '-verify']);
+    assert.match(v.stdout + v.stderr, /verify OK/);
+    await openssl(['crl', '-inform', 'DER', '-in', crlFile, '-out', path.join(dir, 'cluster.crl.pem')]);
+    const check = (crt: string) => run('openssl', ['verify', '-crl_check', '-CAfile', path.join(dir, 'ca.pem'), '-CRLfile', path.join(dir, 'cluster.crl.pem'), crt]);
+    const bad = await check(path.join(dir, 'q', 'node.crt'));
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stdout + bad.stderr, /certificate revoked/);
+    const ok = await check(path.join(good.node, 'node.crt'));
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    // a node joining now keeps it as its CRL (signed by the root it trusts; CFSSL numbers none)
+    const s = await joinNode('s');
+    const kept = (await run('openssl', ['crl', '-in', path.join(s.node, 'crl.pem'), '-noout', '-text'])).stdout;
+    for (const r of revoked) assert.ok(kept.includes(hex(r)), `${r} in the node's crl.pem`);
+  });
+
+  test("an external CA whose CRL lacks a revocation it recorded, or is signed by another CA: not served, the log says why", async () => {
+    const d = (f: string) => path.join(dir, f);
+    const n = await joinNode('t'); // signed by the real CFSSL
+    const before = await run('curl', ['-sk', '-o', d('before.crl'), '-w', '%{http_code}', `${c.url}/v1/crl/cluster`]);
+    const caIssuer = makeIssuer(certificatesFromPem(fs.readFileSync(d('ca.pem'), 'utf8'), 'ca')[0], createPrivateKey(fs.readFileSync(d('ca-key.pem'))));
+    const tlsIssuer = makeIssuer(certificatesFromPem(fs.readFileSync(d('tls-ca.pem'), 'utf8'), 'tls ca')[0], createPrivateKey(fs.readFileSync(d('tls-ca.key'))));
+    let mode: 'missing' | 'foreign' = 'missing';
+    const revokes: { serial: string; authority_key_id: string; reason: string }[] = [];
+    const https = await import('node:https');
+    const fake = https.createServer({ key: fs.readFileSync(d('tls.key')), cert: fs.readFileSync(d('tls.pem')) }, (req, res) => {
+      let body = '';
+      req.on('data', (x) => (body += x));
+      req.on('end', () => {
+        if (req.url === '/api/v1/cfssl/revoke') {
+          revokes.push(JSON.parse(body));
+          return res.end(JSON.stringify({ success: true, result: {} }));
+        }
+        if (req.url?.startsWith('/api/v1/cfssl/crl')) {
+          // a CRL listing nothing, by the cluster CA ("missing") or by another CA ("foreign")
+          const now = Date.now();
+          const der = buildCrl({ issuer: mode === 'missing' ? caIssuer : tlsIssuer, number: 1n, thisUpdate: new Date(now - 60_000), nextUpdate: new Date(now + 3_600_000), revoked: [] });
+          return res.end(JSON.stringify({ success: true, result: der.toString('base64') }));
+        }
+        res.statusCode = 404;
+        res.end('404 page not found');
+      });
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const port = (fake.address() as { port: number }).port;
+    try {
+      const u = cli(['update', '--state-dir', c.dir, '--external-ca', `protocol=cfssl,url=https://127.0.0.1:${port},cacert=${d('tls-ca.pem')}`]);
+      assert.equal(u.code, 0, u.stderr);
+      await new Promise((r) => setTimeout(r, 2500)); // every replica process has the new URL
+      assert.equal(cli(['node', 'rm', n.nodeId, '--state-dir', c.dir]).code, 0);
+      await waitFor('the revocation told to the external CA', () => revokes.some((r) => BigInt(r.serial) === BigInt(`0x${n.serial}`)));
+      const told = revokes.find((r) => BigInt(r.serial) === BigInt(`0x${n.serial}`))!;
+      assert.equal(told.reason, 'cessationofoperation');
+      assert.equal(told.authority_key_id, certificateInfo(caIssuer.certDer).subjectKeyId!.toString('hex'));
+      await waitFor('the log line', () => /the external CA's CRL lacks revocations it recorded: not published/.test(c.logs.join('')));
+      mode = 'foreign';
+      await waitFor('the log line', () => /answered with a CRL that is not signed by the cluster CA/.test(c.logs.join('')), 75_000);
+      // what /v1/crl/cluster served before is what it serves now: neither CRL was taken
+      const after = await run('curl', ['-sk', '-o', d('after.crl'), '-w', '%{http_code}', `${c.url}/v1/crl/cluster`]);
+      assert.equal(after.stdout, before.stdout);
+      if (before.stdout === '200') assert.ok(fs.readFileSync(d('after.crl')).equals(fs.readFileSync(d('before.crl'))));
     } finally {
       fake.close();
       const back = cli(['update', '--state-dir', c.dir, '--external-ca', url()]);

@@ -13,7 +13,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pkcs11js from 'pkcs11js';
 import { run } from '../helpers.js';
-import { cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
+import { adminId, api, cli, cliAsync, Cluster, freePort, mkTemp, query, ServeProcess, startCluster } from './cluster.js';
+import { createDb, pgQuery, TestDb } from './pg.js';
 
 export const SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const PIN = 'pin-7391-only-in-its-file';
@@ -143,6 +144,75 @@ describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softh
     assert.equal(fs.existsSync(path.join(dir, 'x.p12')), false);
   });
 
+  test('restore of a backup whose CA rows point into the token: refused with one line without the token flags or with the token unreachable, nothing created; with them the restored replica signs through the token', async () => {
+    const pass = path.join(dir, 'pass');
+    fs.writeFileSync(pass, 'backup pass phrase\n', { mode: 0o600 });
+    const full = path.join(dir, 'full.tar.age');
+    const b = cli(['backup', '--state-dir', c.dir, '--passphrase-file', pass, '--out', full], { env: tok.env });
+    assert.equal(b.code, 0, b.stderr);
+    const port = await freePort();
+    const target = path.join(dir, 'restored');
+    const restore = (extra: string[], env: NodeJS.ProcessEnv) => cli(['restore', '--in', full, '--passphrase-file', pass, '--state-dir', target, '--listen', `127.0.0.1:${port}`, '--advertise-addr', '127.0.0.1', ...extra], { env });
+    // no token given: one line naming the token and the flags; no state directory made
+    let r = restore([], tok.env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /in this backup is in the PKCS#11 token "cairn-ca" \(key "[^"]+"\): give --pkcs11-module, --pkcs11-token and --pkcs11-pin-file/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(target, 'replica.json')), false);
+    // the token not reachable (another token directory): its error, one line, nothing made
+    const empty = path.join(dir, 'empty-restore');
+    fs.mkdirSync(path.join(empty, 'tokens'), { recursive: true });
+    fs.writeFileSync(path.join(empty, 'softhsm2.conf'), `directories.tokendir = ${path.join(empty, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+    r = restore(tok.args, { SOFTHSM2_CONF: path.join(empty, 'softhsm2.conf') });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /no PKCS#11 token labelled "cairn-ca" in \/usr\/lib\/softhsm\/libsofthsm2.so/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(target, 'replica.json')), false);
+    assert.equal(fs.existsSync(path.join(target, 'cairn.db')), false);
+    // with the token: restored, replica.json reaches it, and the restored replica signs there
+    r = restore(tok.args, tok.env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(target, 'replica.json'), 'utf8')).pkcs11, { module: SOFTHSM_MODULE, token: tok.label, pinFile: tok.pinFile });
+    const rows = await query(target, 'SELECT key_sealed, key_location FROM cas');
+    for (const row of rows) assert.equal(row.key_sealed, null);
+    const s = new ServeProcess(target, tok.env, ['--workers', '1']);
+    await s.start();
+    try {
+      const node = path.join(dir, 'node-restored');
+      const j = cli(['join', '--token', c.tokens.worker, '--state-dir', node, `https://127.0.0.1:${port}`]);
+      assert.equal(j.code, 0, j.stderr);
+      const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(c.dir, 'ca.crt'), path.join(node, 'node.crt')]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+    } finally {
+      await s.kill('SIGTERM');
+    }
+  });
+
+  test('serve --workers 2 with a token, restarted 5 times: every start serves and concurrent joins are signed', async () => {
+    // both processes open the SoftHSM2 token directory at the same moment at each start (the
+    // race that answered CKR_GENERAL_ERROR, or showed no token, before pkcs11.ts retried)
+    await c.kill('SIGTERM');
+    const serial = async (f: string) => (await run('openssl', ['x509', '-in', f, '-noout', '-serial'])).stdout.trim();
+    for (let round = 0; round < 5; round++) {
+      const s = new ServeProcess(c.dir, tok.env, ['--workers', '2']);
+      await s.start();
+      try {
+        const dirs = [0, 1, 2, 3].map((i) => path.join(dir, `w${round}-${i}`));
+        const joins = await Promise.all(dirs.map((d) => cliAsync(['join', '--token', c.tokens.worker, '--state-dir', d, c.url])));
+        for (const j of joins) assert.equal(j.code, 0, j.stderr);
+        for (const d of dirs) {
+          const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(d, 'ca.crt'), path.join(d, 'node.crt')]);
+          assert.equal(v.code, 0, v.stdout + v.stderr);
+        }
+        assert.equal(new Set(await Promise.all(dirs.map((d) => serial(path.join(d, 'node.crt'))))).size, 4);
+        assert.doesNotMatch(s.logs.join(''), /CKR_|hsm_error/);
+      } finally {
+        await s.kill('SIGTERM');
+      }
+    }
+    await c.start();
+  });
+
   test('a wrong PIN, a locked-out file, a missing token: the replica refuses to start with one clear line', async () => {
     await c.kill('SIGTERM');
     const serve = (env: NodeJS.ProcessEnv) => spawnSync(process.execPath, [path.resolve('bin/cairn.js'), 'serve', '--state-dir', c.dir, '--workers', '1'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 });
@@ -166,5 +236,75 @@ describe('CA keys in a PKCS#11 token (SoftHSM2)', { skip: !HAS_SOFTHSM && 'softh
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     // and with the right token it serves again
     await c.start();
+  });
+});
+
+describe('CA keys in a PKCS#11 token, two replicas on PostgreSQL sharing one SoftHSM2 token directory', { skip: !HAS_SOFTHSM && 'softhsm2 is not installed' }, () => {
+  let dir: string;
+  let tok: ReturnType<typeof softToken>;
+  let db: TestDb;
+  let a: Cluster;
+  let second: { dir: string; url: string; server: ServeProcess } | null = null;
+
+  before(async () => {
+    dir = mkTemp();
+    tok = softToken(dir);
+    db = await createDb();
+    a = await startCluster('hsm-pg', { store: db.url, initArgs: tok.args, env: tok.env });
+  });
+  after(async () => {
+    await second?.server.kill('SIGKILL');
+    await a?.cleanup();
+    await db?.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('replica add without the token flags is refused with one line; with them, both replicas start together and both sign joins through the token', async () => {
+    const unlock = path.join(a.dir, 'unlock.key');
+    const port = await freePort();
+    const bDir = path.join(dir, 'b');
+    const add = (extra: string[]) => cli(['replica', 'add', '--state-dir', bDir, '--store', db.url, '--unlock-key-file', unlock, '--advertise-addr', '127.0.0.1', '--listen', `127.0.0.1:${port}`, '--json', ...extra], { env: tok.env });
+    const bare = add([]);
+    assert.notEqual(bare.code, 0);
+    assert.match(bare.stderr, /is in the PKCS#11 token "cairn-ca": this replica has no PKCS#11 module set up \(give --pkcs11-module, --pkcs11-token and --pkcs11-pin-file to "cairn replica add"\)/);
+    assert.equal(bare.stderr.trim().split('\n').length, 1, bare.stderr);
+    const ok = add(tok.args);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(bDir, 'replica.json'), 'utf8')).pkcs11.token, tok.label);
+    second = { dir: bDir, url: `https://127.0.0.1:${port}`, server: new ServeProcess(bDir, tok.env, ['--unlock-key-file', unlock, '--workers', '2']) };
+    // both replicas (2 processes each) open the one token directory at the same moment
+    await a.kill('SIGTERM');
+    await Promise.all([a.start(), second.server.start()]);
+
+    const joins = await Promise.all(
+      [a.url, second.url, a.url, second.url, a.url, second.url].map((url, i) => cliAsync(['join', '--token', a.tokens.worker, '--state-dir', path.join(dir, `n${i}`), url])),
+    );
+    for (const j of joins) assert.equal(j.code, 0, j.stderr);
+    for (let i = 0; i < 6; i++) {
+      const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', path.join(a.dir, 'ca.crt'), path.join(dir, `n${i}`, 'node.crt')]);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+    }
+    // each replica signed (the store records which): both reached the key in the token
+    const signers = await pgQuery(db.url, "SELECT DISTINCT replica_id FROM certificates WHERE kind = 'node'");
+    assert.equal(signers.length, 2, JSON.stringify(signers));
+    const rows = await pgQuery(db.url, 'SELECT key_sealed FROM cas');
+    for (const r of rows) assert.equal(r.key_sealed, null);
+
+    // a revocation on the second replica: the CRL (signed in the token by the CRL leader) lists it at both replicas
+    const { nodeId } = JSON.parse(fs.readFileSync(path.join(dir, 'n1', 'node.json'), 'utf8'));
+    const serial = (await run('openssl', ['x509', '-in', path.join(dir, 'n1', 'node.crt'), '-noout', '-serial'])).stdout.trim().replace('serial=', '');
+    const rm = await api(second.url, 'DELETE', `/v1/nodes/${nodeId}`, undefined, adminId(bDir));
+    assert.equal(rm.status, 200, JSON.stringify(rm.body));
+    for (const url of [a.url, second.url]) {
+      const crl = path.join(dir, 'pg.crl');
+      let text = '';
+      for (let i = 0; i < 50 && !text.includes(serial); i++) {
+        await new Promise((res) => setTimeout(res, 200));
+        if ((await run('curl', ['-sk', '-o', crl, `${url}/v1/crl/cluster`])).code === 0) text = (await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-text'])).stdout;
+      }
+      assert.ok(text.includes(serial), `serial ${serial} in the CRL of ${url}`);
+      const vc = await run('openssl', ['crl', '-inform', 'DER', '-in', crl, '-noout', '-CAfile', path.join(a.dir, 'ca.crt'), '-verify']);
+      assert.match(vc.stdout + vc.stderr, /verify OK/);
+    }
   });
 });

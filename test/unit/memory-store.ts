@@ -237,6 +237,18 @@ export class MemoryStore implements Store {
       .map(({ serial, revoked_at, revocation_reason }) => ({ serial, revoked_at, revocation_reason }));
   }
 
+  async unforwardedRevocations(ids: string[], now: number, limit: number) {
+    return this.t.certificates
+      .filter((c) => c.status === 'revoked' && ids.includes(c.issuer_key_id) && c.not_after > now && c.forwarded_at == null)
+      .sort((a, b) => Number(a.revoked_at) - Number(b.revoked_at) || (a.serial < b.serial ? -1 : 1))
+      .slice(0, limit)
+      .map(({ serial, revoked_at, revocation_reason }) => ({ serial, revoked_at, revocation_reason }));
+  }
+
+  async markForwarded(serials: string[], at: number) {
+    for (const c of this.t.certificates) if (serials.includes(c.serial) && c.status === 'revoked') c.forwarded_at = at;
+  }
+
   // ---- nodes
   async insertNode(n: NodeTable, o: { ifAbsent?: boolean } = {}) {
     if (this.t.nodes.some((x) => x.id === n.id)) {

@@ -548,3 +548,18 @@ describe('CSR structure', () => {
     assert.ok(parseCsr(der).publicKey);
   });
 });
+
+test('sameName: names equal as RFC 5280 compares them, whatever the string types (a CRL made by Go for an OpenSSL-made CA)', async () => {
+  const { sameName, encodeName } = await import('../../src/pki/index.js');
+  const { tlv, oid, derOf } = await import('../../src/pki/der.js');
+  const name = (pairs: [string, number, string][]) => tlv(0x30, ...pairs.map(([o, tag, v]) => tlv(0x31, tlv(0x30, derOf(oid(o)), tlv(tag, Buffer.from(v, tag === 0x0c ? 'utf8' : 'latin1'))))));
+  const utf8 = encodeName({ O: 'Corp', CN: 'CFSSL Root' });
+  const printable = name([['2.5.4.10', 0x13, 'Corp'], ['2.5.4.3', 0x13, 'CFSSL Root']]);
+  assert.notDeepEqual(utf8, printable);
+  assert.equal(sameName(utf8, printable), true);
+  assert.equal(sameName(utf8, name([['2.5.4.10', 0x13, ' corp '], ['2.5.4.3', 0x0c, 'cfssl  root']])), true);
+  assert.equal(sameName(utf8, name([['2.5.4.10', 0x13, 'Corp'], ['2.5.4.3', 0x13, 'CFSSL Root 2']])), false);
+  assert.equal(sameName(utf8, name([['2.5.4.3', 0x13, 'CFSSL Root'], ['2.5.4.10', 0x13, 'Corp']])), false, 'RDN order matters');
+  assert.equal(sameName(utf8, Buffer.from('3000', 'hex')), false);
+  assert.equal(sameName(utf8, Buffer.from('30', 'hex')), false, 'not DER: not the same');
+});
