@@ -2,8 +2,11 @@
  * Root CA rotation with many nodes: N simulated nodes (CAIRN_BENCH_ROTATION_NODES, default
  * 10,000) joined to one replica over SQLite, each then behaving as the agent does during a
  * rotation: a long-poll of `GET /v1/ca?wait=<version>` with its own certificate, and a
- * renewal (a fresh key) when the answer says `node.renew`. Timed from `POST /v1/ca/rotate` to
- * the rotation's completion (by itself, once every node converged).
+ * renewal (a fresh key) when the answer says `node.renew`, sent on the long-poll's connection
+ * as the agent's keep-alive client does. Timed from `POST /v1/ca/rotate` to the rotation's
+ * completion (by itself, once every node converged). Each node's next key and CSR are made
+ * before the clock starts (as bench/loadgen does), so that the bench's one thread spends its
+ * time on the requests, not on key generation.
  *
  *  rotation.10k_s      seconds from the rotation's start to its completion
  *  rotation.renew_rate renewals a second during it (the CA's batches: RENEW_RATE a second)
@@ -47,7 +50,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     const admin = adminId(c.dir);
     await api(c.url, 'PATCH', '/v1/config', { renewalIntervalMs: 0 }, admin);
     ctx.log(`rotation: joining ${n} nodes`);
-    const nodes: { key: string; cert: string; agent: https.Agent | null }[] = [];
+    const nodes: { key: string; cert: string; agent: https.Agent | null; next: { key: string; csr: string } | null }[] = [];
     let next = 0;
     await Promise.all(
       Array.from({ length: 50 }, async () => {
@@ -56,7 +59,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
           const k = csr();
           const r = await post(c.url, '/v1/join', { token: c.tokens.worker, csr: k.csr }, {});
           if (r.status !== 201) throw new Error(`join: ${r.status} ${JSON.stringify(r.body)}`);
-          nodes.push({ key: k.key, cert: r.body.certificate, agent: null });
+          nodes.push({ key: k.key, cert: r.body.certificate, agent: null, next: csr() });
         }
       }),
     );
@@ -73,8 +76,9 @@ async function run(ctx: BenchContext): Promise<Row[]> {
           if (a.status !== 200) throw new Error(String(a.status));
           v = a.body.version;
           if (a.body.node?.renew) {
-            const k = csr();
-            const r = await post(c.url, '/v1/renew', { csr: k.csr }, { key: node.key, cert: node.cert });
+            const k = node.next ?? csr(); // a second renewal in one rotation (rare) makes its key here
+            node.next = null;
+            const r = await post(c.url, '/v1/renew', { csr: k.csr }, { agent: node.agent });
             if (r.status !== 200) throw new Error(`renew ${r.status}`);
             node.agent.destroy();
             Object.assign(node, { key: k.key, cert: r.body.certificate, agent: null });
