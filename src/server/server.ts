@@ -73,14 +73,31 @@ class FailureLimiter {
   }
 }
 
+/**
+ * The client certificate of a connection, read once per TLS connection (keep-alive requests
+ * reuse it): renegotiation is disabled on every connection (buildServer), so it cannot change.
+ */
+const peers = new WeakMap<TLSSocket, PeerCertificate | null>();
+
 /** The verified client certificate of a request, as the TLS layer parsed it (natively). */
 function peerCert(req: FastifyRequest): PeerCertificate | undefined {
   const sock = req.raw.socket as TLSSocket;
-  const c = sock.getPeerCertificate(false);
-  if (!c || !c.serialNumber) return undefined;
-  const o = c.subject?.O;
+  let p = peers.get(sock);
+  if (p === undefined) {
+    p = readPeer(sock);
+    peers.set(sock, p);
+  }
+  return p ?? undefined;
+}
+
+function readPeer(sock: TLSSocket): PeerCertificate | null {
+  const c = sock.getPeerX509Certificate();
+  if (!c) return null;
+  // the subject's O when it has exactly one (one RDN a line; OpenSSL escapes control characters)
+  const os = c.subject.split('\n').filter((l) => l.startsWith('O='));
+  const o = os.length === 1 ? os[0].slice(2) : undefined;
   // one that does not chain to our roots is passed on marked untrusted (admission.ts says why it is refused)
-  return { serialHex: c.serialNumber, clusterId: Array.isArray(o) ? undefined : o, raw: c.raw, ...(sock.authorized ? {} : { untrusted: true }) };
+  return { serialHex: c.serialNumber, clusterId: o, raw: c.raw, ...(sock.authorized ? {} : { untrusted: true }) };
 }
 
 /** The node ID (CN) of a chain-verified client certificate, for logs; undefined without one. */
@@ -158,6 +175,9 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
         onDrop: (reason, peer) => o.logger.warn({ peer, reason }, 'connection dropped: no valid PROXY protocol header'),
       })
     : null;
+  // a TLS 1.2 renegotiation could present another client certificate on the same connection:
+  // refused, so what peerCert read once holds for the connection's life
+  app.server.on('secureConnection', (sock: TLSSocket) => sock.disableRenegotiation());
   const clientAddr = (req: FastifyRequest): string => (realAddress ? realAddress(req.raw.socket) ?? req.ip : req.ip);
 
   app.setErrorHandler((err: unknown, req, reply) => {

@@ -14,12 +14,26 @@ import { auditEntryHash, chainUnchained } from './audit-chain.js';
 import type { AuditSealTable, AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable, RotationTable, SigningKeyTable } from './schema.js';
 import { redactUrl, type AuditOptions, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { FailoverPool, parsePgUrl } from './pg-failover.js';
-import { GuardedDialect, StoreUnavailableError } from './unavailable.js';
+import { classify, GuardedDialect, StoreUnavailableError } from './unavailable.js';
 
 // PostgreSQL returns BIGINT as strings; every bigint cairn stores fits in a double (ms times, counters).
 pg.types.setTypeParser(20, (v: string) => Number(v));
 
 type Db = Kysely<Database> | Transaction<Database>;
+
+/**
+ * SQLite's one connection, for the statements of the join and renewal paths run directly as
+ * prepared statements (no query building per request; Kysely stays for everything else).
+ * `open` counts this store's transactions begun or waiting for the connection: while one is,
+ * a statement from outside it must queue behind it (through Kysely), never run inside it.
+ */
+interface SqliteHandle {
+  prepare(sql: string): SqliteDatabase.Statement;
+  open: number;
+}
+
+/** A quoted SQL identifier (names come from this file, never from a request). */
+const ident = (name: string) => `"${name}"`;
 
 export interface OpenOptions {
   migrate?: boolean;
@@ -46,13 +60,45 @@ export class SqlStore implements Store {
   origin = '';
   private readonly handle: Db;
   private readonly inTransaction: boolean;
+  private readonly lite: SqliteHandle | null;
 
-  private constructor(db: Db, kind: StoreKind, location: string, inTransaction = false, origin = '') {
+  private constructor(db: Db, kind: StoreKind, location: string, inTransaction = false, origin = '', lite: SqliteHandle | null = null) {
     this.handle = db;
     this.kind = kind;
     this.location = location;
     this.inTransaction = inTransaction;
     this.origin = origin;
+    this.lite = lite;
+  }
+
+  /**
+   * SQLite's connection for a prepared statement, when one may run now: inside this store's
+   * transaction (which holds the connection), or outside when no transaction is open or
+   * waiting. Null otherwise (and on PostgreSQL): the caller goes through Kysely.
+   */
+  private get raw(): SqliteHandle | null {
+    const l = this.lite;
+    if (!l) return null;
+    if (this.inTransaction) return l;
+    if (l.open > 0) return null;
+    void this.db; // the root store used inside its own transaction throws, as through Kysely
+    return l;
+  }
+
+  /** Run a prepared statement; a failure of the connection is StoreUnavailableError, as through Kysely. */
+  private static exec<T>(l: SqliteHandle, sqlText: string, f: (st: SqliteDatabase.Statement) => T): T {
+    try {
+      return f(l.prepare(sqlText));
+    } catch (e) {
+      classify(e);
+    }
+  }
+
+  /** INSERT of a row's defined columns (prepared statements are cached by their text). */
+  private static insertRaw(l: SqliteHandle, table: string, row: object, conflict?: string): void {
+    const keys = Object.keys(row).filter((k) => (row as Record<string, unknown>)[k] !== undefined);
+    const text = `insert into ${ident(table)} (${keys.map(ident).join(', ')}) values (${keys.map(() => '?').join(', ')})${conflict ? ` on conflict (${ident(conflict)}) do nothing` : ''}`;
+    SqlStore.exec(l, text, (st) => st.run(keys.map((k) => (row as Record<string, unknown>)[k])));
   }
 
   /** The Kysely handle: a transaction inside `transaction()`. For this file (and tests that need raw SQL) only. */
@@ -65,6 +111,7 @@ export class SqlStore implements Store {
 
   static async open(kind: 'sqlite' | 'postgres', location: string, opts: OpenOptions = {}): Promise<SqlStore> {
     let db: Kysely<Database>;
+    let lite: SqliteHandle | null = null;
     if (kind === 'sqlite') {
       let sqlite: SqliteDatabase.Database;
       try {
@@ -98,12 +145,13 @@ export class SqlStore implements Store {
       // WAL, a busy timeout, and transactions that take the write lock as they begin (every
       // transaction of cairn writes), so none fails another with SQLITE_BUSY
       db = new Kysely<Database>({ dialect: new GuardedDialect(new SqliteDialect({ database: cached as unknown as SqliteDatabase.Database }), 'begin immediate') });
+      lite = { prepare: cached.prepare, open: 0 };
     } else {
       // one host or several (libpq style): the pool finds the one accepting writes (pg-failover.ts)
       const pool = new FailoverPool(parsePgUrl(location), { max: opts.poolSize ?? 10, connectionTimeoutMillis: 5000, onSwitch: opts.onSwitch });
       db = new Kysely<Database>({ dialect: new GuardedDialect(new PostgresDialect({ pool })) });
     }
-    const store = new SqlStore(db, kind, location);
+    const store = new SqlStore(db, kind, location, false, '', lite);
     if (opts.migrate !== false) await store.migrate(location);
     return store;
   }
@@ -111,10 +159,13 @@ export class SqlStore implements Store {
   async migrate(location = ''): Promise<void> {
     const migrator = new Migrator({ db: this.db as Kysely<Database>, provider: migrationProvider });
     let res;
+    if (this.lite) this.lite.open++;
     try {
       res = await migrator.migrateToLatest();
     } catch (e) {
       throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(e as Error).message}`, { cause: e });
+    } finally {
+      if (this.lite) this.lite.open--;
     }
     if (res.error) {
       throw new StoreUnavailableError(`cannot migrate store ${redactUrl(location)}: ${(res.error as Error).message ?? res.error}`, { cause: res.error });
@@ -132,15 +183,29 @@ export class SqlStore implements Store {
    */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTransaction) return fn(this);
-    return (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin))));
+    return this.counted(() => (this.db as Kysely<Database>).transaction().execute((trx) => openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin, this.lite)))));
+  }
+
+  /** A transaction of this store, counted from before it waits for the connection until it ended (see `raw`). */
+  private async counted<T>(run: () => Promise<T>): Promise<T> {
+    const l = this.lite;
+    if (!l) return run();
+    l.open++;
+    try {
+      return await run();
+    } finally {
+      l.open--;
+    }
   }
 
   /** A read-only transaction that sees one snapshot: REPEATABLE READ on PostgreSQL; one transaction on SQLite (WAL). */
   snapshot<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     if (this.inTransaction) return fn(this);
     const b = (this.db as Kysely<Database>).transaction();
-    return (this.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute((trx) =>
-      openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin))),
+    return this.counted(() =>
+      (this.kind === 'postgres' ? b.setIsolationLevel('repeatable read').setAccessMode('read only') : b).execute((trx) =>
+        openTransaction.run(this, () => fn(new SqlStore(trx, this.kind, this.location, true, this.origin, this.lite))),
+      ),
     );
   }
 
@@ -282,6 +347,8 @@ export class SqlStore implements Store {
   // ---- certificates
 
   async insertCertificate(c: CertificateTable): Promise<void> {
+    const l = this.raw;
+    if (l) return SqlStore.insertRaw(l, 'certificates', c);
     await this.db.insertInto('certificates').values(c).execute();
   }
 
@@ -302,6 +369,8 @@ export class SqlStore implements Store {
   }
 
   async getCertificate(serial: string): Promise<CertificateTable | undefined> {
+    const l = this.raw;
+    if (l) return SqlStore.exec(l, 'select * from "certificates" where "serial" = ?', (st) => st.get(serial) as CertificateTable | undefined);
     return this.db.selectFrom('certificates').selectAll().where('serial', '=', serial).executeTakeFirst();
   }
 
@@ -351,11 +420,15 @@ export class SqlStore implements Store {
   // ---- nodes
 
   async insertNode(n: NodeTable, o: { ifAbsent?: boolean } = {}): Promise<void> {
+    const l = this.raw;
+    if (l) return SqlStore.insertRaw(l, 'nodes', n, o.ifAbsent ? 'id' : undefined);
     const q = this.db.insertInto('nodes').values(n);
     await (o.ifAbsent ? q.onConflict((oc) => oc.column('id').doNothing()) : q).execute();
   }
 
   async getNode(id: string): Promise<NodeTable | undefined> {
+    const l = this.raw;
+    if (l) return SqlStore.exec(l, 'select * from "nodes" where "id" = ?', (st) => st.get(id) as NodeTable | undefined);
     return this.db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
   }
 
@@ -365,6 +438,9 @@ export class SqlStore implements Store {
    * lock first — renewal, removal, revocation, role changes — so they never interleave.
    */
   async lockNode(id: string): Promise<NodeTable | undefined> {
+    // SQLite: the transaction holds the write lock from its start (begin immediate)
+    const l = this.raw;
+    if (l) return SqlStore.exec(l, 'select * from "nodes" where "id" = ?', (st) => st.get(id) as NodeTable | undefined);
     let q = this.db.selectFrom('nodes').selectAll().where('id', '=', id);
     if (this.kind === 'postgres') q = q.forUpdate();
     return q.executeTakeFirst();
@@ -419,6 +495,13 @@ export class SqlStore implements Store {
   }
 
   async updateNode(id: string, set: Partial<Omit<NodeTable, 'id'>>): Promise<void> {
+    const l = this.raw;
+    if (l) {
+      const row: Record<string, unknown> = { ...set, updated_at: Date.now() };
+      const keys = Object.keys(row).filter((k) => row[k] !== undefined);
+      SqlStore.exec(l, `update "nodes" set ${keys.map((k) => `${ident(k)} = ?`).join(', ')} where "id" = ?`, (st) => st.run([...keys.map((k) => row[k]), id]));
+      return;
+    }
     await this.db.updateTable('nodes').set({ ...set, updated_at: Date.now() }).where('id', '=', id).execute();
   }
 
@@ -443,7 +526,10 @@ export class SqlStore implements Store {
   }
 
   async getTokenHashes(): Promise<Record<string, string>> {
-    const rows = await this.db.selectFrom('tokens').select(['role', 'secret_hash']).execute();
+    const l = this.raw;
+    const rows = l
+      ? SqlStore.exec(l, 'select "role", "secret_hash" from "tokens"', (st) => st.all() as { role: string; secret_hash: string }[])
+      : await this.db.selectFrom('tokens').select(['role', 'secret_hash']).execute();
     return Object.fromEntries(rows.map((r) => [r.role, r.secret_hash]));
   }
 
@@ -463,11 +549,21 @@ export class SqlStore implements Store {
   }
 
   async getJoinTokenByHash(secretHash: string): Promise<JoinTokenTable | undefined> {
+    const l = this.raw;
+    if (l) return SqlStore.exec(l, 'select * from "join_tokens" where "secret_hash" = ?', (st) => st.get(secretHash) as JoinTokenTable | undefined);
     return this.db.selectFrom('join_tokens').selectAll().where('secret_hash', '=', secretHash).executeTakeFirst();
   }
 
   /** One conditional UPDATE: of two replicas racing for the last use, exactly one gets a row back. */
   async useJoinToken(secretHash: string, now: number): Promise<JoinTokenTable | undefined> {
+    const l = this.raw;
+    if (l) {
+      return SqlStore.exec(
+        l,
+        'update "join_tokens" set "uses" = "uses" + 1 where "secret_hash" = ? and "revoked_at" is null and "expires_at" > ? and "uses" < "max_uses" returning *',
+        (st) => st.get(secretHash, now) as JoinTokenTable | undefined,
+      );
+    }
     return this.db
       .updateTable('join_tokens')
       .set((eb) => ({ uses: eb('uses', '+', 1) }))
@@ -491,12 +587,17 @@ export class SqlStore implements Store {
   // ---- sequences (serial number and request ID ranges)
 
   async ensureSequence(name: string, start: number): Promise<void> {
+    const l = this.raw;
+    if (l) return SqlStore.insertRaw(l, 'sequences', { name, next: start }, 'name');
     await this.db.insertInto('sequences').values({ name, next: start }).onConflict((oc) => oc.column('name').doNothing()).execute();
   }
 
   /** Claim `[start, start+increment)` with one atomic statement. */
   async claimRange(name: string, increment: number): Promise<{ start: number; end: number }> {
-    const row = await this.db
+    const l = this.raw;
+    const row = l
+      ? SqlStore.exec(l, 'update "sequences" set "next" = "next" + ? where "name" = ? returning "next"', (st) => st.get(increment, name) as { next: number } | undefined)
+      : await this.db
       .updateTable('sequences')
       .set((eb) => ({ next: eb('next', '+', increment) }))
       .where('name', '=', name)
@@ -574,6 +675,31 @@ export class SqlStore implements Store {
   ): Promise<string[]> {
     // never "every good certificate": a selection by serials, node or kind is required
     if (f.serials === undefined && f.nodeId === undefined && f.kind === undefined && f.issuerKeyIds === undefined) throw new Error('revokeGood: no selection');
+    const l = this.raw;
+    if (l) {
+      const where = ['"status" = \'good\''];
+      const args: unknown[] = [Date.now(), reason];
+      const eq = (col: string, v: string | undefined) => {
+        if (v === undefined) return;
+        where.push(`${ident(col)} = ?`);
+        args.push(v);
+      };
+      const among = (col: string, vs: string[] | undefined) => {
+        if (vs === undefined) return;
+        where.push(vs.length ? `${ident(col)} in (${vs.map(() => '?').join(', ')})` : '0 = 1');
+        args.push(...vs);
+      };
+      among('serial', f.serials);
+      eq('node_id', f.nodeId);
+      eq('role', f.role);
+      eq('kind', f.kind);
+      eq('subject', f.subject);
+      among('issuer_key_id', f.issuerKeyIds);
+      const text = `update "certificates" set "status" = 'revoked', "revoked_at" = ?, "revocation_reason" = ? where ${where.join(' and ')} returning "serial"`;
+      const rows = SqlStore.exec(l, text, (st) => st.all(args) as { serial: string }[]);
+      if (rows.length) await this.bumpRevocationMark();
+      return rows.map((r) => r.serial);
+    }
     let q = this.db
       .updateTable('certificates')
       .set({ status: 'revoked', revoked_at: Date.now(), revocation_reason: reason })
@@ -731,6 +857,18 @@ export class SqlStore implements Store {
     if (!this.inTransaction) return this.transaction((tx) => tx.audit(actor, action, detail, o));
     const d = detail as Record<string, unknown>;
     const about = o.subject ?? [d.node, d.serial, d.replica, d.user, d.role].find((v) => typeof v === 'string');
+    const l = this.raw;
+    if (l) {
+      const head = SqlStore.exec(l, 'select "seq", "hash" from "audit_head" where "id" = \'chain\'', (st) => st.get() as { seq: number; hash: string } | undefined);
+      // the head's first entry (rare) goes the general way below
+      if (head) {
+        const e = this.auditEntry(Number(head.seq) + 1, actor, action, about, detail, o);
+        const hash = auditEntryHash(head.hash, e);
+        SqlStore.insertRaw(l, 'audit', { ...e, prev_hash: head.hash, hash });
+        SqlStore.exec(l, 'update "audit_head" set "seq" = ?, "hash" = ? where "id" = \'chain\'', (st) => st.run(e.seq, hash));
+        return;
+      }
+    }
     let hq = this.db.selectFrom('audit_head').select(['seq', 'hash']).where('id', '=', 'chain');
     if (this.kind === 'postgres') hq = hq.forUpdate();
     let head = await hq.executeTakeFirst();
@@ -740,9 +878,16 @@ export class SqlStore implements Store {
       if (this.kind === 'postgres') await this.db.selectFrom('audit_head').select('seq').where('id', '=', 'chain').forUpdate().execute();
       head = await chainUnchained(this.db as Kysely<any>);
     }
+    const e = this.auditEntry(Number(head.seq) + 1, actor, action, about, detail, o);
+    const hash = auditEntryHash(head.hash, e);
+    await this.db.insertInto('audit').values({ ...e, prev_hash: head.hash, hash }).execute();
+    await this.db.updateTable('audit_head').set({ seq: e.seq, hash }).where('id', '=', 'chain').execute();
+  }
+
+  private auditEntry(seq: number, actor: string, action: string, about: unknown, detail: Record<string, unknown>, o: AuditOptions) {
     const at = Date.now();
-    const e = {
-      seq: Number(head.seq) + 1,
+    return {
+      seq,
       id: `${at.toString(36)}-${randomBytes(6).toString('hex')}`,
       at,
       replica_id: this.origin,
@@ -752,9 +897,6 @@ export class SqlStore implements Store {
       outcome: o.outcome ?? 'success',
       detail: JSON.stringify(detail),
     };
-    const hash = auditEntryHash(head.hash, e);
-    await this.db.insertInto('audit').values({ ...e, prev_hash: head.hash, hash }).execute();
-    await this.db.updateTable('audit_head').set({ seq: e.seq, hash }).where('id', '=', 'chain').execute();
   }
 
   async auditChain(f: { afterSeq: number; limit: number }): Promise<AuditTable[]> {

@@ -49,8 +49,8 @@ function describe(e: unknown): string {
 
 const unavailable = (e: unknown) => (e instanceof StoreUnavailableError ? e : new StoreUnavailableError(`the store is unavailable: ${describe(e)}`, { cause: e }));
 
-/** Rethrow a connection failure as StoreUnavailableError, anything else unchanged. */
-function classify(e: unknown): never {
+/** Rethrow a connection failure as StoreUnavailableError, anything else unchanged (also for SQLite statements run directly, sql-store.ts). */
+export function classify(e: unknown): never {
   throw isConnectionFailure(e) ? unavailable(e) : e;
 }
 

@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { once } from 'node:events';
+import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../../src/pki/index.js';
@@ -140,6 +142,27 @@ describe('removal, revocation and renewal are final', () => {
     assert.deepEqual(await statusOf(w!.serial), { status: 'good', revocation_reason: null });
     // without a client certificate, /v1/ca says nothing about nodes
     assert.equal((await api(c.url, 'GET', '/v1/ca')).body.node, undefined);
+  });
+
+  test('a connection keeps the client certificate it began with: TLS renegotiation is refused (the server reads the peer once per connection)', async () => {
+    const h = await join();
+    const sock = tls.connect({ host: '127.0.0.1', port: c.port, key: h.id.key, cert: h.id.cert, rejectUnauthorized: false, maxVersion: 'TLSv1.2' });
+    try {
+      await once(sock, 'secureConnect');
+      assert.equal(sock.getProtocol(), 'TLSv1.2');
+      // the request before shows the connection works; the renegotiation is then refused
+      sock.write('GET /v1/whoami HTTP/1.1\r\nhost: ca\r\n\r\n');
+      const [first] = await once(sock, 'data');
+      assert.match(String(first), /^HTTP\/1\.1 200/);
+      const refused = await new Promise<boolean>((resolve) => {
+        sock.on('error', () => resolve(true));
+        sock.on('close', () => resolve(true));
+        sock.renegotiate({ rejectUnauthorized: false }, (err) => resolve(!!err));
+      });
+      assert.equal(refused, true);
+    } finally {
+      sock.destroy();
+    }
   });
 
   test('the last good admin certificate is not revoked without --force; cairn admin-bundle lets an admin back in', async () => {
