@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
 import type { CrlJob, CrlJobResult } from './crl-worker.js';
 import { publishCrl, type PublishedCrls } from './crl-publish.js';
+import { parseCrl, verifyCrl } from '../pki/index.js';
 
 export const CRL_LEASE = 'crl';
 
@@ -39,6 +40,8 @@ export class CrlPublisher {
   private published: PublishedCrls = new Map();
   /** per CA: the revocation mark up to which its entries are known to be unchanged */
   private covered: Record<string, number> = {};
+  /** per CA: the CRL number and keys last found signed by the scope's key */
+  private checkedSigner: Record<string, string> = {};
 
   constructor(
     private readonly auth: Authority,
@@ -101,12 +104,29 @@ export class CrlPublisher {
         const ca = scope.name;
         const last = await store.latestCrl(ca);
         const now = Date.now();
-        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2;
+        // a CRL signed by another key than the scope's: a rotation started, completed or was
+        // aborted, and the name (`cluster`) moved to another generation — re-signed now, not
+        // when it ages
+        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2 || !this.signedByScope(last, scope);
         if (aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging);
       }
     } finally {
       this.running = false;
     }
+  }
+
+  /** Whether a stored CRL was signed by the key of `scope` (checked once per CRL number and key). */
+  private signedByScope(last: { ca_name: string; number: number; der: string }, scope: CrlScope): boolean {
+    const k = `${last.number}|${scope.keyIds.join(',')}`;
+    if (this.checkedSigner[last.ca_name] === k) return true;
+    let ok = false;
+    try {
+      ok = verifyCrl(parseCrl(Buffer.from(last.der, 'base64')), [scope.signer.info.certDer]) === 0;
+    } catch {
+      ok = false;
+    }
+    if (ok) this.checkedSigner[last.ca_name] = k;
+    return ok;
   }
 
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
