@@ -4,7 +4,9 @@
  * A root the node does not trust yet is accepted only when
  *   (a) a root the node already trusts vouches for it: among the `vouchers` is a cross-signed
  *       certificate with the new root's subject and public key, a CA certificate, valid now,
- *       issued and signed by a root in the current bundle (the shape of a root rotation); or
+ *       issued and signed by a root in the current bundle (the shape of a root rotation) — or
+ *       by an intermediate among the vouchers that such a root issued (a rotation away from an
+ *       intermediate: it signed the cross-signed certificate); or
  *   (b) its digest (SHA-256 of its DER, base36, as in join tokens) is one the operator gave.
  * Removing a root is allowed only if the node's own certificate still verifies against what
  * remains. What an endpoint says is never enough: anything else is refused as a whole, and the
@@ -14,7 +16,7 @@
  * (GET /v1/ca) and renewal (the bundle that comes with the certificate).
  */
 import { X509Certificate } from 'node:crypto';
-import { certificatesFromPem, fingerprint256, PkiError, rootDigest, verifyChain, isSelfSigned } from '../pki/index.js';
+import { certificateInfo, certificatesFromPem, fingerprint256, PkiError, rootDigest, verifyChain, isSelfSigned } from '../pki/index.js';
 
 export interface TrustOffer {
   /** Certificates that may vouch for new roots: the node's chain, `intermediates`/`crossSigned` of GET /v1/ca, non-self-signed CA certificates of the offered bundle. */
@@ -63,17 +65,43 @@ function parse(der: Buffer): X509Certificate | null {
 const spki = (c: X509Certificate) => c.publicKey.export({ type: 'spki', format: 'der' });
 const describe = (c: X509Certificate, der: Buffer): RefusedRoot => ({ subject: c.subject.replace(/\n/g, ', '), fingerprint: fingerprint256(der) });
 
-/** Whether `v` is a cross-signed certificate for `root` by one of `trusted`. */
-function vouches(v: X509Certificate, root: X509Certificate, trusted: X509Certificate[], at: Date): boolean {
-  if (!v.ca || v.subject !== root.subject || !spki(v).equals(spki(root))) return false;
-  if (new Date(v.validFrom) > at || at > new Date(v.validTo)) return false;
-  return trusted.some((t) => {
-    try {
-      return t.ca && v.checkIssued(t) && v.verify(t.publicKey);
-    } catch {
-      return false;
-    }
+const validAt = (c: X509Certificate, at: Date) => new Date(c.validFrom) <= at && at <= new Date(c.validTo);
+const issuedBy = (c: X509Certificate, by: X509Certificate) => {
+  try {
+    return by.ca && c.checkIssued(by) && c.verify(by.publicKey);
+  } catch {
+    return false;
+  }
+};
+/** the pathLenConstraint of a CA certificate (null: none) */
+const pathLen = (c: X509Certificate): number | null => {
+  try {
+    return certificateInfo(c.raw).pathLength;
+  } catch {
+    return 0;
+  }
+};
+
+/**
+ * Whether `c` is issued by one of `trusted`, or by a CA certificate among `pool` (valid now, not
+ * a root, whose path length allows what is below it) that is itself, up to 4 deep: the old
+ * generation of a rotation was an intermediate, and it signed the cross-signed certificate.
+ */
+function chainsToTrusted(c: X509Certificate, trusted: X509Certificate[], pool: X509Certificate[], at: Date, below = 1): boolean {
+  if (trusted.some((t) => issuedBy(c, t))) return true;
+  if (below > 4) return false;
+  return pool.some((u) => {
+    if (u === c || !u.ca || isSelfSigned(u) || !validAt(u, at) || !issuedBy(c, u)) return false;
+    const n = pathLen(u);
+    return (n === null || n >= below) && chainsToTrusted(u, trusted, pool, at, below + 1);
   });
+}
+
+/** Whether `v` is a cross-signed certificate for `root` by one of `trusted` (directly, or through intermediates among `vouchers`). */
+function vouches(v: X509Certificate, root: X509Certificate, trusted: X509Certificate[], vouchers: X509Certificate[], at: Date): boolean {
+  if (!v.ca || v.subject !== root.subject || !spki(v).equals(spki(root))) return false;
+  if (!validAt(v, at)) return false;
+  return chainsToTrusted(v, trusted, vouchers, at);
 }
 
 /**
@@ -103,7 +131,7 @@ export function acceptTrustBundle(current: Buffer[], offered: Buffer[], o: Trust
   for (const der of added) {
     const root = parse(der)!;
     if (o.digests?.includes(rootDigest(der))) how.push('digest');
-    else if (vouchers.some((v) => vouches(v, root, trusted, at))) how.push('vouched');
+    else if (vouchers.some((v) => vouches(v, root, trusted, vouchers, at))) how.push('vouched');
     else refused.push(describe(root, der));
   }
   if (refused.length) {

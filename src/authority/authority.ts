@@ -15,6 +15,7 @@ import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { Adopter, admitJoin, admitRecovery, admitRenewal, identifyPeer, PeerCertificate, PeerIdentity, renewalHint, takeRenewalBudget, useAdmittedToken } from './admission.js';
 import { adoptNodeCertificate } from './clone.js';
 import { checkConfigPatch, ClusterConfig, configFrom, DEFAULT_CONFIG, DEFAULT_URL_SETTINGS, UrlSettings } from './config.js';
+import type { KeySources } from './ca-keys.js';
 import { CaKeyring, CaName, LoadedCa, type KeyResolver } from './keyring.js';
 import type { IssuedCertificate } from './signer.js';
 import { isRetiredIssuer, rotationView, type RotationView } from './rotation.js';
@@ -65,6 +66,8 @@ export class Authority {
   config: ClusterConfig & UrlSettings = { ...DEFAULT_CONFIG, ...DEFAULT_URL_SETTINGS };
   private keyring!: CaKeyring;
   private serials: SerialSource;
+  /** where a rotation can put a new generation's key (ca-keys.ts): carried, not looked into */
+  keySources: KeySources = {};
   /** the OCSP and audit signing certificates (signing-keys.ts) */
   readonly signingKeys: SigningKeys;
 
@@ -97,9 +100,12 @@ export class Authority {
   async reloadKeyring(): Promise<boolean> {
     const rows = await this.store.listCas();
     const rotations = await this.store.listRotations();
-    if (CaKeyring.versionOf(rows, rotations) === this.keyring.version) return false;
-    this.keyring = CaKeyring.load(rows, rotations, this.unlockKey, this.resolveKey);
-    return true;
+    const same = CaKeyring.versionOf(rows, rotations) === this.keyring.version;
+    // a key this process could not reach last time is tried again
+    if (same && !this.keyring.retryUnreachable) return false;
+    await this.refreshConfig(); // a rotation to an external CA records its URLs with it
+    this.keyring = CaKeyring.load(rows, rotations, this.unlockKey, this.resolveKey, true);
+    return !same;
   }
 
   /** The next serial (rotation.ts: the new root and its cross-signed certificate). */

@@ -10,13 +10,14 @@
  * hold; the authority never knows which one it talks to.
  */
 import {
-  certificateInfo, makeSerial, randomId, rootCaProfile, selfSignedTbs, signedCertificate, KeyType,
+  certificateInfo, makeSerial, randomId, rootCaProfile, selfSignedTbs, signedCertificate, KeyType, NameAttrs,
 } from '../pki/index.js';
 import type { CaTable } from '../store/store.js';
 import { CairnError } from '../util/errors.js';
 import type { CaMaterial, ProvidedCas } from './clone.js';
 import { CfsslIssuer, ExternalCaSettings, isExternalRef } from './external-ca.js';
 import type { KeyResolver } from './keyring.js';
+import type { CaSigner } from './signer.js';
 import { checkSignature, isPkcs11Ref, Pkcs11Config, Pkcs11KeyRef, Pkcs11Signer, Pkcs11Token } from './pkcs11.js';
 import { rootCaSubject } from './policy.js';
 import { ROOT_SEQUENCES } from './serials.js';
@@ -67,6 +68,53 @@ export function keyResolver(a: KeyAccess): KeyResolver {
   };
 }
 
+/** A CA key in a token, found by its label or generated there, with the CA certificate of it. */
+export interface TokenCa {
+  material: CaMaterial;
+  /** signs with the key (a rotation's requests) */
+  signer: CaSigner;
+  /** the token objects made here (deleted by undo) */
+  generated: Buffer[];
+}
+
+/**
+ * A CA key in the token: the key labelled `label` when the token holds it, else generated
+ * there (`keyType`); its certificate `cert` when given (it must be of that key), else a root
+ * with `subject` made and signed by the token.
+ */
+export async function tokenCa(
+  token: Pkcs11Token,
+  cfg: Pkcs11Config,
+  o: { label: string; keyType?: KeyType; cert?: CaMaterial; subject: NameAttrs; serial: Buffer },
+): Promise<TokenCa> {
+  const generated: Buffer[] = [];
+  try {
+    let k: { handle: Buffer; spki: Buffer; id: string } | null = token.findKey(o.label);
+    if (!k) {
+      const g = token.generateKey(o.label, o.keyType ?? 'ec-p256');
+      generated.push(...g.generated);
+      k = g;
+    }
+    const ref: Pkcs11KeyRef = { kind: 'pkcs11', token: cfg.token, label: o.label, id: k.id };
+    let material: CaMaterial;
+    if (o.cert) {
+      if (!certificateInfo(o.cert.certDer).publicKeyDer.equals(k.spki)) {
+        throw new CairnError('bad_ca_material', `the key "${o.label}" in the PKCS#11 token "${cfg.token}" does not belong to the --ca-cert certificate`);
+      }
+      material = { ...o.cert, key: null, keyLocation: JSON.stringify(ref) };
+    } else {
+      const { tbs, scheme } = selfSignedTbs(rootCaProfile(o.subject, k.spki, o.serial));
+      const sig = await new TokenKey(token, k.handle).sign(tbs, scheme);
+      if (!checkSignature(k.spki, scheme, tbs, sig)) throw new CairnError('hsm_error', `the PKCS#11 token "${cfg.token}" made a signature that does not verify with key "${o.label}"`);
+      material = { certDer: signedCertificate(tbs, scheme, sig), key: null, keyLocation: JSON.stringify(ref) };
+    }
+    return { material, signer: new Pkcs11Signer(token, k.handle, material.certDer, k.spki, ref), generated };
+  } catch (e) {
+    token.destroy(generated);
+    throw e;
+  }
+}
+
 /**
  * The CAs of a new cluster with their keys in a PKCS#11 token (init --pkcs11-*): each key used
  * by its label when the token holds it, else generated there; a root made and signed by the
@@ -78,27 +126,12 @@ export async function tokenCas(
 ): Promise<ProvidedCas & { clusterId: string; undo(): void }> {
   const clusterId = o.clusterId ?? randomId();
   const token = Pkcs11Token.open(cfg);
-  const keyType = o.keyType ?? 'ec-p256';
   const generated: Buffer[] = [];
   const undo = () => token.destroy(generated.splice(0));
   const make = async (name: 'cluster' | 'client', label: string, cert?: CaMaterial): Promise<CaMaterial> => {
-    let k: { handle: Buffer; spki: Buffer; id: string } | null = token.findKey(label);
-    if (!k) {
-      const g = token.generateKey(label, keyType);
-      generated.push(...g.generated);
-      k = g;
-    }
-    const ref: Pkcs11KeyRef = { kind: 'pkcs11', token: cfg.token, label, id: k.id };
-    if (cert) {
-      if (!certificateInfo(cert.certDer).publicKeyDer.equals(k.spki)) {
-        throw new CairnError('bad_ca_material', `the key "${label}" in the PKCS#11 token "${cfg.token}" does not belong to the --ca-cert certificate`);
-      }
-      return { ...cert, key: null, keyLocation: JSON.stringify(ref) };
-    }
-    const { tbs, scheme } = selfSignedTbs(rootCaProfile(rootCaSubject(clusterId, name), k.spki, makeSerial(ROOT_SEQUENCES[name])));
-    const sig = await new TokenKey(token, k.handle).sign(tbs, scheme);
-    if (!checkSignature(k.spki, scheme, tbs, sig)) throw new CairnError('hsm_error', `the PKCS#11 token "${cfg.token}" made a signature that does not verify with key "${label}"`);
-    return { certDer: signedCertificate(tbs, scheme, sig), key: null, keyLocation: JSON.stringify(ref) };
+    const t = await tokenCa(token, cfg, { label, keyType: o.keyType, cert, subject: rootCaSubject(clusterId, name), serial: makeSerial(ROOT_SEQUENCES[name]) });
+    generated.push(...t.generated);
+    return t.material;
   };
   const base = o.label ?? `cairn-${clusterId}-cluster`;
   try {
@@ -112,6 +145,24 @@ export async function tokenCas(
     undo();
     throw e;
   }
+}
+
+/**
+ * Where a rotation can put a new generation's key, as this process reaches it (rotation.ts).
+ * The authority carries it without looking inside.
+ */
+export interface KeySources {
+  /** this replica's PKCS#11 token (undefined: none set up) */
+  token?(): { open(): Pkcs11Token; cfg: Pkcs11Config };
+  /** this replica's TLS client identity for an external CA asking for one (PEM) */
+  clientIdentity?(): { key: string; cert: string } | null;
+}
+
+export function keySources(a: KeyAccess): KeySources {
+  return {
+    ...(a.pkcs11 ? { token: () => ({ cfg: a.pkcs11!, open: () => Pkcs11Token.open(a.pkcs11!) }) } : {}),
+    clientIdentity: () => a.clientIdentity?.() ?? null,
+  };
 }
 
 /** A token key before it has a certificate (signing its own root). */

@@ -15,7 +15,7 @@
  */
 import type { CrlScope } from './keyring.js';
 import { LocalKeySigner, type RevocationForwarder } from './signer.js';
-import { normalizeSerialHex, parseCrl } from '../pki/index.js';
+import { normalizeSerialHex, parseCrl, verifyCrl } from '../pki/index.js';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
@@ -61,6 +61,8 @@ export class CrlPublisher {
     this.warned.set(key, Date.now());
     this.log.warn(obj, msg);
   }
+  /** per CA: the CRL number and keys last found signed by the scope's key */
+  private checkedSigner: Record<string, string> = {};
 
   constructor(
     private readonly auth: Authority,
@@ -125,7 +127,10 @@ export class CrlPublisher {
         const forwarded = scope.external ? await this.forward(scope.name, scope.keyIds, scope.external) : 0;
         const last = await store.latestCrl(ca);
         const now = Date.now();
-        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2;
+        // a CRL signed by another key than the scope's: a rotation started, completed or was
+        // aborted, and the name (`cluster`) moved to another generation — re-signed now, not
+        // when it ages
+        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2 || (scope.signer !== undefined && !this.signedByScope(last, scope.keyIds, scope.signer.info.certDer));
         if (forwarded > 0 || aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging, forwarded > 0);
       }
     } finally {
@@ -208,6 +213,20 @@ export class CrlPublisher {
     await recordCrl(store, job, { number: n, der, thisUpdate: crl.thisUpdate.getTime(), nextUpdate: crl.nextUpdate!.getTime(), entries: crl.revoked.size });
     this.covered[ca] = job.mark;
     this.log.info({ ca, number: n, entries: crl.revoked.size, ms: Math.round(performance.now() - started) }, "published the external CA's CRL");
+  }
+
+  /** Whether a stored CRL was signed by the key of `scope` (checked once per CRL number and key). */
+  private signedByScope(last: { ca_name: string; number: number; der: string }, keyIds: string[], certDer: Buffer): boolean {
+    const k = `${last.number}|${keyIds.join(',')}`;
+    if (this.checkedSigner[last.ca_name] === k) return true;
+    let ok = false;
+    try {
+      ok = verifyCrl(parseCrl(Buffer.from(last.der, 'base64')), [certDer]) === 0;
+    } catch {
+      ok = false;
+    }
+    if (ok) this.checkedSigner[last.ca_name] = k;
+    return ok;
   }
 
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */

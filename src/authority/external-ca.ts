@@ -14,7 +14,7 @@ import {
   certificateInfo, certificatesFromPem, CrlInfo, csrToPem, isRevocationReason, parseCrl, PkiError, verifyCrl,
 } from '../pki/index.js';
 import { CairnError, RetryLater } from '../util/errors.js';
-import type { CertificateIssuer, IssuedCertificate, IssueRequest, RevocationForwarder } from './signer.js';
+import type { CaCertificateRequest, CertificateIssuer, IssuedCertificate, IssueRequest, RevocationForwarder } from './signer.js';
 
 export const EXTERNAL_CA_TIMEOUT_MS = 5000;
 export const EXTERNAL_CA_MAX_ANSWER = 256 * 1024;
@@ -79,6 +79,9 @@ export function checkExternalCa(v: unknown, code: 'usage' | 'bad_request' = 'bad
   }
   return { protocol: 'cfssl', url: u.href.replace(/\/$/, ''), ...(o.cacert ? { cacert: o.cacert } : {}) };
 }
+
+/** The CFSSL signing profile a CA certificate is asked with (a rotation's cross-signature). */
+export const CFSSL_CA_PROFILE = 'CA';
 
 interface CfsslAnswer {
   success?: boolean;
@@ -281,6 +284,51 @@ export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
     throw new RetryLater('unavailable', `no external CA could sign: ${failures.join('; ')}`, EXTERNAL_CA_RETRY_MS);
   }
 
+  /**
+   * The cross-signature of a rotation away from this external CA: CFSSL signs the new root's
+   * request with its `CA` profile. What comes back must be a CA certificate issued by this CA,
+   * with the new root's key, exact subject and key identifier.
+   */
+  async certifyCa(req: CaCertificateRequest): Promise<Buffer> {
+    if (!req.csr) throw new CairnError('bad_ca_material', 'the external CA certifies a new root only from a request signed by its key: the new root\'s key is not held here');
+    const want = certificateInfo(req.certDer);
+    const body = { certificate_request: csrToPem(await req.csr()), profile: CFSSL_CA_PROFILE };
+    const failures: string[] = [];
+    for (const ext of this.settings().urls) {
+      try {
+        const a = await callCfssl(`${ext.url}/api/v1/cfssl/sign`, body, ext.cacert, this.clientIdentity());
+        const der = this.issuedByUs(a);
+        const got = certificateInfo(der);
+        if (!got.isCA) throw new Error(`issued a certificate that is not a CA with the "${CFSSL_CA_PROFILE}" profile (give it ca_constraint is_ca and the cert sign usage)`);
+        if (!got.publicKeyDer.equals(want.publicKeyDer)) throw new Error("issued a certificate for another key than the new root's");
+        // the same name; its encoding may differ (CFSSL writes PrintableString where cairn writes UTF8String): the caller decides
+        if (got.subject !== want.subject) throw new Error(`issued a certificate with another subject (${got.subject}) than the new root's (${want.subject})`);
+        if (want.subjectKeyId && !got.subjectKeyId?.equals(want.subjectKeyId)) throw new Error("issued a certificate with another subject key identifier than the new root's");
+        if (got.keyUsage && !got.keyUsage.includes('keyCertSign')) throw new Error(`issued a CA certificate without keyCertSign (check the "${CFSSL_CA_PROFILE}" profile's usages)`);
+        return der;
+      } catch (e) {
+        failures.push(`${ext.url}: ${(e as Error).message}`);
+      }
+    }
+    if (failures.length === 0) throw new CairnError('bad_ca_material', 'the cluster CA is an external CA, and no external CA URL is set ("cairn update --external-ca …")');
+    throw new RetryLater('unavailable', `no external CA could certify the new root: ${failures.join('; ')}`, EXTERNAL_CA_RETRY_MS);
+  }
+
+  /** The certificate of an answer, issued and signed by the CA cairn trusts. */
+  private issuedByUs(a: CfsslAnswer): Buffer {
+    const pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
+    if (typeof pem !== 'string') throw new Error('answered without a certificate');
+    let der: Buffer;
+    try {
+      der = certificatesFromPem(pem, 'the certificate')[0];
+    } catch {
+      throw new Error('answered with something that is not a certificate');
+    }
+    const x = new X509Certificate(der);
+    if (!x.checkIssued(this.ca) || !x.verify(this.ca.publicKey)) throw new Error(`issued a certificate that is not signed by the cluster CA (issuer ${x.issuer.replace(/\n/g, ', ')})`);
+    return der;
+  }
+
   /** What came back must be what cairn asked for, issued by the CA it trusts. */
   private check(a: CfsslAnswer, req: IssueRequest): IssuedCertificate {
     const pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
@@ -309,4 +357,35 @@ export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
     if (info.notAfter.getTime() <= Date.now()) throw new Error('issued an expired certificate');
     return { der, serial: info.serialHex, notBefore: info.notBefore, notAfter: info.notAfter, issuerKeyId: this.keyId, chain: [] };
   }
+}
+
+/**
+ * The CA certificate an external CA signs with (`POST /api/v1/cfssl/info`), asked before a
+ * rotation makes it the cluster CA: the first URL that answers must hold the key of `caCertDer`.
+ */
+export async function checkExternalHolds(urls: ExternalCa[], caCertDer: Buffer, clientIdentity: { key: string; cert: string } | null): Promise<void> {
+  const failures: string[] = [];
+  for (const ext of urls) {
+    let pem: string | undefined;
+    try {
+      const a = await callCfssl(`${ext.url}/api/v1/cfssl/info`, { label: '' }, ext.cacert, clientIdentity);
+      pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
+    } catch (e) {
+      failures.push(`${ext.url}: ${(e as Error).message}`);
+      continue;
+    }
+    let der: Buffer | undefined;
+    try {
+      der = typeof pem === 'string' ? certificatesFromPem(pem, 'the certificate')[0] : undefined;
+    } catch {
+      der = undefined;
+    }
+    if (!der) throw new CairnError('bad_ca_material', `the external CA ${ext.url} answered /api/v1/cfssl/info without its certificate`);
+    const theirs = certificateInfo(der);
+    if (!theirs.publicKeyDer.equals(certificateInfo(caCertDer).publicKeyDer)) {
+      throw new CairnError('bad_ca_material', `the external CA ${ext.url} signs with ${theirs.subject}, not with the given --ca-cert ${certificateInfo(caCertDer).subject}`);
+    }
+    return;
+  }
+  throw new RetryLater('unavailable', `no external CA answered: ${failures.join('; ')}`, EXTERNAL_CA_RETRY_MS);
 }

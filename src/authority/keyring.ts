@@ -19,9 +19,9 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { certificateFromPem, certificatesFromPem, certificateToPem, IssuerInfo, privateKeyFromPem, rootDigest } from '../pki/index.js';
 import type { CaTable, RotationTable } from '../store/store.js';
-import { CairnError, fromPki } from '../util/errors.js';
+import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { unseal } from './seal.js';
-import { CaSigner, CertificateIssuer, infoOf, isRevocationForwarder, LocalKeySigner, RevocationForwarder, SigningIssuer } from './signer.js';
+import { CaSigner, CertificateIssuer, ChainedIssuer, infoOf, isRevocationForwarder, LocalKeySigner, RevocationForwarder, SigningIssuer } from './signer.js';
 
 /** The signing generation of a CA whose certificates an external CA issues: its key signs nothing here. */
 class HeldElsewhere implements CaSigner {
@@ -33,6 +33,26 @@ class HeldElsewhere implements CaSigner {
   }
   async sign(): Promise<Buffer> {
     throw new CairnError('unavailable', `the key of CA ${this.id} is held by an external CA: it signs nothing but the certificates that CA issues`);
+  }
+}
+
+/**
+ * A generation whose key this process cannot reach (a token this replica has no access to,
+ * found when another replica rotated to it): whatever it would sign answers 503 with
+ * Retry-After, so agents go to a replica that can, instead of this one signing with the old key.
+ */
+class Unreachable implements CaSigner {
+  readonly info: IssuerInfo;
+  readonly keyId: string;
+  constructor(
+    certDer: Buffer,
+    readonly why: string,
+  ) {
+    this.info = infoOf(certDer);
+    this.keyId = this.info.keyId.toString('hex');
+  }
+  async sign(): Promise<Buffer> {
+    throw new RetryLater('unavailable', `this replica cannot reach the CA key: ${this.why}`, 5000);
   }
 }
 
@@ -82,6 +102,10 @@ export class CaKeyring {
   readonly trustBundle: string;
   /** Changes whenever a generation or a rotation changes. */
   readonly version: string;
+  /** Generations whose key this process could not reach at the last load (lenient), with why. */
+  unreachable: string[] = [];
+  /** whether the next reload tries them again (not after a refused PIN) */
+  retryUnreachable = false;
 
   private constructor(
     readonly cas: LoadedCa[],
@@ -104,8 +128,15 @@ export class CaKeyring {
     return h.digest('hex').slice(0, 16);
   }
 
-  /** Load every generation from the store's rows, unsealing the keys it holds. */
-  static load(rows: CaTable[], rotations: RotationTable[], unlockKey: Buffer, resolve?: KeyResolver): CaKeyring {
+  /**
+   * Load every generation from the store's rows, unsealing the keys it holds. A key held
+   * elsewhere that cannot be reached stops the load (a replica starting), unless `lenient` (a
+   * reload after another replica's change): that generation then signs nothing here
+   * (`unreachable` says why) and the next reload tries again.
+   */
+  static load(rows: CaTable[], rotations: RotationTable[], unlockKey: Buffer, resolve?: KeyResolver, lenient = false): CaKeyring {
+    const unreachable: string[] = [];
+    let noRetry = false;
     const issuers = new Map<string, CertificateIssuer>();
     const cas = rows.map((row): LoadedCa => {
       const certDer = certificateFromPem(row.cert_pem, `CA ${row.id}`);
@@ -119,10 +150,18 @@ export class CaKeyring {
       } else if (row.key_location && row.status === 'active') {
         // a retired generation held elsewhere is not opened: its key signs nothing here any more
         if (!resolve) throw new CairnError('store_corrupt', `the key of CA ${row.id} is held outside the store (${row.key_location}), and this process cannot reach it`);
-        const r = resolve(row, certDer);
-        signer = r.signer;
-        if (r.issuer) issuers.set(row.id, r.issuer);
-        if (!r.signer && isRevocationForwarder(r.issuer)) external = r.issuer;
+        try {
+          const r = resolve(row, certDer);
+          signer = r.signer;
+          if (r.issuer) issuers.set(row.id, r.issuer);
+          if (!r.signer && isRevocationForwarder(r.issuer)) external = r.issuer;
+        } catch (e) {
+          if (!lenient || !(e instanceof CairnError)) throw e;
+          signer = new Unreachable(certDer, e.message);
+          unreachable.push(`CA ${row.id}: ${e.message}`);
+          // a refused PIN is not tried again every second (a token locks its PIN after a few)
+          if (e.code === 'hsm_login_failed') noRetry = true;
+        }
       }
       // an intermediate sends itself and what is between it and its root after each leaf
       return { row, certDer, anchorDer, intermediates: above.length ? [certDer, ...above.slice(0, -1)] : [], signer, ...(external ? { external } : {}) };
@@ -134,12 +173,18 @@ export class CaKeyring {
       if (!newest) throw new CairnError('store_corrupt', `the store has no active ${name} CA with a key`);
       // the cross-signed certificate goes along while the generation it chains to is trusted;
       // an intermediate sends the CA certificates between it and its root
-      const cross = newest.row.cross_pem && active.length > 1 ? [certificateFromPem(newest.row.cross_pem, `the cross-signed certificate of ${newest.row.id}`)] : [];
+      // (cross_pem: the certificate of the new generation's root issued by the old generation,
+      // followed by the old generation's intermediates when it was one)
+      const cross = newest.row.cross_pem && active.length > 1 ? certificatesFromPem(newest.row.cross_pem, `the cross-signed certificate of ${newest.row.id}`) : [];
       const chain = [...newest.intermediates, ...cross];
       const signer = newest.signer ?? new HeldElsewhere(newest.certDer, newest.row.id);
-      signing[name] = { ...newest, signer, chain, issuer: issuers.get(newest.row.id) ?? new SigningIssuer(signer, chain) };
+      const elsewhere = issuers.get(newest.row.id);
+      signing[name] = { ...newest, signer, chain, issuer: elsewhere ? new ChainedIssuer(elsewhere, chain) : new SigningIssuer(signer, chain) };
     }
-    return new CaKeyring(cas, signing, rotations);
+    const k = new CaKeyring(cas, signing, rotations);
+    k.unreachable = unreachable;
+    k.retryUnreachable = unreachable.length > 0 && !noRetry;
+    return k;
   }
 
   /** The generation that signs for a CA now. */
@@ -174,7 +219,7 @@ export class CaKeyring {
    */
   crlScopes(): CrlScope[] {
     return this.cas
-      .filter((c) => c.signer || c.external)
+      .filter((c) => (c.signer && !(c.signer instanceof Unreachable)) || c.external)
       .map((c): CrlScope => {
         const name = c.row.name as CaName;
         const current = this.signing[name]?.row.id === c.row.id;

@@ -12,7 +12,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import {
-  certificateTbs, crlTbs, CrlParams, IssuerInfo, issuerInfo, leafProfile, makeIssuer, serialHex, signedCertificate, signedCrl, signWith,
+  certificateInfo, certificateTbs, crlTbs, CrlParams, IssuerInfo, issuerInfo, leafProfile, makeIssuer, rootCaProfile, serialHex, signedCertificate, signedCrl, signWith,
   CertificateProfile,
 } from '../pki/index.js';
 import { fromPki } from '../util/errors.js';
@@ -86,10 +86,37 @@ export interface IssuedCertificate {
   chain: Buffer[];
 }
 
+/**
+ * A CA certificate for another CA's key, with that CA's exact subject and key identifier: the
+ * cross-signature of a root rotation (the old generation vouches for the new one's root).
+ */
+export interface CaCertificateRequest {
+  /** the CA certified: its subject, key, key identifier and path length are repeated */
+  certDer: Buffer;
+  serial: Buffer;
+  /** a request signed by the certified CA's key, for an issuer that signs only requests (an external CA); absent when that key is not held here */
+  csr?: () => Promise<Buffer>;
+}
+
 export interface CertificateIssuer {
   /** the key certificates are issued under, hex */
   readonly keyId: string;
   issue(req: IssueRequest): Promise<IssuedCertificate>;
+  /** Certify another CA's key (CaCertificateRequest); its notAfter is at most that CA's own. */
+  certifyCa(req: CaCertificateRequest): Promise<Buffer>;
+}
+
+/** The profile of a certificate repeating a CA's subject, key, key identifier and path length, issued by another CA. */
+export function crossProfile(certDer: Buffer, serial: Buffer): CertificateProfile {
+  const info = fromPki(() => certificateInfo(certDer));
+  const p = rootCaProfile(info.subjectAttrs, info.publicKeyDer, serial);
+  return {
+    ...p,
+    subjectDer: info.subjectDer,
+    ...(info.subjectKeyId ? { subjectKeyId: info.subjectKeyId } : {}),
+    ca: info.pathLength === null ? {} : { pathLength: info.pathLength },
+    notAfter: info.notAfter < p.notAfter ? info.notAfter : p.notAfter,
+  };
 }
 
 /**
@@ -124,6 +151,30 @@ export class SigningIssuer implements CertificateIssuer {
     const notAfter = profile.notAfter > this.signer.info.notAfter ? this.signer.info.notAfter : profile.notAfter;
     const second = (d: Date) => new Date(Math.floor(d.getTime() / 1000) * 1000);
     return { der, serial: serialHex(req.serial), notBefore: second(profile.notBefore), notAfter: second(notAfter), issuerKeyId: this.keyId, chain: this.chain };
+  }
+
+  async certifyCa(req: CaCertificateRequest): Promise<Buffer> {
+    return signCertificate(this.signer, crossProfile(req.certDer, req.serial));
+  }
+}
+
+/** An issuer whose certificates are sent with `chain` (an external CA's intermediates, the cross-signed certificate). */
+export class ChainedIssuer implements CertificateIssuer {
+  constructor(
+    private readonly inner: CertificateIssuer,
+    private readonly chain: Buffer[],
+  ) {}
+
+  get keyId(): string {
+    return this.inner.keyId;
+  }
+
+  async issue(req: IssueRequest): Promise<IssuedCertificate> {
+    return { ...(await this.inner.issue(req)), chain: this.chain };
+  }
+
+  certifyCa(req: CaCertificateRequest): Promise<Buffer> {
+    return this.inner.certifyCa(req);
   }
 }
 

@@ -8,6 +8,7 @@ import { Command, Option } from 'commander';
 import { CairnError } from '../util/errors.js';
 import { readKeyFile, readText } from '../util/files.js';
 import { adminCall, adminTarget } from './admin-client.js';
+import { externalCasFromFlags } from './ca-key-flags.js';
 import { keepTokensWithDigest } from './server-side.js';
 import { jsonOption, out, printJson, serverOption, stateDirOption, table } from './common.js';
 
@@ -21,6 +22,9 @@ interface Flags {
   ca: 'cluster' | 'client';
   caCert?: string;
   caKey?: string;
+  pkcs11KeyLabel?: string;
+  keyType?: string;
+  externalCa: string[];
   detach?: boolean;
   quiet?: boolean;
   json?: boolean;
@@ -180,11 +184,26 @@ function printCompleted(v: RotationView, tokens: string[], f: Flags): void {
 }
 
 async function start(f: Flags): Promise<void> {
-  if (!!f.caCert !== !!f.caKey) throw new CairnError('usage', 'give --ca-cert and --ca-key together');
   const body: Record<string, unknown> = { ca: f.ca };
-  if (f.caCert) {
+  if (f.externalCa.length) {
+    // an external CA: its certificate, and where it signs
+    if (!f.caCert) throw new CairnError('usage', '--external-ca needs the external CA\'s certificate: --ca-cert <file>');
+    if (f.caKey || f.pkcs11KeyLabel || f.keyType) throw new CairnError('usage', 'an external CA holds its key: no --ca-key, --pkcs11-key-label or --key-type');
+    body.externalCas = await externalCasFromFlags(f.externalCa);
     body.certificate = readText(f.caCert);
-    body.key = readKeyFile(f.caKey!); // refuses a key file others can read
+  } else if (f.pkcs11KeyLabel !== undefined) {
+    // a key in the replica's PKCS#11 token (generated there when absent); --ca-cert: that key's certificate
+    if (f.caKey) throw new CairnError('usage', '--ca-key: the key is in the PKCS#11 token (--pkcs11-key-label), not in a file');
+    body.pkcs11KeyLabel = f.pkcs11KeyLabel;
+    if (f.keyType) body.keyType = f.keyType;
+    if (f.caCert) body.certificate = readText(f.caCert);
+  } else {
+    if (f.keyType) throw new CairnError('usage', '--key-type goes with --pkcs11-key-label (a generated root has the key type of the current one)');
+    if (!!f.caCert !== !!f.caKey) throw new CairnError('usage', 'give --ca-cert and --ca-key together');
+    if (f.caCert) {
+      body.certificate = readText(f.caCert);
+      body.key = readKeyFile(f.caKey!); // refuses a key file others can read
+    }
   }
   const v = checkView(await adminCall(adminTarget({ stateDir: f.stateDir, server: f.server }), 'POST', 'v1/ca/rotate', body), 'POST /v1/ca/rotate');
   if (f.detach) {
@@ -240,12 +259,15 @@ async function abort(f: Flags): Promise<void> {
 
 export function rotateCommand(): Command {
   return new Command('rotate')
-    .description('rotate a root CA of a running cluster without downtime (through the API, with the admin bundle)')
+    .description('rotate a root CA of a running cluster without downtime, to a new root, your own CA, a key in a PKCS#11 token or an external CA (through the API, with the admin bundle)')
     .addOption(stateDirOption('a replica state directory (its admin bundle is used)'))
     .addOption(serverOption())
     .addOption(new Option('--ca <ca>', 'which CA').choices(['cluster', 'client']).default('cluster'))
-    .option('--ca-cert <file>', 'use this root CA certificate (PEM) instead of generating one; with --ca-key')
-    .option('--ca-key <file>', 'the private key of --ca-cert (PEM, not readable by group or others)')
+    .option('--ca-cert <file>', 'use this CA instead of generating a root (PEM): a root, or an intermediate followed by its chain up to its root; with --ca-key, --pkcs11-key-label or --external-ca')
+    .option('--ca-key <file>', 'the private key of --ca-cert (PEM, not readable by group or others): sealed in the store')
+    .option('--pkcs11-key-label <label>', 'the new key is in the PKCS#11 token of the replica asked (--server): this key, generated there when absent (a root is made for it, or --ca-cert is its certificate)')
+    .option('--key-type <type>', 'with --pkcs11-key-label: the type of a key generated in the token (ec-p256 by default, ec-p384, rsa-2048, rsa-3072, rsa-4096)')
+    .option('--external-ca <spec>', 'the new cluster CA is an external CA holding the key of --ca-cert: protocol=cfssl,url=https://HOST:PORT[,cacert=FILE] (repeatable: tried in order)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--detach', 'start the rotation and return at once')
     .option('-q, --quiet', 'print nothing but errors')
     .addOption(jsonOption())
@@ -265,16 +287,28 @@ them) and the command exits. A node that is down keeps the rotation open: see --
 On a terminal the progress is a bar (converged/total, rate, ETA); otherwise one line each
 time the count changes. Ctrl-C stops waiting, not the rotation.
 
+Where the new key lives (docs/ca-keys.md, "Moving between them"): generated and sealed in
+the store (no flag); your own root, or an intermediate followed by its chain (--ca-cert with
+--ca-key; the old root then cross-signs the chain's root, which becomes the trust bundle); a
+key in the PKCS#11 token of the replica asked (--pkcs11-key-label; every replica must reach
+the token, a replica without one refuses); an external CA (--external-ca with --ca-cert).
+Rotating away from an external CA asks it to cross-sign the new root with its "CA" profile.
+
 Examples:
   cairn ca rotate --state-dir /var/lib/cairn
   cairn ca rotate --ca-cert root.pem --ca-key root.key --detach --state-dir /var/lib/cairn
+  cairn ca rotate --ca-cert intermediate-and-chain.pem --ca-key intermediate.key --state-dir /var/lib/cairn
+  cairn ca rotate --pkcs11-key-label cluster-2 --state-dir /var/lib/cairn
+  cairn ca rotate --external-ca protocol=cfssl,url=https://ca.example:8888,cacert=tls-ca.pem --ca-cert cfssl-ca.pem --state-dir /var/lib/cairn
   cairn ca rotate --status --state-dir /var/lib/cairn
   cairn ca rotate --finish --force --state-dir /var/lib/cairn`)
     .action(async (f: Flags) => {
       const modes = [f.status && '--status', f.finish && '--finish', f.abort && '--abort'].filter(Boolean) as string[];
       if (modes.length > 1) throw new CairnError('usage', `${modes.join(' and ')} cannot be given together`);
       if (f.force && !f.finish) throw new CairnError('usage', '--force goes with --finish');
-      if (modes.length && (f.caCert || f.caKey || f.detach)) throw new CairnError('usage', `--ca-cert, --ca-key and --detach start a rotation: not with ${modes[0]}`);
+      if (modes.length && (f.caCert || f.caKey || f.detach || f.pkcs11KeyLabel || f.keyType || f.externalCa.length)) {
+        throw new CairnError('usage', `--ca-cert, --ca-key, --pkcs11-key-label, --key-type, --external-ca and --detach start a rotation: not with ${modes[0]}`);
+      }
       if (f.pollInterval !== undefined && !/^[0-9]{2,6}$/.test(f.pollInterval)) throw new CairnError('usage', '--poll-interval must be a number of milliseconds (10 or more)');
       if (f.status) return showStatus(f);
       if (f.finish) return finish(f);

@@ -19,6 +19,10 @@ export type SubjectAltName = { dns: string } | { ip: string };
 export interface CertificateProfile {
   serial: Buffer;
   subject: NameAttrs;
+  /** the subject Name as DER, verbatim (a cross-signed certificate repeats another CA's exact subject); overrides `subject` */
+  subjectDer?: Buffer;
+  /** the subject key identifier, verbatim (a cross-signed certificate repeats the other CA's); default: RFC 5280 method 1 */
+  subjectKeyId?: Buffer;
   notBefore: Date;
   notAfter: Date;
   /** SubjectPublicKeyInfo DER of the subject's key. */
@@ -196,7 +200,7 @@ function basicConstraintsExtension(ca: CertificateProfile['ca']): Buffer {
 function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: SignatureScheme, akiExtDer: Buffer | null): Buffer {
   const exts: Buffer[] = [basicConstraintsExtension(p.ca), keyUsageExtension(p.keyUsage)];
   if (p.extKeyUsage && p.extKeyUsage.length) exts.push(extKeyUsageExtension(p.extKeyUsage));
-  exts.push(ext(EXT_OID.subjectKeyId, false, tlv(OCTET_STRING, keyIdentifier(p.publicKey))));
+  exts.push(ext(EXT_OID.subjectKeyId, false, tlv(OCTET_STRING, p.subjectKeyId ?? keyIdentifier(p.publicKey))));
   if (akiExtDer) exts.push(akiExtDer);
   if (p.sans && p.sans.length) exts.push(sanExtension(p.sans));
   if (p.ocspUrls && p.ocspUrls.length) exts.push(aiaExtension(p.ocspUrls));
@@ -209,7 +213,7 @@ function tbsCertificate(p: CertificateProfile, issuerNameDer: Buffer, scheme: Si
     scheme.algorithmDer,
     issuerNameDer,
     tlv(SEQUENCE, timeDer(p.notBefore), timeDer(p.notAfter)),
-    encodeName(p.subject),
+    p.subjectDer ?? encodeName(p.subject),
     p.publicKey,
     tlv(0xa3, tlv(SEQUENCE, ...exts)),
   );
@@ -279,7 +283,7 @@ export function selfSignCertificate(p: CertificateProfile, key: KeyObject): Buff
   checkKeyStrength(key);
   if (!keysMatch(key, p.publicKey)) throw new PkiError('key_mismatch', 'the signing key does not match the certificate public key');
   const scheme = signatureSchemeFor(key);
-  const tbs = tbsCertificate(p, encodeName(p.subject), scheme, null);
+  const tbs = tbsCertificate(p, p.subjectDer ?? encodeName(p.subject), scheme, null);
   return assemble(tbs, scheme, key);
 }
 
@@ -290,7 +294,7 @@ export function selfSignCertificate(p: CertificateProfile, key: KeyObject): Buff
 export function selfSignedTbs(p: CertificateProfile): { tbs: Buffer; scheme: SignatureScheme } {
   checkProfile(p);
   const scheme = signatureSchemeFor(createPublicKey({ key: p.publicKey, format: 'der', type: 'spki' }));
-  return { tbs: tbsCertificate(p, encodeName(p.subject), scheme, null), scheme };
+  return { tbs: tbsCertificate(p, p.subjectDer ?? encodeName(p.subject), scheme, null), scheme };
 }
 
 /** Parse the parts of a CA certificate needed to sign with it, and check the key belongs to it. */

@@ -1,7 +1,7 @@
 import { createPublicKey, KeyObject, verify as nodeVerify } from 'node:crypto';
 import { bitsBytes, ctxConstructed, derChildren, derOf, derTop, encode, oid, raw, seq, smallInt, asn1 } from './der.js';
 import { PkiError } from './errors.js';
-import { checkKeyStrength, signatureSchemeFor, signWith, spkiDer } from './keys.js';
+import { checkKeyStrength, signatureSchemeFor, signWith, spkiDer, type SignatureScheme } from './keys.js';
 import { encodeName, NameAttrs } from './name.js';
 import { parsePemBlocks, toPem } from './pem.js';
 
@@ -133,6 +133,19 @@ export function createCsr(key: KeyObject, subject: NameAttrs = {}): Buffer {
   const info = encode(seq(smallInt(0), raw(encodeName(subject)), raw(spkiDer(key)), ctxConstructed(0)));
   const sig = signWith(key, scheme, info);
   return encode(seq(raw(info), raw(scheme.algorithmDer), bitsBytes(sig)));
+}
+
+/**
+ * The CertificationRequestInfo of a request for `spkiDer` with the subject Name `subjectDer`
+ * (verbatim), for a key held elsewhere (a token): sign it, then `signedCsr()`.
+ */
+export function csrTbs(subjectDer: Buffer, spkiDer: Buffer): Buffer {
+  return encode(seq(smallInt(0), raw(subjectDer), raw(spkiDer), ctxConstructed(0)));
+}
+
+/** A PKCS#10 request from its CertificationRequestInfo and the signature over it. */
+export function signedCsr(tbs: Buffer, scheme: SignatureScheme, signature: Buffer): Buffer {
+  return encode(seq(raw(tbs), raw(scheme.algorithmDer), bitsBytes(signature)));
 }
 
 export function csrToPem(der: Uint8Array): string {

@@ -13,7 +13,7 @@ import { initCluster } from '../authority/init.js';
 import type { ProvidedCas } from '../authority/clone.js';
 import { CrlPublisher } from '../authority/crl.js';
 import { AuditSealer } from '../authority/audit-log.js';
-import { KeyAccess, keyResolver, tokenCas } from '../authority/ca-keys.js';
+import { KeyAccess, keyResolver, keySources, tokenCas } from '../authority/ca-keys.js';
 import type { ExternalCa } from '../authority/external-ca.js';
 import type { Pkcs11Config } from '../authority/pkcs11.js';
 import { formatUnlockKey, newUnlockKey } from '../authority/seal.js';
@@ -42,6 +42,7 @@ export function authorityFor(store: Store, replicaId: string, unlockKey: Buffer,
   const p = statePaths(stateDir);
   access.externalCas = () => ({ urls: auth.config.externalCas ?? [] });
   access.clientIdentity = () => (exists(p.serverKey) && exists(p.serverCert) ? { key: readKeyFile(p.serverKey), cert: readText(p.serverCert) } : null);
+  auth.keySources = keySources(access);
   return auth;
 }
 

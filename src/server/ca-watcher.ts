@@ -81,6 +81,8 @@ export class CaWatcher {
       if (changed || this.auth.cas.runningRotation('cluster')) await this.auth.refreshRotationView();
       if (changed) {
         this.o.logger.info({ version: this.auth.caInfo().version }, 'CA generations changed: keyring reloaded');
+        // e.g. a rotation to a key in a token this replica has no access to: it signs nothing with it (503) until it can
+        for (const why of this.auth.cas.unreachable) this.o.logger.error({ code: 'hsm_token_missing' }, `this replica cannot sign with a CA key: ${why}`);
         for (const w of [...this.waiters]) w.done();
         return;
       }

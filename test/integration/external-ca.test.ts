@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildCrl, certificateInfo, certificatesFromPem, createCsr, csrToPem, makeIssuer } from '../../src/pki/index.js';
 import Database from 'better-sqlite3';
 import { Background, CFSSL_CERTDB_SCHEMA, freePort, run, startBackground } from '../helpers.js';
-import { api, cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
+import { adminId, api, cli, Cluster, mkTemp, query, startCluster } from './cluster.js';
 
 /** The cfssl binary: Debian's golang-cfssl (1.2) by default; CAIRN_TEST_CFSSL names another (1.3+ serves GET /api/v1/cfssl/crl). */
 const CFSSL = process.env.CAIRN_TEST_CFSSL ?? 'cfssl';
@@ -32,12 +32,14 @@ describe('external CA: cfssl serve', () => {
   let deadPort: number;
   const url = () => `protocol=cfssl,url=https://127.0.0.1:${cfsslPort},cacert=${path.join(dir, 'tls-ca.pem')}`;
 
-  async function startCfssl() {
-    // with its SQLite certificate database: CFSSL records what it signs, and revocations
-    cfssl = startBackground(CFSSL, ['serve', '-address', '127.0.0.1', '-port', String(cfsslPort), '-ca', path.join(dir, 'ca.pem'), '-ca-key', path.join(dir, 'ca-key.pem'), '-config', path.join(dir, 'config.json'), '-db-config', path.join(dir, 'db.json'), '-tls-cert', path.join(dir, 'tls.pem'), '-tls-key', path.join(dir, 'tls.key')]);
+  async function startCfssl(port = cfsslPort, ca = 'ca'): Promise<Background> {
+    // the cluster CA's with its SQLite certificate database: CFSSL records what it signs, and revocations
+    const db = ca === 'ca' ? ['-db-config', path.join(dir, 'db.json')] : [];
+    const b = startBackground(CFSSL, ['serve', '-address', '127.0.0.1', '-port', String(port), '-ca', path.join(dir, `${ca}.pem`), '-ca-key', path.join(dir, `${ca}-key.pem`), '-config', path.join(dir, 'config.json'), ...db, '-tls-cert', path.join(dir, 'tls.pem'), '-tls-key', path.join(dir, 'tls.key')]);
+    if (ca === 'ca') cfssl = b;
     for (let i = 0; i < 50; i++) {
-      const r = await run('curl', ['-sk', '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${cfsslPort}/api/v1/cfssl/health`]);
-      if (r.stdout.trim() !== '000') return;
+      const r = await run('curl', ['-sk', '-o', '/dev/null', '-w', '%{http_code}', `https://127.0.0.1:${port}/api/v1/cfssl/health`]);
+      if (r.stdout.trim() !== '000') return b;
       await new Promise((res) => setTimeout(res, 100));
     }
     throw new Error('cfssl serve did not start');
@@ -51,7 +53,16 @@ describe('external CA: cfssl serve', () => {
     await openssl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', d('tls.key'), '-out', d('tls.csr'), '-subj', '/CN=127.0.0.1']);
     fs.writeFileSync(d('ext'), 'subjectAltName=IP:127.0.0.1\n');
     await openssl(['x509', '-req', '-in', d('tls.csr'), '-CA', d('tls-ca.pem'), '-CAkey', d('tls-ca.key'), '-set_serial', '5', '-days', '30', '-extfile', d('ext'), '-out', d('tls.pem')]);
-    fs.writeFileSync(d('config.json'), JSON.stringify({ signing: { default: { expiry: '2160h', usages: ['digital signature', 'key encipherment', 'server auth', 'client auth'] } } }));
+    fs.writeFileSync(
+      d('config.json'),
+      JSON.stringify({
+        signing: {
+          default: { expiry: '2160h', usages: ['digital signature', 'key encipherment', 'server auth', 'client auth'] },
+          // the profile a rotation away from this CA asks the cross-signature with
+          profiles: { CA: { expiry: '43800h', usages: ['cert sign', 'crl sign', 'digital signature'], ca_constraint: { is_ca: true, max_path_len: 0, max_path_len_zero: true } } },
+        },
+      }),
+    );
     const db = new Database(d('certs.db'));
     db.exec(CFSSL_CERTDB_SCHEMA);
     db.close();
@@ -280,6 +291,107 @@ describe('external CA: cfssl serve', () => {
       fake.close();
       const back = cli(['update', '--state-dir', c.dir, '--external-ca', url()]);
       assert.equal(back.code, 0, back.stderr);
+    }
+  });
+
+  const pemBlocks = (t: string) => t.split(/(?<=-----END CERTIFICATE-----\n)/).filter((x) => x.trim());
+  const verify = async (caFile: string, leaf: string, untrusted?: string) => {
+    const v = await run('openssl', ['verify', '-x509_strict', '-CAfile', caFile, ...(untrusted ? ['-untrusted', untrusted] : []), leaf]);
+    assert.equal(v.code, 0, `${caFile}: ${v.stdout}${v.stderr}`);
+  };
+  /** node2 renews; its leaf and what comes after it, as files */
+  const renewNode2 = () => {
+    const node = path.join(dir, 'node2');
+    const r = cli(['agent', '--renew-now', '--state-dir', node]);
+    assert.equal(r.code, 0, r.stderr);
+    const chain = pemBlocks(fs.readFileSync(path.join(node, 'node.crt'), 'utf8'));
+    fs.writeFileSync(path.join(dir, 'leaf.pem'), chain[0]);
+    fs.writeFileSync(path.join(dir, 'rest.pem'), chain.slice(1).join(''));
+    return chain;
+  };
+  const waitCompleted = async () => {
+    let st: any;
+    for (let i = 0; i < 60; i++) {
+      st = JSON.parse(cli(['ca', 'rotate', '--status', '--json', '--state-dir', c.dir]).stdout);
+      if (st.rotation.state === 'completed') return st;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    assert.fail(`the rotation did not complete: ${JSON.stringify(st)}`);
+  };
+  const trustBundle = async () => pemBlocks((await api(c.url, 'GET', '/v1/ca')).body.trustBundle as string);
+
+  test('ca rotate away from CFSSL to a generated root: CFSSL certifies the new root with its CA profile; chains verify against either root; completes; a replica without a PKCS#11 token refuses a rotation to one', async () => {
+    const noToken = cli(['ca', 'rotate', '--pkcs11-key-label', 'k', '--detach', '--state-dir', c.dir]);
+    assert.equal(noToken.code, 1);
+    assert.match(noToken.stderr, /has no PKCS#11 token set up: send the rotation to a replica that has one/);
+    assert.equal(noToken.stderr.trim().split('\n').length, 1, noToken.stderr);
+
+    // the nodes the CRL tests joined and left active are removed: node2 is then the only active node
+    const node2 = JSON.parse(fs.readFileSync(path.join(dir, 'node2', 'node.json'), 'utf8')).nodeId;
+    for (const { id } of await query(c.dir, "SELECT id FROM nodes WHERE status = 'active' AND id <> ?", node2)) {
+      assert.equal(cli(['node', 'rm', id, '--state-dir', c.dir]).code, 0);
+    }
+    const st = cli(['ca', 'rotate', '--detach', '--json', '--state-dir', c.dir]);
+    assert.equal(st.code, 0, st.stderr);
+    const view = JSON.parse(st.stdout).rotation;
+    const [row] = await query(c.dir, 'SELECT cert_pem, cross_pem, key_sealed FROM cas WHERE key_id = ?', view.to.keyId);
+    assert.ok(row.key_sealed, 'the new key is sealed in the store');
+    fs.writeFileSync(path.join(dir, 'gen-root.pem'), row.cert_pem);
+    // CFSSL writes names as PrintableString: the root was made with its name exactly as CFSSL certified it (Go compares names byte for byte)
+    const rootName = certificateInfo(certificatesFromPem(row.cert_pem, 'root')[0]).subjectDer;
+    assert.ok(rootName.equals(certificateInfo(certificatesFromPem(row.cross_pem, 'cross')[0]).subjectDer), 'the same name, byte for byte');
+    assert.ok(rootName.includes(Buffer.from([0x13])), 'PrintableString');
+    fs.writeFileSync(path.join(dir, 'cross.pem'), row.cross_pem);
+    const crossText = (await run('openssl', ['x509', '-in', path.join(dir, 'cross.pem'), '-noout', '-issuer', '-subject', '-ext', 'basicConstraints'])).stdout;
+    assert.match(crossText, /issuer=O = Corp, CN = CFSSL Root/, 'CFSSL signed it');
+    assert.match(crossText, /CA:TRUE/);
+
+    const chain = renewNode2();
+    assert.equal(chain.length, 2, 'leaf + cross-signed');
+    await verify(path.join(dir, 'ca.pem'), path.join(dir, 'leaf.pem'), path.join(dir, 'rest.pem'));
+    await verify(path.join(dir, 'gen-root.pem'), path.join(dir, 'leaf.pem'));
+    // node2 is the only active node: the rotation completes by itself
+    await waitCompleted();
+    assert.deepEqual(await trustBundle(), [row.cert_pem]);
+    renewNode2();
+    await verify(path.join(dir, 'gen-root.pem'), path.join(dir, 'leaf.pem'));
+  });
+
+  test('ca rotate --external-ca to another CFSSL CA: the cairn-held root cross-signs the CFSSL root; issuance goes through CFSSL; completes; a CFSSL holding another key is refused', async () => {
+    const d = (f: string) => path.join(dir, f);
+    await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', d('ca2-key.pem'), '-out', d('ca2.pem'), '-days', '3650', '-subj', '/O=Corp/OU=Second/CN=CFSSL Root 2', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    const port2 = await freePort();
+    const cfssl2 = await startCfssl(port2, 'ca2');
+    try {
+      const url2 = `protocol=cfssl,url=https://127.0.0.1:${port2},cacert=${d('tls-ca.pem')}`;
+      const wrong = cli(['ca', 'rotate', '--external-ca', url2, '--ca-cert', d('ca.pem'), '--detach', '--state-dir', c.dir]);
+      assert.equal(wrong.code, 1);
+      assert.match(wrong.stderr, /signs with O=Corp, OU=Second, CN=CFSSL Root 2, not with the given --ca-cert/);
+      const noCert = cli(['ca', 'rotate', '--external-ca', url2, '--detach', '--state-dir', c.dir]);
+      assert.equal(noCert.code, 2);
+      assert.match(noCert.stderr, /--ca-cert/);
+
+      const st = cli(['ca', 'rotate', '--external-ca', url2, '--ca-cert', d('ca2.pem'), '--detach', '--json', '--state-dir', c.dir]);
+      assert.equal(st.code, 0, st.stderr);
+      const view = JSON.parse(st.stdout).rotation;
+      const [row] = await query(c.dir, 'SELECT key_sealed, key_location FROM cas WHERE key_id = ?', view.to.keyId);
+      assert.equal(row.key_sealed, null);
+      assert.equal(JSON.parse(row.key_location).kind, 'external');
+      const cfg = (await api(c.url, 'GET', '/v1/config', undefined, adminId(c.dir))).body;
+      assert.deepEqual(cfg.externalCas.map((e: any) => e.url), [`https://127.0.0.1:${port2}`], 'the URLs are recorded with the rotation');
+
+      const chain = renewNode2();
+      assert.equal(chain.length, 2, 'leaf (CFSSL 2) + the CFSSL 2 root cross-signed by the generated root');
+      const leafText = (await run('openssl', ['x509', '-in', d('leaf.pem'), '-noout', '-issuer'])).stdout;
+      assert.match(leafText, /CN = CFSSL Root 2/);
+      await verify(d('gen-root.pem'), d('leaf.pem'), d('rest.pem')); // a peer trusting only the previous root
+      await verify(d('ca2.pem'), d('leaf.pem')); // a peer trusting only the new one
+      await waitCompleted();
+      assert.deepEqual(await trustBundle(), [fs.readFileSync(d('ca2.pem'), 'utf8')]);
+      renewNode2();
+      await verify(d('ca2.pem'), d('leaf.pem'));
+    } finally {
+      await cfssl2.stop();
     }
   });
 });

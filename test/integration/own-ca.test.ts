@@ -105,6 +105,47 @@ describe('init --ca-cert/--ca-key: your own CA', () => {
     await joinAndVerify(c, dir, outside.cert);
   });
 
+  test('a rotation away from an intermediate: it certifies the new root and is sent after it; the agent takes the new root through that chain; a pathlen:0 intermediate is refused', async () => {
+    // the cluster of the test before: its intermediate has pathlen:0, it may not certify a CA
+    const tight = await cli(['ca', 'rotate', '--detach', '--state-dir', clusters[1].dir]);
+    assert.equal(tight.code, 1);
+    assert.match(tight.stderr, /path length constraint of 0: it cannot vouch for a new root/);
+    const outside = await opensslRoot(dir, 'Outside Root 2', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);
+    const inter = await signedBy(dir, 'Cluster Intermediate 2', outside, 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign');
+    const chainFile = path.join(dir, 'inter2-chain.pem');
+    fs.writeFileSync(chainFile, fs.readFileSync(inter.cert, 'utf8') + fs.readFileSync(outside.cert, 'utf8'));
+    const c = await startCluster('inter2', { initArgs: ['--ca-cert', chainFile, '--ca-key', inter.key] });
+    clusters.push(c);
+    const { node } = await joinAndVerify(c, dir, outside.cert);
+    const st = cli(['ca', 'rotate', '--detach', '--state-dir', c.dir]);
+    assert.equal(st.code, 0, st.stderr);
+    const r = cli(['agent', '--renew-now', '--state-dir', node]);
+    assert.equal(r.code, 0, r.stderr);
+    const pems = (f: string) => fs.readFileSync(f, 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/g)!;
+    const chain = pems(path.join(node, 'node.crt'));
+    assert.equal(chain.length, 3, 'leaf, the new root certified by the intermediate, the intermediate');
+    assert.equal(chain[2], fs.readFileSync(inter.cert, 'utf8'));
+    const trust = pems(path.join(node, 'ca.crt'));
+    assert.equal(trust.length, 2, 'the agent took the new root: the outside root vouches for it through the intermediate');
+    const newRoot = trust.find((t) => t !== fs.readFileSync(outside.cert, 'utf8'))!;
+    fs.writeFileSync(path.join(node, 'leaf.pem'), chain[0]);
+    fs.writeFileSync(path.join(node, 'rest.pem'), chain.slice(1).join(''));
+    fs.writeFileSync(path.join(node, 'new-root.pem'), newRoot);
+    for (const ca of [outside.cert, path.join(node, 'new-root.pem')]) {
+      const v = await run('openssl', ['verify', '-x509_strict', '-purpose', 'sslclient', '-CAfile', ca, '-untrusted', path.join(node, 'rest.pem'), path.join(node, 'leaf.pem')]);
+      assert.equal(v.code, 0, `${ca}: ${v.stdout}${v.stderr}`);
+    }
+    // the only node converged: the rotation completes, and the node ends with the new root only
+    let state = '';
+    for (let i = 0; i < 40 && state !== 'completed'; i++) {
+      await new Promise((res) => setTimeout(res, 250));
+      state = JSON.parse(cli(['ca', 'rotate', '--status', '--json', '--state-dir', c.dir]).stdout).rotation.state;
+    }
+    assert.equal(state, 'completed');
+    assert.equal(cli(['agent', '--renew-now', '--state-dir', node]).code, 0);
+    assert.deepEqual(pems(path.join(node, 'ca.crt')), [newRoot]);
+  });
+
   test('CA material refused with one clear line, and nothing left behind', async () => {
     const good = await opensslRoot(dir, 'Good Root', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);
     const other = await opensslRoot(dir, 'Other Root', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);

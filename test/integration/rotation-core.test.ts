@@ -48,6 +48,16 @@ async function opensslVerify(dir: string, trusted: Buffer, chain: Buffer[]): Pro
   return { code: r.code, out: r.stdout + r.stderr };
 }
 
+/** Whether the CRL a replica serves at /v1/crl/cluster is signed by `root` (openssl crl -CAfile). */
+async function crlSignedBy(url: string, dir: string, root: Buffer): Promise<boolean> {
+  const f = path.join(dir, `crl-${Math.random()}.der`);
+  const ca = path.join(dir, `crl-ca-${Math.random()}.pem`);
+  fs.writeFileSync(ca, certificateToPem(root));
+  if ((await run('curl', ['-sk', '-o', f, `${url}/v1/crl/cluster`])).code !== 0) return false;
+  const r = await run('openssl', ['crl', '-inform', 'DER', '-in', f, '-noout', '-CAfile', ca]);
+  return /verify OK/.test(r.stdout + r.stderr);
+}
+
 describe('root CA rotation on one replica', () => {
   let c: Cluster;
   let work: string;
@@ -88,6 +98,9 @@ describe('root CA rotation on one replica', () => {
     const newRoot = certificateFromPem(info.roots.cluster, 'new root');
     assert.notEqual(certificateInfo(newRoot).subject, certificateInfo(oldRoot).subject);
 
+    // the cluster CRL is re-signed by the new key at once (not when it ages: 12 h by default)
+    assert.ok(await crlSignedBy(c.url, work, oldRoot), 'before, the old key signed it');
+    await waitFor('the cluster CRL signed by the new key', () => crlSignedBy(c.url, work, newRoot), 5000);
     // the replica's own server certificate moves to the new key without a restart
     const newKey = certificateInfo(newRoot).subjectKeyId!.toString('hex');
     await waitFor('the server certificate from the new key', async () => (await serverIssuerKey(c.port)) === newKey);
@@ -130,6 +143,7 @@ describe('root CA rotation on one replica', () => {
     });
     assert.ok(certificateFromPem(after.trustBundle, 'bundle').equals(newRoot));
     assert.equal(after.crossSigned.length, 0);
+    assert.ok(await crlSignedBy(c.url, work, newRoot), 'after completion, still the new key');
 
     // old tokens fail; cairn token prints one with the new digest, which works
     const old = await cliAsync(['join', '--token', c.tokens.worker, '--state-dir', path.join(work, 'late-old'), c.url]);
@@ -159,6 +173,8 @@ describe('root CA rotation on one replica', () => {
       return b.roots.cluster === before ? b : undefined;
     });
     assert.equal(certificatesFromPem(info.trustBundle, 'bundle').length, 1);
+    // the cluster CRL: signed by the aborted key while it signed, by the old one again at once after
+    await waitFor('the cluster CRL signed by the old key again', () => crlSignedBy(c.url, work, certificateFromPem(before, 'old root')), 5000);
     const none = await api(c.url, 'POST', '/v1/ca/rotation/abort', {}, admin);
     assert.equal(none.body.error.code, 'no_rotation');
     // nodes keep renewing under the old root

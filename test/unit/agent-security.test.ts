@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
 import {
-  certificateToPem, fingerprint256, randomId, rootDigest, spkiDer,
+  certificateToPem, fingerprint256, issueCertificate, makeIssuer, makeSerial, randomId, rootDigest, spkiDer,
 } from '../../src/pki/index.js';
 import { refreshTrustBundle } from '../../src/agent/agent.js';
 import { closeAgents, request } from '../../src/agent/client.js';
@@ -108,6 +108,28 @@ describe('trust only widens through a chain (acceptTrustBundle)', () => {
   const clusterId = randomId();
   const leaf = issueLeaf(old, { cn: randomId(), ou: 'worker', clusterId });
   const leafNext = issueLeaf(next, { cn: randomId(), ou: 'worker', clusterId });
+
+  test('a rotation away from an intermediate: the old root vouches through that intermediate, sent along; never through an intermediate no trusted root issued, or one whose path length forbids it', () => {
+    const interKey = makeRoot('cluster-intermediate'); // its key; its certificate below is issued by `old`
+    const interDer = crossSign(interKey, old);
+    const inter = { der: interDer, pem: certificateToPem(interDer), issuer: makeIssuer(interDer, interKey.issuer.key) };
+    const x = crossSign(next, inter); // the new root, certified by the old generation (the intermediate)
+    const viaInter = acceptTrustBundle([old.der], [old.der, next.der], { vouchers: [x, interDer] });
+    assert.equal(viaInter.ok, true, JSON.stringify(viaInter));
+    assert.deepEqual(viaInter.ok && viaInter.how, ['vouched']);
+    // without the intermediate nothing links it to the old root
+    assert.equal(acceptTrustBundle([old.der], [old.der, next.der], { vouchers: [x] }).ok, false);
+    // an intermediate a stranger issued does not speak for the old root
+    const strangeDer = crossSign(interKey, stranger);
+    assert.equal(acceptTrustBundle([old.der], [old.der, next.der], { vouchers: [x, strangeDer] }).ok, false);
+    // an intermediate with pathlen 0 may not have issued a CA certificate
+    const tightDer = issueCertificate(
+      { serial: makeSerial(77n), subject: { CN: 'cluster-intermediate' }, notBefore: new Date(Date.now() - 3600_000), notAfter: new Date(Date.now() + 3600_000 * 100), publicKey: spkiDer(interKey.issuer.key), ca: { pathLength: 0 }, keyUsage: ['keyCertSign', 'cRLSign'] },
+      old.issuer,
+    );
+    const tight = { der: tightDer, pem: certificateToPem(tightDer), issuer: makeIssuer(tightDer, interKey.issuer.key) };
+    assert.equal(acceptTrustBundle([old.der], [old.der, next.der], { vouchers: [crossSign(next, tight), tightDer] }).ok, false);
+  });
 
   test('the same bundle is no change', () => {
     const d = acceptTrustBundle([old.der], [old.der], { chain: [leaf.der] });
