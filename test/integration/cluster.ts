@@ -57,7 +57,12 @@ export class ServeProcess {
     p.stderr!.on('data', (d) => this.logs.push(String(d)));
     await new Promise<void>((resolve, reject) => {
       let out = '';
-      const t = setTimeout(() => reject(new Error(`cairn serve did not start: ${this.logs.join('')}`)), 20_000);
+      // a start that does not finish is killed: a process left behind would keep the test file from exiting
+      const t = setTimeout(() => {
+        p.off('exit', onExit);
+        p.kill('SIGKILL');
+        reject(new Error(`cairn serve did not start within 45 s: ${this.logs.join('')}`));
+      }, 45_000);
       const onExit = (code: number | null) => {
         clearTimeout(t);
         reject(new Error(`cairn serve exited with ${code}: ${this.logs.join('')}`));
@@ -122,7 +127,12 @@ export async function startCluster(name = 'test', opts: { store?: string; initAr
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
-  await c.start();
+  try {
+    await c.start();
+  } catch (e) {
+    await c.cleanup();
+    throw e;
+  }
   return c;
 }
 
