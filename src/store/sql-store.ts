@@ -739,32 +739,26 @@ export class SqlStore implements Store {
     return q.orderBy('created_at').orderBy('serial').limit(f.limit).execute();
   }
 
-  /** Revoked, unexpired certificates issued by a CA key: the entries of its CRL. */
-  async revokedFor(issuerKeyIds: string[], now: number) {
-    if (issuerKeyIds.length === 0) return [];
+  /** Revoked, unexpired certificates issued by one of these CA keys. */
+  private revokedBy(issuerKeyIds: string[], now: number) {
     return this.db
       .selectFrom('certificates')
       .select(['serial', 'revoked_at', 'revocation_reason'])
       .where('status', '=', 'revoked')
       .where('issuer_key_id', 'in', issuerKeyIds)
-      .where('not_after', '>', now)
-      .orderBy('serial')
-      .execute();
+      .where('not_after', '>', now);
   }
 
+  /** The entries of a CRL of these CA keys. */
+  async revokedFor(issuerKeyIds: string[], now: number) {
+    if (issuerKeyIds.length === 0) return [];
+    return this.revokedBy(issuerKeyIds, now).orderBy('serial').execute();
+  }
+
+  /** Revocations an external CA has not recorded yet, oldest first. */
   async unforwardedRevocations(issuerKeyIds: string[], now: number, limit: number) {
     if (issuerKeyIds.length === 0) return [];
-    return this.db
-      .selectFrom('certificates')
-      .select(['serial', 'revoked_at', 'revocation_reason'])
-      .where('status', '=', 'revoked')
-      .where('issuer_key_id', 'in', issuerKeyIds)
-      .where('not_after', '>', now)
-      .where('forwarded_at', 'is', null)
-      .orderBy('revoked_at')
-      .orderBy('serial')
-      .limit(limit)
-      .execute();
+    return this.revokedBy(issuerKeyIds, now).where('forwarded_at', 'is', null).orderBy('revoked_at').orderBy('serial').limit(limit).execute();
   }
 
   async markForwarded(serials: string[], at: number): Promise<void> {
