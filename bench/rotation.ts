@@ -139,11 +139,14 @@ async function runSqlite(ctx: BenchContext): Promise<Row[]> {
 async function runPg3(ctx: BenchContext): Promise<Row[]> {
   const n = nodeCount();
   const db = await createDb();
-  const a = await startCluster('bench-rotation', { store: db.url });
+  // CAIRN_BENCH_ROTATION_WORKERS: `serve --workers` of each replica (default: one per core each)
+  const w = process.env.CAIRN_BENCH_ROTATION_WORKERS;
+  const serveArgs = w ? ['--workers', w] : [];
+  const a = await startCluster('bench-rotation', { store: db.url, serveArgs });
   const more: Awaited<ReturnType<typeof addReplica>>[] = [];
   try {
-    for (let i = 0; i < 2; i++) more.push(await addReplica(db.url, path.join(a.dir, 'unlock.key')));
-    return rows('_pg3', '3 replicas on one PostgreSQL (default workers each)', n, await rotate(ctx, [a.url, ...more.map((m) => m.url)], a.dir, a.tokens.worker, n));
+    for (let i = 0; i < 2; i++) more.push(await addReplica(db.url, path.join(a.dir, 'unlock.key'), serveArgs));
+    return rows('_pg3', `3 replicas on one PostgreSQL (${w ? `--workers ${w}` : 'default workers'} each)`, n, await rotate(ctx, [a.url, ...more.map((m) => m.url)], a.dir, a.tokens.worker, n));
   } finally {
     for (const m of more) await m.cleanup();
     await a.cleanup();

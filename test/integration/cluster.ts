@@ -104,14 +104,14 @@ export interface Cluster {
 }
 
 /** `cairn init` in a fresh temp dir, then `cairn serve` on a free loopback port. */
-export async function startCluster(name = 'test', opts: { store?: string; initArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Cluster> {
+export async function startCluster(name = 'test', opts: { store?: string; initArgs?: string[]; env?: NodeJS.ProcessEnv; serveArgs?: string[] } = {}): Promise<Cluster> {
   const root = mkTemp();
   const dir = path.join(root, 'state');
   const port = await freePort();
   const init = cli(['init', name, '--state-dir', dir, '--listen', `127.0.0.1:${port}`, '--json', ...(opts.store ? ['--store', opts.store] : []), ...(opts.initArgs ?? [])], { env: opts.env });
   if (init.code !== 0) throw new Error(`cairn init failed: ${init.stderr}`);
   const j = JSON.parse(init.stdout);
-  const server = new ServeProcess(dir, opts.env ?? {});
+  const server = new ServeProcess(dir, opts.env ?? {}, opts.serveArgs ?? []);
   const c: Cluster = {
     dir,
     port,
@@ -137,13 +137,13 @@ export async function startCluster(name = 'test', opts: { store?: string; initAr
 }
 
 /** Another replica of a cluster on a shared store: `cairn replica add`, then serve. */
-export async function addReplica(store: string, unlockKeyFile: string): Promise<{ dir: string; url: string; port: number; server: ServeProcess; cleanup(): Promise<void> }> {
+export async function addReplica(store: string, unlockKeyFile: string, serveArgs: string[] = []): Promise<{ dir: string; url: string; port: number; server: ServeProcess; cleanup(): Promise<void> }> {
   const root = mkTemp();
   const dir = path.join(root, 'state');
   const port = await freePort();
   const r = cli(['replica', 'add', '--state-dir', dir, '--store', store, '--unlock-key-file', unlockKeyFile, '--advertise-addr', '127.0.0.1', '--listen', `127.0.0.1:${port}`, '--json']);
   if (r.code !== 0) throw new Error(`cairn replica add failed: ${r.stderr}`);
-  const server = new ServeProcess(dir, {}, ['--unlock-key-file', unlockKeyFile]);
+  const server = new ServeProcess(dir, {}, ['--unlock-key-file', unlockKeyFile, ...serveArgs]);
   await server.start();
   return {
     dir,
