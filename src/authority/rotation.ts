@@ -292,7 +292,18 @@ export async function finishRotation(auth: Authority, body: { ca?: unknown; forc
   if (unconverged > 0 && body.force !== true) {
     throw new CairnError('rotation_incomplete', `${unconverged} of ${progress.total} nodes still hold a certificate of the old root: wait, remove them ("cairn node rm"), or finish with --force (they will have to join again)`);
   }
-  const view = await endRotation(auth, r, 'completed', r.from_id, actor, { forced: unconverged > 0, unconverged });
+  // finished without them: those nodes can only join again (under a new ID), so their records are
+  // removed as `node rm` would (their certificates revoked in the old generation's CRL); left
+  // active, they would hold every later rotation open
+  const leftBehind = async (tx: Store) => {
+    if (unconverged === 0) return;
+    for (const n of await tx.unconvergedNodes(to.row.key_id, Number.MAX_SAFE_INTEGER)) {
+      await tx.updateNode(n.id, { status: 'removed' });
+      const revoked = await tx.revokeNodeCertificates(n.id, 'cessationOfOperation');
+      await tx.audit(actor, 'node.remove', { node: n.id, revoked: revoked.length, reason: 'not converged when the rotation was finished with --force' });
+    }
+  };
+  const view = await endRotation(auth, r, 'completed', r.from_id, actor, { forced: unconverged > 0, unconverged }, leftBehind);
   return { rotation: view, digest: name === 'cluster' ? rootDigest(to.certDer) : undefined, unconverged };
 }
 
@@ -300,7 +311,15 @@ export async function finishRotation(auth: Authority, body: { ca?: unknown; forc
  * End a running rotation (completed or aborted) in one transaction: the generation left
  * behind is retired, the rotation recorded as ended, the renewal requests cleared, audited.
  */
-async function endRotation(auth: Authority, r: RotationTable, state: 'completed' | 'aborted', retire: string, actor: string, detail: Record<string, unknown> = {}): Promise<RotationView> {
+async function endRotation(
+  auth: Authority,
+  r: RotationTable,
+  state: 'completed' | 'aborted',
+  retire: string,
+  actor: string,
+  detail: Record<string, unknown> = {},
+  also: (tx: Store) => Promise<void> = async () => {},
+): Promise<RotationView> {
   await auth.store.transaction(async (tx) => {
     const now = Date.now();
     const current = (await tx.listRotations()).find((x) => x.id === r.id);
@@ -308,6 +327,7 @@ async function endRotation(auth: Authority, r: RotationTable, state: 'completed'
     await tx.updateCa(retire, { status: 'retired', retired_at: now });
     await tx.updateRotation(r.id, { state, finished_at: now });
     await tx.clearRenewalRequests();
+    await also(tx);
     await tx.audit(actor, state === 'completed' ? 'ca.rotate.finish' : 'ca.rotate.abort', { ca: r.ca, rotation: r.id, ...detail });
   });
   await auth.reloadKeyring();

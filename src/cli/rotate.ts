@@ -247,7 +247,7 @@ async function finish(f: Flags): Promise<void> {
   if (f.quiet) return;
   printCompleted(v, tokens, f);
   if (unconverged > 0) {
-    out(`${unconverged} node${unconverged === 1 ? '' : 's'} had not converged and will have to join again: their next renewal is refused (rejoin_required); run on each: cairn join --force --token <new token> --state-dir <node-dir> <url>`);
+    out(`${unconverged} node${unconverged === 1 ? '' : 's'} had not converged and will have to join again (their records are removed, as by node rm): their next renewal is refused (rejoin_required); run on each: cairn join --force --token <new token> --state-dir <node-dir> <url>`);
   }
 }
 
@@ -273,7 +273,7 @@ export function rotateCommand(): Command {
     .addOption(jsonOption())
     .option('--status', 'show the rotation of the CA and the nodes that have not converged')
     .option('--finish', 'complete a running rotation now (refused while nodes have not converged, unless --force)')
-    .option('--force', 'with --finish: complete even though some nodes have not converged (they will have to join again)')
+    .option('--force', 'with --finish: complete even though some nodes have not converged (they are removed, as by node rm, and will have to join again)')
     .option('--abort', 'abort a running rotation: back to the old root')
     .addOption(new Option('--poll-interval <ms>', 'how often progress is asked for').hideHelp())
     .addHelpText('after', `

@@ -174,6 +174,13 @@ describe('root CA rotation rules (in-process store)', () => {
     await assert.rejects(auth.identifyPeer({ serialHex: certificateInfo(bDer).serialHex, clusterId: auth.clusterId, raw: bDer, untrusted: true }), code('rejoin_required'));
     await assert.rejects(abortRotation(auth, {}, 'admin'), code('no_rotation'));
     assert.deepEqual(store.auditLog.map((x) => x.action).filter((x) => x.startsWith('ca.')), ['ca.rotate.start', 'ca.rotate.finish']);
+    // b was finished without: removed as node rm would (it joins again under a new ID), so it holds no later rotation open
+    assert.equal((await store.getNode(b.nodeId))!.status, 'removed');
+    assert.equal((await store.getCertificate(certificateInfo(bDer).serialHex.toUpperCase().replace(/^(00)+(?=[0-9A-F]{2})/, '')))!.status, 'revoked');
+    assert.equal((await store.getNode(a.nodeId))!.status, 'active');
+    await startRotation(auth, {}, 'admin');
+    assert.deepEqual((await rotationStatus(auth, 'cluster')).rotation!.nodes, { total: 1, converged: 0 }, 'only a counts');
+    await abortRotation(auth, {}, 'admin');
   });
 
   test('a given root: not a CA, a foreign key or a short-lived root is refused before anything is recorded', async () => {
