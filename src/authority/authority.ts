@@ -484,8 +484,7 @@ export class Authority {
           const c = n?.current_serial ? await tx.getCertificate(n.current_serial) : undefined;
           // as it is now that we hold the lock: a node that renewed or recovered meanwhile stays
           if (!n || n.status !== 'active' || (c && Number(c.not_after) > cutoff)) continue;
-          await tx.updateNode(id, { status: 'removed' });
-          await tx.revokeNodeCertificates(id, 'cessationOfOperation');
+          await this.removeNodeIn(tx, id);
           out.push(id);
         }
         if (out.length) await tx.audit(actor, 'node.prune', { expiredForMs, count: out.length, nodes: out.slice(0, MAX_LISTED_SERIALS) });
@@ -541,12 +540,21 @@ export class Authority {
     });
   }
 
+  /**
+   * What removing a node is, in the caller's transaction (node rm, prune, a rotation finished
+   * without it): it can no longer renew, and its certificates are recorded as revoked. Returns
+   * the serials revoked.
+   */
+  async removeNodeIn(tx: Store, id: string): Promise<string[]> {
+    await tx.updateNode(id, { status: 'removed' });
+    return tx.revokeNodeCertificates(id, 'cessationOfOperation');
+  }
+
   /** Remove a node: it can no longer renew, and its certificates are recorded as revoked. */
   async removeNode(id: string, actor = 'admin'): Promise<NodeView> {
     return this.store.transaction(async (tx) => {
       const n = await this.requireNode(id, tx, true); // waits for a renewal in flight, whose certificate is then revoked too
-      await tx.updateNode(id, { status: 'removed' });
-      const revoked = await tx.revokeNodeCertificates(id, 'cessationOfOperation');
+      const revoked = await this.removeNodeIn(tx, id);
       await tx.audit(actor, 'node.remove', { node: id, revoked: revoked.length });
       return this.nodeView({ ...n, status: 'removed' }, tx);
     });

@@ -298,8 +298,7 @@ export async function finishRotation(auth: Authority, body: { ca?: unknown; forc
   const leftBehind = async (tx: Store) => {
     if (unconverged === 0) return;
     for (const n of await tx.unconvergedNodes(to.row.key_id, Number.MAX_SAFE_INTEGER)) {
-      await tx.updateNode(n.id, { status: 'removed' });
-      const revoked = await tx.revokeNodeCertificates(n.id, 'cessationOfOperation');
+      const revoked = await auth.removeNodeIn(tx, n.id);
       await tx.audit(actor, 'node.remove', { node: n.id, revoked: revoked.length, reason: 'not converged when the rotation was finished with --force' });
     }
   };
