@@ -54,6 +54,8 @@ export class CrlPublisher {
   private noExternalCrl = new Map<string, number>();
   /** when each kind of external CA trouble was last logged (at most once per EXTERNAL_RECHECK_MS) */
   private warned = new Map<string, number>();
+  /** per CA: the CRL number and keys last found signed by the scope's key */
+  private checkedSigner: Record<string, string> = {};
 
   /** Log a warning about an external CA unless the same kind was logged within EXTERNAL_RECHECK_MS. */
   private warnExternal(key: string, obj: object, msg: string): void {
@@ -61,8 +63,6 @@ export class CrlPublisher {
     this.warned.set(key, Date.now());
     this.log.warn(obj, msg);
   }
-  /** per CA: the CRL number and keys last found signed by the scope's key */
-  private checkedSigner: Record<string, string> = {};
 
   constructor(
     private readonly auth: Authority,

@@ -23,36 +23,26 @@ import { CairnError, fromPki, RetryLater } from '../util/errors.js';
 import { unseal } from './seal.js';
 import { CaSigner, CertificateIssuer, ChainedIssuer, infoOf, isRevocationForwarder, LocalKeySigner, RevocationForwarder, SigningIssuer } from './signer.js';
 
-/** The signing generation of a CA whose certificates an external CA issues: its key signs nothing here. */
-class HeldElsewhere implements CaSigner {
-  readonly info: IssuerInfo;
-  readonly keyId: string;
-  constructor(certDer: Buffer, private readonly id: string) {
-    this.info = infoOf(certDer);
-    this.keyId = this.info.keyId.toString('hex');
-  }
-  async sign(): Promise<Buffer> {
-    throw new CairnError('unavailable', `the key of CA ${this.id} is held by an external CA: it signs nothing but the certificates that CA issues`);
-  }
-}
-
 /**
- * A generation whose key this process cannot reach (a token this replica has no access to,
- * found when another replica rotated to it): whatever it would sign answers 503 with
- * Retry-After, so agents go to a replica that can, instead of this one signing with the old key.
+ * A generation whose key signs nothing in this process; `refusal` says why:
+ * - the signing generation of a CA whose certificates an external CA issues (it issues them;
+ *   nothing else is signed with its key);
+ * - a key this process cannot reach (a token this replica has no access to, found when another
+ *   replica rotated to it): whatever it would sign answers 503 with Retry-After, so agents go
+ *   to a replica that can, instead of this one signing with the old key.
  */
-class Unreachable implements CaSigner {
+class NoKeyHere implements CaSigner {
   readonly info: IssuerInfo;
   readonly keyId: string;
   constructor(
     certDer: Buffer,
-    readonly why: string,
+    private readonly refusal: () => CairnError,
   ) {
     this.info = infoOf(certDer);
     this.keyId = this.info.keyId.toString('hex');
   }
   async sign(): Promise<Buffer> {
-    throw new RetryLater('unavailable', `this replica cannot reach the CA key: ${this.why}`, 5000);
+    throw this.refusal();
   }
 }
 
@@ -157,7 +147,8 @@ export class CaKeyring {
           if (!r.signer && isRevocationForwarder(r.issuer)) external = r.issuer;
         } catch (e) {
           if (!lenient || !(e instanceof CairnError)) throw e;
-          signer = new Unreachable(certDer, e.message);
+          const why = e.message;
+          signer = new NoKeyHere(certDer, () => new RetryLater('unavailable', `this replica cannot reach the CA key: ${why}`, 5000));
           unreachable.push(`CA ${row.id}: ${e.message}`);
           // a refused PIN is not tried again every second (a token locks its PIN after a few)
           if (e.code === 'hsm_login_failed') noRetry = true;
@@ -177,7 +168,8 @@ export class CaKeyring {
       // followed by the old generation's intermediates when it was one)
       const cross = newest.row.cross_pem && active.length > 1 ? certificatesFromPem(newest.row.cross_pem, `the cross-signed certificate of ${newest.row.id}`) : [];
       const chain = [...newest.intermediates, ...cross];
-      const signer = newest.signer ?? new HeldElsewhere(newest.certDer, newest.row.id);
+      const id = newest.row.id;
+      const signer = newest.signer ?? new NoKeyHere(newest.certDer, () => new CairnError('unavailable', `the key of CA ${id} is held by an external CA: it signs nothing but the certificates that CA issues`));
       const elsewhere = issuers.get(newest.row.id);
       signing[name] = { ...newest, signer, chain, issuer: elsewhere ? new ChainedIssuer(elsewhere, chain) : new SigningIssuer(signer, chain) };
     }
@@ -219,7 +211,7 @@ export class CaKeyring {
    */
   crlScopes(): CrlScope[] {
     return this.cas
-      .filter((c) => (c.signer && !(c.signer instanceof Unreachable)) || c.external)
+      .filter((c) => (c.signer && !(c.signer instanceof NoKeyHere)) || c.external)
       .map((c): CrlScope => {
         const name = c.row.name as CaName;
         const current = this.signing[name]?.row.id === c.row.id;
