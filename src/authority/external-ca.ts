@@ -297,8 +297,7 @@ export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
     for (const ext of this.settings().urls) {
       try {
         const a = await callCfssl(`${ext.url}/api/v1/cfssl/sign`, body, ext.cacert, this.clientIdentity());
-        const der = this.issuedByUs(a);
-        const got = certificateInfo(der);
+        const { der, info: got } = this.issuedByUs(a);
         if (!got.isCA) throw new Error(`issued a certificate that is not a CA with the "${CFSSL_CA_PROFILE}" profile (give it ca_constraint is_ca and the cert sign usage)`);
         if (!got.publicKeyDer.equals(want.publicKeyDer)) throw new Error("issued a certificate for another key than the new root's");
         // the same name; its encoding may differ (CFSSL writes PrintableString where cairn writes UTF8String): the caller decides
@@ -314,23 +313,8 @@ export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
     throw new RetryLater('unavailable', `no external CA could certify the new root: ${failures.join('; ')}`, EXTERNAL_CA_RETRY_MS);
   }
 
-  /** The certificate of an answer, issued and signed by the CA cairn trusts. */
-  private issuedByUs(a: CfsslAnswer): Buffer {
-    const pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
-    if (typeof pem !== 'string') throw new Error('answered without a certificate');
-    let der: Buffer;
-    try {
-      der = certificatesFromPem(pem, 'the certificate')[0];
-    } catch {
-      throw new Error('answered with something that is not a certificate');
-    }
-    const x = new X509Certificate(der);
-    if (!x.checkIssued(this.ca) || !x.verify(this.ca.publicKey)) throw new Error(`issued a certificate that is not signed by the cluster CA (issuer ${x.issuer.replace(/\n/g, ', ')})`);
-    return der;
-  }
-
-  /** What came back must be what cairn asked for, issued by the CA it trusts. */
-  private check(a: CfsslAnswer, req: IssueRequest): IssuedCertificate {
+  /** The certificate of an answer (and what it says), issued and signed by the CA cairn trusts. */
+  private issuedByUs(a: CfsslAnswer): { der: Buffer; info: ReturnType<typeof certificateInfo> } {
     const pem = typeof a.result === 'object' ? a.result?.certificate : undefined;
     if (typeof pem !== 'string') throw new Error('answered without a certificate');
     let der: Buffer;
@@ -343,6 +327,12 @@ export class CfsslIssuer implements CertificateIssuer, RevocationForwarder {
     }
     const x = new X509Certificate(der);
     if (!x.checkIssued(this.ca) || !x.verify(this.ca.publicKey)) throw new Error(`issued a certificate that is not signed by the cluster CA (issuer ${info.issuer})`);
+    return { der, info };
+  }
+
+  /** What came back must be what cairn asked for, issued by the CA it trusts. */
+  private check(a: CfsslAnswer, req: IssueRequest): IssuedCertificate {
+    const { der, info } = this.issuedByUs(a);
     if (!info.publicKeyDer.equals(req.publicKeyDer)) throw new Error("issued a certificate for another key than the request's");
     const s = req.policy.subject;
     if (info.subjectAttrs.CN !== s.CN || info.subjectAttrs.O !== s.O || info.subjectAttrs.OU !== s.OU) throw new Error(`issued a certificate with another subject (${info.subject})`);
