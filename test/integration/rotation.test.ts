@@ -326,6 +326,8 @@ describe('root CA rotation: 3 replicas on PostgreSQL, real agents', () => {
       const stuck = nodes.find((n) => n !== S && r.stuck.some((x) => x.id === n.nodeId));
       throw new Error(`${e.message}: ${JSON.stringify(r)}\n${stuck?.name} agent: ${stuck?.agent?.stderr().split('\n').slice(-15).join('\n')}`);
     });
+    // the store counts N converged when its renewal is recorded, a moment before N's agent writes node.crt
+    await until('N wrote its certificate of the RSA root', () => chain(N)[0].checkIssued(rsaRoot), 10_000);
     const [leaf, cross] = chain(N);
     assert.ok(leaf.checkIssued(rsaRoot) && leaf.verify(rsaRoot.publicKey), 'N holds a certificate of the RSA root');
     const prevRoot = roots(S)[0];
