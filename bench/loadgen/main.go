@@ -10,7 +10,9 @@
 //	         digest against the token, verify the server's certificate against that root,
 //	         POST /v1/join; -conns 1 sends both on one connection, -conns 2 on two
 //	renew    each client joins once (setup), then renews over mutual TLS with its newest
-//	         certificate, a new connection per renewal
+//	         certificate, a new connection per renewal; with -keepalive each client keeps
+//	         one connection (made with the certificate it joined with) and renews on it, as
+//	         an agent renews on its kept-alive connection to the CA
 //	cfssl    POST /api/v1/cfssl/sign over mutual TLS to `cfssl serve`
 package main
 
@@ -57,7 +59,7 @@ var (
 	certFile  = flag.String("cert", "", "cfssl: client certificate")
 	keyFile   = flag.String("key", "", "cfssl: client key")
 	caFile    = flag.String("ca", "", "cfssl: server CA")
-	keepalive = flag.Bool("keepalive", false, "reuse connections (cfssl, healthz)")
+	keepalive = flag.Bool("keepalive", false, "reuse connections (cfssl, healthz, renew)")
 	pool      = flag.Int("pool", 0, "distinct keys/CSRs made before timing (default 4 per client)")
 )
 
@@ -326,11 +328,18 @@ func main() {
 			}
 			nodes[w] = node{cert: tc}
 		}
+		kept := make([]*http.Client, *clients)
+		for w := range kept {
+			kept[w] = newClient(&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{nodes[w].cert}}, true)
+		}
 		op = func(w int, i int64) error {
 			nd := &nodes[w]
 			nd.n++
 			k := keys[(w+*clients*nd.n)%n]
-			c := newClient(&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{nd.cert}}, false)
+			c := kept[w]
+			if !*keepalive {
+				c = newClient(&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{nd.cert}}, false)
+			}
 			var out issued
 			if err := do(c, "POST", "/v1/renew", map[string]string{"csr": k.csrPEM}, 200, &out); err != nil {
 				return err
