@@ -38,7 +38,7 @@ export async function publishCrl(store: Store, j: CrlPublishJob, signer: CaSigne
   for (const r of rows) h.update(`${r.serial},${r.revoked_at},${r.revocation_reason ?? ''};`);
   const digest = h.digest('hex');
   const prev = published.get(j.ca);
-  if (!j.aging && prev && prev.digest === digest && (await store.latestCrl(j.ca))?.number === prev.number) {
+  if (!j.aging && prev && prev.digest === digest && (await store.latestCrlNumber(j.ca)) === prev.number) {
     return { skipped: true, entries: rows.length, ms: Math.round(performance.now() - started) };
   }
   const revoked: RevokedEntry[] = rows.map((r) => ({

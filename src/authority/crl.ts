@@ -125,12 +125,13 @@ export class CrlPublisher {
         const ca = scope.name;
         // an external CA is told first what cairn revoked (its CRL then lists it)
         const forwarded = scope.external ? await this.forward(scope.name, scope.keyIds, scope.external) : 0;
-        const last = await store.latestCrl(ca);
+        // its head only: the DER of a large CRL is not read each cycle
+        const last = await store.latestCrlHead(ca);
         const now = Date.now();
         // a CRL signed by another key than the scope's: a rotation started, completed or was
         // aborted, and the name (`cluster`) moved to another generation — re-signed now, not
         // when it ages
-        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2 || (scope.signer !== undefined && !this.signedByScope(last, scope.keyIds, scope.signer.info.certDer));
+        const aging = !last || now > last.this_update + (last.next_update - last.this_update) / 2 || (scope.signer !== undefined && !(await this.signedByScope(last, scope.keyIds, scope.signer.info.certDer)));
         if (forwarded > 0 || aging || (last.revocation_mark < mark && (this.covered[ca] ?? -1) < mark)) await this.publish(scope, term, mark, aging, forwarded > 0);
       }
     } finally {
@@ -215,18 +216,24 @@ export class CrlPublisher {
     this.log.info({ ca, number: n, entries: crl.revoked.size, ms: Math.round(performance.now() - started) }, "published the external CA's CRL");
   }
 
-  /** Whether a stored CRL was signed by the key of `scope` (checked once per CRL number and key). */
-  private signedByScope(last: { ca_name: string; number: number; der: string }, keyIds: string[], certDer: Buffer): boolean {
+  /**
+   * Whether the newest stored CRL was signed by the key of `scope`: known for a CRL this
+   * publisher signed, checked once per CRL number and key for one another leader stored (the
+   * only time its DER is read here).
+   */
+  private async signedByScope(last: { ca_name: string; number: number }, keyIds: string[], certDer: Buffer): Promise<boolean> {
     const k = `${last.number}|${keyIds.join(',')}`;
     if (this.checkedSigner[last.ca_name] === k) return true;
+    const row = await this.auth.store.latestCrl(last.ca_name);
+    if (!row) return false;
     let ok = false;
     try {
-      ok = verifyCrl(parseCrl(Buffer.from(last.der, 'base64')), [certDer]) === 0;
+      ok = verifyCrl(parseCrl(Buffer.from(row.der, 'base64')), [certDer]) === 0;
     } catch {
       ok = false;
     }
-    if (ok) this.checkedSigner[last.ca_name] = k;
-    return ok;
+    if (ok) this.checkedSigner[last.ca_name] = `${row.number}|${keyIds.join(',')}`;
+    return ok && row.number === last.number;
   }
 
   /** Build, sign and store the next CRL of a CA (in the worker thread), fenced by the lease term. */
@@ -247,6 +254,8 @@ export class CrlPublisher {
       return;
     }
     this.covered[ca] = mark;
+    // signed with the scope's key just now: not read back and checked at the next cycle
+    this.checkedSigner[ca] = `${r.number}|${scope.keyIds.join(',')}`;
     this.log.info({ ca, number: r.number, entries: r.entries, ms: r.ms }, 'published CRL');
   }
 

@@ -1,6 +1,6 @@
 import { verify as nodeVerify, X509Certificate } from 'node:crypto';
 import { certificateInfo, Issuer, IssuerInfo } from './cert.js';
-import { asn1, bitsBytes, children, ctxConstructed, ctxPrimitive, decode, derChildren, derTop, encode, octets, oid, raw, seq, smallInt, time, timeDer, Tlv, tlv, uintBytes, uintContents } from './der.js';
+import { asn1, bitsBytes, ctxConstructed, ctxPrimitive, derChildren, derTop, encode, octets, oid, raw, seq, smallInt, time, timeDer, Tlv, tlv, uintBytes, uintContents } from './der.js';
 import { PkiError } from './errors.js';
 import { sameName } from './name.js';
 import { SignatureScheme, signWith } from './keys.js';
@@ -97,18 +97,27 @@ export function crlTbs(p: Omit<CrlParams, 'issuer'> & { issuer: IssuerInfo }): B
 
 /** The CRL number of a CRL (for checks and tests). */
 export function crlNumber(der: Buffer): bigint {
-  const top = children(decode(der, 'CRL'), 'CRL', 3);
-  const tbs = children(top[0], 'CRL', 4);
-  const extsWrap = tbs.find((n) => n instanceof asn1.Constructed && n.idBlock.tagClass === 3 && n.idBlock.tagNumber === 0);
-  for (const e of children(children(extsWrap, 'CRL extensions', 1)[0], 'CRL extensions')) {
-    const parts = children(e, 'CRL extension', 2);
-    if ((parts[0] as asn1.ObjectIdentifier).valueBlock.toString() === '2.5.29.20') {
-      const inner = decode((parts[parts.length - 1] as asn1.OctetString).valueBlock.valueHexView, 'CRL number');
-      return BigInt('0x' + (Buffer.from((inner as asn1.Integer).valueBlock.valueHexView).toString('hex') || '0'));
+  // walked as TLVs, not decoded into objects: a CRL of 100,000 entries is read in milliseconds
+  const [tbs] = derChildren(der, derTop(der, 'CRL'), 'CRL', 3);
+  const extsWrap = derChildren(der, tbs, 'CRL', 4).find((t) => t.tag === 0xa0);
+  if (!extsWrap) throw new PkiError('bad_crl', 'CRL has no CRL number');
+  const [exts] = derChildren(der, extsWrap, 'CRL extensions', 1);
+  for (const e of derChildren(der, exts, 'CRL extensions')) {
+    const parts = derChildren(der, e, 'CRL extension', 2);
+    if (parts[0].tag === 0x06 && der.subarray(parts[0].start, parts[0].end).equals(CRL_NUMBER_OID)) {
+      const value = parts[parts.length - 1];
+      if (value.tag !== 0x04) throw new PkiError('bad_crl', 'the CRL number extension is malformed');
+      const inner = der.subarray(value.contents, value.end);
+      const n = derTop(inner, 'CRL number');
+      if (n.tag !== 0x02) throw new PkiError('bad_crl', 'the CRL number is not an INTEGER');
+      return BigInt('0x' + (inner.subarray(n.contents, n.end).toString('hex') || '0'));
     }
   }
   throw new PkiError('bad_crl', 'CRL has no CRL number');
 }
+
+/** DER of the OID of the CRL number extension (2.5.29.20). */
+const CRL_NUMBER_OID = Buffer.from('0603551d14', 'hex');
 
 /** A CRL as a relying party reads it. */
 export interface CrlInfo {

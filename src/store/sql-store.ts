@@ -770,6 +770,16 @@ export class SqlStore implements Store {
     return this.db.selectFrom('crls').selectAll().where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
   }
 
+  async latestCrlHead(caName: string): Promise<Omit<CrlTable, 'der'> | undefined> {
+    return this.db
+      .selectFrom('crls')
+      .select(['ca_name', 'number', 'this_update', 'next_update', 'revocation_mark', 'entries', 'replica_id', 'term'])
+      .where('ca_name', '=', caName)
+      .orderBy('number', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+  }
+
   async latestCrlNumber(caName: string): Promise<number | undefined> {
     const r = await this.db.selectFrom('crls').select('number').where('ca_name', '=', caName).orderBy('number', 'desc').limit(1).executeTakeFirst();
     return r ? Number(r.number) : undefined;

@@ -178,6 +178,8 @@ export interface Store {
 
   // ---- CRLs
   latestCrl(caName: string): Promise<CrlTable | undefined>;
+  /** The newest CRL's row without its DER (cheap: the CRL leader reads it every cycle, whatever the CRL's size). */
+  latestCrlHead(caName: string): Promise<Omit<CrlTable, 'der'> | undefined>;
   /** The number of a CA's newest CRL (cheap: tells whether a cached CRL is still the newest). */
   latestCrlNumber(caName: string): Promise<number | undefined>;
   insertCrl(c: CrlTable): Promise<void>;

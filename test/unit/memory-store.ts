@@ -386,6 +386,12 @@ export class MemoryStore implements Store {
   async latestCrl(ca: string) {
     return copy(this.t.crls.filter((c) => c.ca_name === ca).sort((a, b) => b.number - a.number)[0]);
   }
+  async latestCrlHead(ca: string) {
+    const r = await this.latestCrl(ca);
+    if (!r) return undefined;
+    const { der: _der, ...head } = r;
+    return head;
+  }
   async latestCrlNumber(ca: string) {
     return (await this.latestCrl(ca))?.number;
   }

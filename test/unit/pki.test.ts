@@ -563,3 +563,29 @@ test('sameName: names equal as RFC 5280 compares them, whatever the string types
   assert.equal(sameName(utf8, Buffer.from('3000', 'hex')), false);
   assert.equal(sameName(utf8, Buffer.from('30', 'hex')), false, 'not DER: not the same');
 });
+
+test('a CRL of 100,000 entries: its number and entries are read (in well under a second), as OpenSSL reads them', async (t) => {
+  const { buildCrl, crlNumber, parseCrl, verifyCrl } = await import('../../src/pki/index.js');
+  const ca = makeCa();
+  const revoked = Array.from({ length: 100_000 }, (_, i) => ({ serial: makeSerial(BigInt(i + 1)), revokedAt: new Date(), reason: 'keyCompromise' as const }));
+  const der = buildCrl({ issuer: ca.issuer, number: 4242n, thisUpdate: new Date(), nextUpdate: new Date(Date.now() + 86_400_000), revoked });
+  assert.ok(der.length > 65_536 * 16, 'a CRL larger than 1 MiB');
+  const t0 = performance.now();
+  assert.equal(crlNumber(der), 4242n);
+  const crl = parseCrl(der);
+  assert.ok(performance.now() - t0 < 1000, `read in ${Math.round(performance.now() - t0)} ms`);
+  assert.equal(crl.number, 4242n, 'the number, not 0 (asn1js could not decode a CRL this large)');
+  assert.equal(crl.revoked.size, 100_000);
+  assert.equal(verifyCrl(crl, [ca.der]), 0);
+  const dir = tmpDir(t);
+  fs.writeFileSync(path.join(dir, 'crl.der'), der);
+  fs.writeFileSync(path.join(dir, 'ca.pem'), certificateToPem(ca.der));
+  const out = await run('openssl', ['crl', '-inform', 'DER', '-in', path.join(dir, 'crl.der'), '-CAfile', path.join(dir, 'ca.pem'), '-noout', '-crlnumber']);
+  assert.match(out.stdout + out.stderr, /crlNumber=0x1092/);
+  assert.match(out.stderr + out.stdout, /verify OK/);
+  // a CRL number extension that is not an INTEGER is refused, not read as 0
+  const bad = Buffer.from(der);
+  const at = bad.indexOf(Buffer.from('0603551d14', 'hex'));
+  bad[at + 7] = 0x05; // OCTET STRING { INTEGER } -> OCTET STRING { NULL-tagged }
+  throwsPki(() => crlNumber(bad), 'bad_crl');
+});
