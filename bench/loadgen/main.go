@@ -3,6 +3,8 @@
 // clock starts, runs `-c` clients for `-seconds`, and prints one JSON object on stdout:
 // operations, rate, latency percentiles, errors and the CPU time this process used.
 //
+// -rate paces the requests (open loop) instead of sending each as soon as the last answered.
+//
 // Modes (every TLS connection is new and never resumes a session, unless -keepalive):
 //
 //	healthz  GET /healthz
@@ -11,8 +13,11 @@
 //	         POST /v1/join; -conns 1 sends both on one connection, -conns 2 on two
 //	renew    each client joins once (setup), then renews over mutual TLS with its newest
 //	         certificate, a new connection per renewal; with -keepalive each client keeps
-//	         one connection (made with the certificate it joined with) and renews on it, as
-//	         an agent renews on its kept-alive connection to the CA
+//	         one connection (made with the certificate it joined with) and renews on it,
+//	         presenting that first certificate each time: every renewal then takes the
+//	         grace path (the newest certificate counts as never received, and is revoked).
+//	         Not what an agent does (it reconnects with its new certificate): a profile of
+//	         a renewal's work without its handshake
 //	cfssl    POST /api/v1/cfssl/sign over mutual TLS to `cfssl serve`
 package main
 
@@ -61,6 +66,7 @@ var (
 	caFile    = flag.String("ca", "", "cfssl: server CA")
 	keepalive = flag.Bool("keepalive", false, "reuse connections (cfssl, healthz, renew)")
 	pool      = flag.Int("pool", 0, "distinct keys/CSRs made before timing (default 4 per client)")
+	rate      = flag.Float64("rate", 0, "requests per second in all, evenly paced over the clients (0: each client sends its next request as soon as it has its answer); latency counts from the time a request was due, so a stall is not hidden by the requests it held back")
 )
 
 func die(f string, a ...interface{}) {
@@ -252,8 +258,18 @@ func run(d time.Duration, op func(w int, i int64) error) result {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for time.Now().Before(end) {
+			for k := 0; time.Now().Before(end); k++ {
 				s := time.Now()
+				if *rate > 0 {
+					due := t0.Add(time.Duration(float64(k**clients+w) / *rate * float64(time.Second)))
+					if due.After(end) {
+						break
+					}
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+					s = due
+				}
 				if err := op(w, atomic.AddInt64(&next, 1)); err != nil {
 					atomic.AddInt64(&errs, 1)
 					firstErr.CompareAndSwap(nil, err.Error())
