@@ -3,7 +3,7 @@
  * seals, against the cluster roots of the caller's bundle), seal it now (`seal`).
  */
 import { Command } from 'commander';
-import { ChainVerifier, type ChainRow, type SealRow } from '../authority/audit-log.js';
+import type { ChainRow, SealRow } from '../authority/audit-log.js';
 import { certificatesFromPem } from '../pki/index.js';
 import { parseDuration } from '../util/duration.js';
 import { CairnError, fromPki } from '../util/errors.js';
@@ -67,6 +67,8 @@ auditSealIntervalMs, 60 s by default, or now with "cairn audit seal").`)
         if (r.seals.length < PAGE) break;
         after = r.seals[r.seals.length - 1].seq;
       }
+      // loaded here: its module brings the store's (Kysely, pg, SQLite), which no other admin command needs to start
+      const { ChainVerifier } = await import('../authority/audit-log.js');
       const v = new ChainVerifier(head.clusterId, roots, seals);
       for (let after = 0; ; ) {
         const r = await adminCall(target, 'GET', `v1/audit/chain?after=${after}&limit=${PAGE}`, undefined, { maxResponseBytes: BIG });
