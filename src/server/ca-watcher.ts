@@ -9,6 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { Authority } from '../authority/authority.js';
 import type { ServerOptions } from './server.js';
+import { tlsContextOptions } from './tls-context.js';
 
 /** How long a long-poll of GET /v1/ca is held at most. */
 export const LONG_POLL_MS = 25_000;
@@ -102,6 +103,6 @@ export class CaWatcher {
   private async applyTls(): Promise<boolean> {
     if (!this.o.onKeyringChange) return true;
     const server = this.app.server as { setSecureContext?: (o: object) => void };
-    return this.o.onKeyringChange((c) => server.setSecureContext?.({ key: c.key, cert: c.cert, ca: c.ca, minVersion: 'TLSv1.2' }));
+    return this.o.onKeyringChange((c) => server.setSecureContext?.(tlsContextOptions(c)));
   }
 }

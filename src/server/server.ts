@@ -18,6 +18,7 @@ import { RangeAllocator } from '../store/ranges.js';
 import { createMetrics, Metrics } from './metrics.js';
 import { ocspRoutes } from './ocsp-routes.js';
 import { requireProxyProtocol } from './proxy-protocol.js';
+import { tlsContextOptions } from './tls-context.js';
 import { auditChainRoutes } from './audit-routes.js';
 
 export const BODY_LIMIT = 64 * 1024;
@@ -159,12 +160,9 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
       return n === null ? `${authority.replicaId}-${++fallbackId}` : String(n);
     },
     https: {
-      key: o.tls.key,
-      cert: o.tls.cert,
-      ca: o.tls.ca,
+      ...tlsContextOptions(o.tls),
       requestCert: true,
       rejectUnauthorized: false, // join and /v1/ca are unauthenticated; routes check peers themselves
-      minVersion: 'TLSv1.2',
     },
   });
 

@@ -165,6 +165,33 @@ describe('removal, revocation and renewal are final', () => {
     }
   });
 
+  test('no TLS session tickets: no session carrying a client certificate is handed out or resumed (TLS 1.3 and 1.2)', async () => {
+    const h = await join();
+    for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
+      const first = tls.connect({ host: '127.0.0.1', port: c.port, key: h.id.key, cert: h.id.cert, rejectUnauthorized: false, maxVersion });
+      let session: Buffer | undefined;
+      first.on('session', (s: Buffer) => (session = s));
+      try {
+        await once(first, 'secureConnect');
+        first.write('GET /v1/whoami HTTP/1.1\r\nhost: ca\r\n\r\n');
+        assert.match(String((await once(first, 'data'))[0]), /^HTTP\/1\.1 200/);
+        await new Promise((r) => setTimeout(r, 100)); // TLS 1.3 tickets follow the handshake
+        // TLS 1.3: at most a stateful ticket (a session ID of 32 bytes), never the encrypted session
+        const ticket = first.getTLSTicket();
+        assert.ok(ticket === undefined || ticket.length <= 64, `${maxVersion}: a ${ticket?.length}-byte session ticket`);
+      } finally {
+        first.destroy();
+      }
+      const again = tls.connect({ host: '127.0.0.1', port: c.port, key: h.id.key, cert: h.id.cert, rejectUnauthorized: false, maxVersion, session: session ?? first.getSession() });
+      try {
+        await once(again, 'secureConnect');
+        assert.equal(again.isSessionReused(), false, maxVersion);
+      } finally {
+        again.destroy();
+      }
+    }
+  });
+
   test('the last good admin certificate is not revoked without --force; cairn admin-bundle lets an admin back in', async () => {
     const admins = () => JSON.parse(cli(['cert', 'ls', '--kind', 'admin', '--status', 'good', '--json', '--state-dir', c.dir]).stdout) as { serial: string }[];
     const [only] = admins();
