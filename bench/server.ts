@@ -6,6 +6,7 @@
  * reported as the median with min–max in the note.
  *
  *  tls.new_conn_ceiling  GET /healthz on a new TLS connection each (no resumption)
+ *  tls.new_conn_mtls     the same presenting a node certificate (the handshake of a renewal)
  *  join.https            a real join as `cairn join` makes it (GET /v1/ca + POST /v1/join)
  *  renew.https           a renewal over mutual TLS, new connection each (the certificate changes)
  *  *.w1                  the same with `cairn serve --workers 1`
@@ -21,7 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { adminId, cliAsync, seededSerial, seedRows, ServeProcess, startCluster } from '../test/integration/cluster.js';
+import { adminId, cliAsync, Cluster, seededSerial, seedRows, ServeProcess, startCluster } from '../test/integration/cluster.js';
 import { BenchContext, BenchGroup, Derived, Row } from './harness.js';
 import { post } from './https.js';
 import { buildLoadgen, hasCommand, LoadResult, runLoadgen, startCfssl, tempDir } from './procs.js';
@@ -63,6 +64,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
   const tmp = tempDir('cairn-bench-');
   const out: Row[] = [];
   let server: ServeProcess | undefined;
+  let f: Cluster | undefined;
   const c = await startCluster('bench');
   try {
     const loadgen = buildLoadgen(tmp);
@@ -92,6 +94,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
         add(`tls.new_conn_ceiling${cfg.suffix}`, await runLoadgen(loadgen, lg(c.url, 'healthz'), pid));
         add(`join.https${cfg.suffix}`, await runLoadgen(loadgen, lg(c.url, 'join', ['-token', c.tokens.worker]), pid));
         add(`renew.https${cfg.suffix}`, await runLoadgen(loadgen, lg(c.url, 'renew', ['-token', c.tokens.worker]), pid));
+        add(`tls.new_conn_mtls${cfg.suffix}`, await runLoadgen(loadgen, lg(c.url, 'healthz-mtls', ['-token', c.tokens.worker]), pid));
         await server.kill('SIGTERM');
         server = undefined;
       }
@@ -115,6 +118,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
       out.push(...rows(`tls.new_conn_ceiling${cfg.suffix}`, 'req/s', ceil, `GET /healthz, new TLS connection each; load generator CPU ${clientMs.toFixed(2)} ms/conn${wl(cfg.suffix)}`));
       out.push(...rows(`join.https${cfg.suffix}`, 'joins/s', res[`join.https${cfg.suffix}`], `real join (one TLS connection per join when cairn join does so)${wl(cfg.suffix)}`));
       out.push(...rows(`renew.https${cfg.suffix}`, 'renewals/s', res[`renew.https${cfg.suffix}`], `mTLS, new connection per renewal${wl(cfg.suffix)}`));
+      out.push(...rows(`tls.new_conn_mtls${cfg.suffix}`, 'req/s', res[`tls.new_conn_mtls${cfg.suffix}`], `GET /healthz presenting a node certificate, new connection each: the handshake a renewal pays${wl(cfg.suffix)}`));
     }
     out.push({ name: 'join.p99_ms', value: Math.round(median(res['join.https'].map((r) => r.p99)) * 10) / 10, unit: 'ms', note: 'goal < 50' });
     out.push({ name: 'renew.p99_ms', value: Math.round(median(res['renew.https'].map((r) => r.p99)) * 10) / 10, unit: 'ms' });
@@ -124,16 +128,23 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     }
 
     // ---- stalls: a 10k-node listing, a 100k-entry CRL, renewals during its publication
-    server = await serve(c.dir, multi ? 1 : undefined);
-    await seedRows(c.dir, { nodes: 10_000, revoked: 100_000 });
+    // on a cluster of their own: the rounds above joined thousands of nodes into the first
+    const fc = await startCluster('bench-stalls');
+    f = fc;
+    await fc.kill('SIGTERM');
+    const fAdmin = adminId(fc.dir);
+    server = await serve(fc.dir, multi ? 1 : undefined);
+    const cfg = await post(fc.url, '/v1/config', { renewalIntervalMs: 0 }, { method: 'PATCH', agent: false, key: fAdmin.key, cert: fAdmin.cert });
+    if (cfg.status !== 200) throw new Error(`config: ${cfg.status} ${JSON.stringify(cfg.body)}`);
+    await seedRows(fc.dir, { nodes: 10_000, revoked: 100_000 });
     const lsTimes: number[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       const t0 = performance.now();
-      const r = await cliAsync(['node', 'ls', '--json', '--state-dir', c.dir]);
+      const r = await cliAsync(['node', 'ls', '--json', '--state-dir', fc.dir]);
       lsTimes.push(performance.now() - t0);
       if (r.code !== 0) throw new Error(`node ls: ${r.stderr}`);
       const n = JSON.parse(r.stdout).length;
-      if (n < 10_000) throw new Error(`node ls listed ${n} nodes`);
+      if (n !== 10_000) throw new Error(`node ls listed ${n} nodes, not the 10,000 seeded`);
     }
     out.push({ name: 'node_ls_10k_ms', value: Math.round(median(lsTimes)), unit: 'ms', note: `cairn node ls --json, 10,000 nodes, CLI start included; ${Math.round(Math.min(...lsTimes))}–${Math.round(Math.max(...lsTimes))}; goal < 500` });
 
@@ -151,7 +162,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
       throw new Error('the CRL leader did not publish the 100k-entry CRL within 30 s');
     };
     const revokeOne = async (serial: string) => {
-      const r = await post(c.url, `/v1/certificates/${serial}/revoke`, { reason: 'keyCompromise' }, { agent: false, key: admin.key, cert: admin.cert });
+      const r = await post(fc.url, `/v1/certificates/${serial}/revoke`, { reason: 'keyCompromise' }, { agent: false, key: fAdmin.key, cert: fAdmin.cert });
       if (r.status !== 200) throw new Error(`revoke: ${r.status} ${JSON.stringify(r.body)}`);
     };
     const pubTimes: number[] = [];
@@ -162,7 +173,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     }
     out.push({ name: 'crl.publish_100k_ms', value: Math.round(median(pubTimes)), unit: 'ms', note: `one CRL publication, 100,000 entries (as the leader logs it); ${pubTimes.map((x) => Math.round(x)).join(', ')}` });
     await server.kill('SIGTERM');
-    server = await serve(c.dir, undefined);
+    server = await serve(fc.dir, undefined);
     let k = ROUNDS;
     const burst = async () => {
       for (let i = 0; i < 3; i++) {
@@ -173,10 +184,10 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     // at a steady PACED_RATE (latency from the time each renewal was due, so a stall shows in
     // full), without and with the publications; and flat out, where p99 is mostly the queue of
     // 50 clients waiting on a saturated server
-    const paced = ['-token', c.tokens.worker, '-rate', String(PACED_RATE)];
-    const quiet = await runLoadgen(loadgen, lg(c.url, 'renew', paced), server.proc!.pid!);
-    const during = await runLoadgen(loadgen, lg(c.url, 'renew', paced), server.proc!.pid!, burst);
-    const flat = await runLoadgen(loadgen, lg(c.url, 'renew', ['-token', c.tokens.worker]), server.proc!.pid!, burst);
+    const paced = ['-token', fc.tokens.worker, '-rate', String(PACED_RATE)];
+    const quiet = await runLoadgen(loadgen, lg(fc.url, 'renew', paced), server.proc!.pid!);
+    const during = await runLoadgen(loadgen, lg(fc.url, 'renew', paced), server.proc!.pid!, burst);
+    const flat = await runLoadgen(loadgen, lg(fc.url, 'renew', ['-token', fc.tokens.worker]), server.proc!.pid!, burst);
     const p99 = (r: LoadResult) => Math.round(r.p99 * 10) / 10;
     out.push({ name: 'renew.p99_paced_ms', value: p99(quiet), unit: 'ms', note: `renewals at ${PACED_RATE}/s (${Math.round(quiet.rate)}/s done), new connection each, no CRL publication; p50 ${quiet.p50.toFixed(1)} ms` });
     out.push({ name: 'renew.p99_during_crl_ms', value: p99(during), unit: 'ms', note: `the same while 3 revocations each make the leader publish a 100k-entry CRL; p50 ${during.p50.toFixed(1)} ms; goal < 100` });
@@ -185,6 +196,7 @@ async function run(ctx: BenchContext): Promise<Row[]> {
   } finally {
     await server?.kill('SIGTERM');
     await c.cleanup();
+    await f?.cleanup();
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 }

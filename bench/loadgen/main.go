@@ -8,6 +8,8 @@
 // Modes (every TLS connection is new and never resumes a session, unless -keepalive):
 //
 //	healthz  GET /healthz
+//	healthz-mtls  each client joins once (setup), then GET /healthz presenting its certificate:
+//	         the cost of a mutual-TLS handshake, which every renewal pays
 //	join     a real join as `cairn join` makes it: GET /v1/ca unverified, check the root's
 //	         digest against the token, verify the server's certificate against that root,
 //	         POST /v1/join; -conns 1 sends both on one connection, -conns 2 on two
@@ -54,7 +56,7 @@ type keyCsr struct {
 }
 
 var (
-	mode      = flag.String("mode", "healthz", "healthz | join | renew | cfssl")
+	mode      = flag.String("mode", "healthz", "healthz | healthz-mtls | join | renew | cfssl")
 	url       = flag.String("url", "", "https://127.0.0.1:port")
 	clients   = flag.Int("c", 50, "concurrent clients")
 	seconds   = flag.Float64("seconds", 5, "measured time")
@@ -316,6 +318,23 @@ func main() {
 			if !*keepalive {
 				c = newClient(&tls.Config{InsecureSkipVerify: true}, false)
 			}
+			return do(c, "GET", "/healthz", nil, 200, nil)
+		}
+	case "healthz-mtls":
+		keys := makeKeys(*clients)
+		digest := strings.Split(*token, "-")[2]
+		certs := make([]tls.Certificate, *clients)
+		for w := range certs {
+			certPEM, err := joinOnce(keys[w], digest)
+			if err != nil {
+				die("join: %v", err)
+			}
+			if certs[w], err = tls.X509KeyPair([]byte(certPEM), keys[w].keyPEM); err != nil {
+				die("%v", err)
+			}
+		}
+		op = func(w int, i int64) error {
+			c := newClient(&tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{certs[w]}}, false)
 			return do(c, "GET", "/healthz", nil, 200, nil)
 		}
 	case "join":
