@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { certificateFromPem, certificateInfo, createCsr, csrToPem, generateKeyPair, privateKeyToPem, sequenceOf } from '../../src/pki/index.js';
+import { certificateFromPem, certificateInfo, certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem, sequenceOf } from '../../src/pki/index.js';
 import { addReplica, adminId, api, cli, Cluster, freePort, mkTemp, startCluster, TlsIdentity } from './cluster.js';
 import { createDb, pgQuery, TestDb } from './pg.js';
 
@@ -377,5 +377,84 @@ describe('store migrations', () => {
     } finally {
       await db.drop();
     }
+  });
+});
+
+describe('root rotation finished with --force on PostgreSQL, racing renewals', () => {
+  let db: TestDb;
+  let a: Cluster;
+  let replicas: Awaited<ReturnType<typeof addReplica>>[] = [];
+  before(async () => {
+    db = await createDb();
+    a = await startCluster('ha-rot', { store: db.url });
+    replicas = [await addReplica(db.url, path.join(a.dir, 'unlock.key')), await addReplica(db.url, path.join(a.dir, 'unlock.key'))];
+  });
+  after(async () => {
+    for (const r of replicas) await r.cleanup();
+    await a?.cleanup();
+    await db?.drop();
+  });
+
+  /** An admin call through replica A, retried while A re-issues its state directory's admin certificate after a completion. */
+  async function asAdmin(method: string, p: string, body?: unknown) {
+    let r = await api(a.url, method, p, body, adminId(a.dir));
+    for (let i = 0; i < 50 && r.status === 403; i++) {
+      await sleep(200);
+      r = await api(a.url, method, p, body, adminId(a.dir));
+    }
+    return r;
+  }
+
+  test('a node either converged (active, its newest certificate of the new root and good) or was removed with every certificate revoked — never removed yet holding a good one (8 trials, 12 nodes, 3 replicas)', async (t) => {
+    const endpoints = [a.url, ...replicas.map((r) => r.url)];
+    let token = a.tokens.worker;
+    const outcomes = { renewedKept: 0, renewedThenRemoved: 0, refused: 0 };
+    for (let trial = 0; trial < 8; trial++) {
+      // nodes that hold a certificate of the old root, then a rotation every replica knows of
+      const nodes = await Promise.all(Array.from({ length: 12 }, (_, i) => joinAny([endpoints[i % 3], ...endpoints], token)));
+      const started = await asAdmin('POST', '/v1/ca/rotate', {});
+      assert.equal(started.status, 202, JSON.stringify(started.body));
+      const newKey = started.body.rotation.to.keyId as string;
+      await sleep(1300); // each replica reloads its CA generations every second
+      // each node renews once, through the replicas in turn, while the rotation is finished with --force
+      const renewals = nodes.map(async (n, i) => {
+        await sleep((i % 4) * 3);
+        const k = csr();
+        const r = await api(endpoints[(i + trial) % 3], 'POST', '/v1/renew', { csr: k.csr }, { key: n.id.key, cert: n.id.cert });
+        // the leaf's serial (during a rotation the answer's chain also carries the cross-signed root)
+        const end: { serial?: string; code?: string } = r.status === 200 ? { serial: certificateInfo(certificatesFromPem(r.body.certificate, 'renewed')[0]).serialHex } : { code: String(r.body?.error?.code) };
+        return end;
+      });
+      await sleep(4);
+      const fin = await asAdmin('POST', '/v1/ca/rotation/finish', { force: true });
+      assert.equal(fin.status, 200, JSON.stringify(fin.body));
+      const ends = await Promise.all(renewals);
+      token = token.replace(/^(CAIRN-1-)[^-]+-/, `$1${fin.body.digest}-`);
+
+      const ids = nodes.map((n) => n.nodeId);
+      const rows = await pgQuery(db.url, 'select id, status, current_serial from nodes where id = any($1)', [ids]);
+      const certs = await pgQuery(db.url, 'select serial, node_id, status, issuer_key_id from certificates where node_id = any($1)', [ids]);
+      for (const [i, n] of nodes.entries()) {
+        const row = rows.find((r) => r.id === n.nodeId)!;
+        const mine = certs.filter((c) => c.node_id === n.nodeId);
+        const end = ends[i];
+        if (row.status === 'removed') {
+          assert.deepEqual(mine.filter((c) => c.status === 'good').map((c) => c.serial), [], `trial ${trial}: removed node ${n.nodeId} holds a good certificate`);
+          if (end.serial) outcomes.renewedThenRemoved++;
+          else outcomes.refused++;
+        } else {
+          assert.equal(row.status, 'active');
+          const current = mine.find((c) => c.serial === row.current_serial)!;
+          assert.equal(current.status, 'good', `trial ${trial}: active node ${n.nodeId}'s newest certificate is not good`);
+          assert.equal(current.issuer_key_id, newKey, `trial ${trial}: active node ${n.nodeId} kept only a certificate of the retired root`);
+          assert.equal(end.serial, current.serial, `trial ${trial}: active node ${n.nodeId}: its newest certificate is not the one its renewal received (${JSON.stringify(end)})`);
+          outcomes.renewedKept++;
+        }
+        if (end.code) assert.ok(['node_removed', 'certificate_revoked'].includes(end.code), `trial ${trial}: renewal ended with ${end.code}`);
+      }
+    }
+    t.diagnostic(`outcomes: ${JSON.stringify(outcomes)}`);
+    // both sides of the race happened: some renewals won, some lost to the completion
+    assert.ok(outcomes.renewedKept > 0 && outcomes.renewedThenRemoved + outcomes.refused > 0, JSON.stringify(outcomes));
   });
 });
