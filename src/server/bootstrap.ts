@@ -434,10 +434,19 @@ function serverCertificateCurrent(r: Prepared, certPem: string): boolean {
  * retired. Admin bundles kept elsewhere are re-issued with `cairn admin-bundle`.
  */
 let issuing: Promise<void> | null = null;
+/** The signing generation and the files' modification times last found current: nothing is parsed again until one changes. */
+let checked = '';
+const mtimeOf = (file: string) => fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0;
 async function ensureServerCertificate(r: Prepared): Promise<void> {
   const p = statePaths(r.stateDir);
+  // called every second: parsing both certificates each time was most of an idle server's CPU
+  const seen = `${r.auth.cas.signer('cluster').row.key_id}|${mtimeOf(p.serverCert)}|${mtimeOf(p.adminCert)}`;
+  if (seen === checked) return;
   const adminStale = exists(p.adminCert) && !serverCertificateCurrent(r, readText(p.adminCert));
-  if (serverCertificateCurrent(r, readText(p.serverCert)) && !adminStale) return;
+  if (serverCertificateCurrent(r, readText(p.serverCert)) && !adminStale) {
+    checked = seen;
+    return;
+  }
   issuing ??= (async () => {
     try {
       if (!serverCertificateCurrent(r, readText(p.serverCert))) {
