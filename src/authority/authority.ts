@@ -154,6 +154,17 @@ export class Authority {
   }
 
   caInfo() {
+    // asked by every join and every node's long poll: built once per CA version and rotation view
+    const m = this.caInfoMemo;
+    if (m && m.version === this.keyring.version && m.rotation === this.rotationCache && m.digest === this.digest) return m.info;
+    const info = Object.freeze(this.buildCaInfo()); // shared by every caller: none may change it
+    this.caInfoMemo = { version: this.keyring.version, rotation: this.rotationCache, digest: this.digest, info };
+    return info;
+  }
+
+  private caInfoMemo: { version: string; rotation: RotationView | null; digest: string; info: Readonly<ReturnType<Authority['buildCaInfo']>> } | null = null;
+
+  private buildCaInfo() {
     return {
       clusterId: this.clusterId,
       // the roots peers anchor in: an intermediate's own root (its certificate is in `intermediates`)
