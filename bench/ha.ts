@@ -6,17 +6,22 @@
  *  ha.issue_sqlite    the same through one replica on SQLite (the goal's baseline)
  *  ha.range_claim_ms  median time to claim a serial range, 3 claimers at once on one row
  *  crl.build_100k_ms  build and sign a CRL of 100,000 revoked certificates
+ *  renew.pg.w1        renewals through one replica on PostgreSQL (Go load generator, new
+ *                     connection each), with .cpu_ms (server) and .pg_cpu_ms (PostgreSQL's
+ *                     backends) per renewal
  *
  * Issuance here uses keep-alive connections (50 clients), so the figure is the CA's
  * issuance rate rather than TLS handshakes (join.https measures those).
  */
+import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { buildCrl, makeSerial } from '../src/pki/index.js';
 import { openStore } from '../src/store/store.js';
-import { addReplica, startCluster } from '../test/integration/cluster.js';
-import { createDb } from '../test/integration/pg.js';
+import { addReplica, adminId, ServeProcess, startCluster } from '../test/integration/cluster.js';
+import { createDb, pgQuery } from '../test/integration/pg.js';
+import { buildLoadgen, LoadResult, runLoadgen, tempDir } from './procs.js';
 import { fixtures } from './fixtures.js';
 import { BenchContext, BenchGroup, Row } from './harness.js';
 import { CONCURRENCY, csrPool, load, post } from './https.js';
@@ -99,11 +104,53 @@ async function runCrl(ctx: BenchContext): Promise<Row[]> {
   return [{ name: 'crl.build_100k_ms', value: Math.round(times[Math.floor(times.length / 2)]), unit: 'ms', note: `median of ${times.length}; goal < 2000` }];
 }
 
+/**
+ * Renewals through one replica (`serve --workers 1`) on PostgreSQL, driven by the Go load
+ * generator (new mutual-TLS connection each): server CPU and PostgreSQL's CPU (every backend,
+ * from /proc under the postmaster) per renewal, 3 rounds.
+ */
+async function runRenewPg(ctx: BenchContext): Promise<Row[]> {
+  const tmp = tempDir('cairn-bench-pg-');
+  const db = await createDb();
+  const c = await startCluster('bench-pg', { store: db.url });
+  let server: ServeProcess | undefined;
+  try {
+    const loadgen = buildLoadgen(tmp);
+    await c.kill('SIGTERM');
+    server = new ServeProcess(c.dir, {}, ['--workers', '1']);
+    await server.start();
+    const admin = adminId(c.dir);
+    const r = await post(c.url, '/v1/config', { renewalIntervalMs: 0 }, { method: 'PATCH', agent: false, key: admin.key, cert: admin.cert });
+    if (r.status !== 200) throw new Error(`config: ${r.status} ${JSON.stringify(r.body)}`);
+    const [{ pid }] = await pgQuery<{ pid: number }>(db.url, 'select pg_backend_pid() as pid');
+    const postmaster = Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+    const seconds = String(Math.max(3, ctx.seconds * 2));
+    const rs: LoadResult[] = [];
+    for (let i = 0; i < 3; i++) rs.push(await runLoadgen(loadgen, ['-url', c.url, '-mode', 'renew', '-c', '50', '-seconds', seconds, '-warmup', String(Math.max(1, ctx.warmupSeconds)), '-token', c.tokens.worker], server.proc!.pid!, undefined, postmaster));
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[1];
+    const span = (xs: number[], d: number) => `${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)}`;
+    const rate = rs.map((x) => x.rate);
+    const cpu = rs.map((x) => x.cpuPerOp);
+    const pgc = rs.map((x) => x.alsoPerOp!);
+    return [
+      { name: 'renew.pg.w1', value: Math.round(med(rate)), unit: 'renewals/s', note: `${span(rate, 0)}; one replica, serve --workers 1, PostgreSQL, new mTLS connection each` },
+      { name: 'renew.pg.w1.cpu_ms', value: Math.round(med(cpu) * 1000) / 1000, unit: 'ms/op', note: `server CPU per renewal, ${span(cpu, 3)}` },
+      { name: 'renew.pg.w1.pg_cpu_ms', value: Math.round(med(pgc) * 1000) / 1000, unit: 'ms/op', note: `PostgreSQL's CPU per renewal (every backend), ${span(pgc, 3)}` },
+    ];
+  } finally {
+    await server?.kill('SIGTERM');
+    await c.cleanup();
+    await db.drop();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 const group: BenchGroup = {
   name: 'ha',
   benches: [
     { name: 'ha.issue', description: 'issuance through 1 and 3 replicas on PostgreSQL, and 1 on SQLite; range claims', run: runIssue },
     { name: 'crl.build_100k_ms', description: 'build and sign a 100,000-entry CRL', run: runCrl },
+    { name: 'renew.pg.w1', description: 'renewals through one replica on PostgreSQL: server and PostgreSQL CPU per renewal', produces: ['renew.pg'], run: runRenewPg },
   ],
 };
 export default group;

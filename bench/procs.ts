@@ -73,6 +73,8 @@ export interface LoadResult {
   serverCpuMs: number;
   /** server CPU ms per operation */
   cpuPerOp: number;
+  /** CPU ms per operation of a second process tree (`also`: e.g. PostgreSQL's), when given */
+  alsoPerOp?: number;
 }
 
 /**
@@ -80,21 +82,27 @@ export interface LoadResult {
  * server's CPU is read when the generator starts measuring and when it reports. `during` runs
  * alongside the measured window (e.g. revocations).
  */
-export async function runLoadgen(bin: string, args: string[], serverPid: number, during?: () => Promise<void>): Promise<LoadResult> {
+export async function runLoadgen(bin: string, args: string[], serverPid: number, during?: () => Promise<void>, also?: number): Promise<LoadResult> {
   const p = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   let cpu0 = NaN;
   let cpu1 = NaN;
+  let also0 = NaN;
+  let also1 = NaN;
   let side: Promise<void> | undefined;
   p.stdout.on('data', (d) => {
     out += d;
-    if (out.includes('\n') && Number.isNaN(cpu1)) cpu1 = treeCpuMs(serverPid);
+    if (out.includes('\n') && Number.isNaN(cpu1)) {
+      cpu1 = treeCpuMs(serverPid);
+      if (also !== undefined) also1 = treeCpuMs(also);
+    }
   });
   p.stderr.on('data', (d) => {
     err += d;
     if (Number.isNaN(cpu0) && err.includes('loadgen: measuring')) {
       cpu0 = treeCpuMs(serverPid);
+      if (also !== undefined) also0 = treeCpuMs(also);
       side = during?.();
     }
   });
@@ -105,7 +113,7 @@ export async function runLoadgen(bin: string, args: string[], serverPid: number,
   if (r.errors > 0) process.stderr.write(`  load generator: ${r.errors} errors, first: ${r.firstError}\n`);
   if (r.ops === 0) throw new Error(`no operation succeeded: ${r.firstError ?? err.trim()}`);
   const serverCpuMs = cpu1 - cpu0;
-  return { ...r, serverCpuMs, cpuPerOp: serverCpuMs / r.ops };
+  return { ...r, serverCpuMs, cpuPerOp: serverCpuMs / r.ops, ...(also !== undefined ? { alsoPerOp: (also1 - also0) / r.ops } : {}) };
 }
 
 /** Wait until something accepts TCP connections on 127.0.0.1:port. */

@@ -11,12 +11,13 @@ import assert from 'node:assert/strict';
 import {  } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { openStore, replicationWarning } from '../../src/store/store.js';
+import { openStore, replicationWarning, SqlStore } from '../../src/store/store.js';
 import { parsePgUrl } from '../../src/store/pg-failover.js';
 import { addReplica, adminId, api, Cluster, startCluster } from './cluster.js';
 import { checkNothingLost, csr, startLoad } from './load.js';
 import { createPgPair, PgPair, query, waitFor } from './pg-pair.js';
-import { createDb } from './pg.js';
+import { createDb, pgQuery } from './pg.js';
+import { sql } from 'kysely';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -49,6 +50,32 @@ describe('store URLs with several hosts', () => {
         await s.close();
       }
     } finally {
+      await db.drop();
+    }
+  });
+
+  test('statements run prepared on their connection; one whose table another replica changed runs again unprepared (outside a transaction at once, inside one after a 503 retry)', async () => {
+    const db = await createDb();
+    const s = await openStore('postgres', db.url, { poolSize: 1 });
+    try {
+      const cert = { serial: 'AB01', kind: 'node', node_id: null, role: null, subject: 'CN=x', issuer_key_id: 'k', not_before: 1, not_after: 2, status: 'good', revoked_at: null, revocation_reason: null, cert_pem: 'pem', created_at: 1, replica_id: null, forwarded_at: null };
+      await s.insertCertificate(cert as never);
+      assert.equal((await s.getCertificate('AB01'))?.subject, 'CN=x');
+      // the pool's one connection prepared it (pg_prepared_statements is per connection)
+      const names = await s.transaction(async (tx) => (await sql<{ statement: string }>`select statement from pg_prepared_statements`.execute((tx as SqlStore).db)).rows);
+      assert.ok(names.some((r) => /from "certificates" where "serial" = \$1/.test(r.statement)), JSON.stringify(names));
+      // a newer replica adds a column: the prepared "select *" no longer matches ("cached plan must not change result type")
+      await pgQuery(db.url, 'alter table certificates add column later_column text');
+      assert.equal((await s.getCertificate('AB01'))?.subject, 'CN=x', 'outside a transaction: sent again unprepared');
+      // inside a transaction the transaction has failed: 503 (retry), and the retry runs unprepared
+      await s.insertNode({ id: 'n1', role: 'worker', status: 'active', created_at: 1, updated_at: 1, current_serial: null, previous_serial: null, renewed_at: null, renew_budget: null, renew_budget_at: null, renew_requested_at: null } as never);
+      const lock = () => s.transaction(async (tx) => (await tx.lockNode('n1'))?.role);
+      assert.equal(await lock(), 'worker');
+      await pgQuery(db.url, 'alter table nodes add column later_column text');
+      await assert.rejects(lock(), (e: Error) => e.name === 'StoreUnavailableError' && /retry/.test(e.message));
+      assert.equal(await lock(), 'worker');
+    } finally {
+      await s.close();
       await db.drop();
     }
   });
