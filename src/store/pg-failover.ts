@@ -220,7 +220,7 @@ const PREPARED = process.env.CAIRN_PG_PREPARED !== 'off';
 /**
  * A parameterized statement (always one statement) runs as a named prepared statement of its
  * connection: PostgreSQL parses and plans it once per connection instead of each time (a
- * third of PostgreSQL's CPU per renewal, docs/performance.md). `named` maps a statement's text
+ * quarter of PostgreSQL's CPU per renewal, docs/performance.md). `named` maps a statement's text
  * to its name on this connection, or to null once it must be sent unprepared.
  */
 function preparedArgs(named: Map<string, string | null>, args: unknown[]): unknown[] {
