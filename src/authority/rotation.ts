@@ -263,8 +263,6 @@ export async function rotationView(store: Store, auth: Authority, r: RotationTab
 /** The newest rotation of a CA (running, or the last finished), and the nodes not converged. */
 export async function rotationStatus(auth: Authority, ca: unknown, stuckLimit = 100): Promise<{ rotation: RotationView | null; stuck: StuckNode[] }> {
   const name = caName(ca);
-  // what the store holds, not what this replica's watcher last loaded: another replica may have just finished it
-  await auth.reloadKeyring();
   const r = auth.cas.rotations.filter((x) => x.ca === name).at(-1);
   const view = await rotationView(auth.store, auth, r);
   let stuck: StuckNode[] = [];
