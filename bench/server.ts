@@ -13,7 +13,8 @@
  *  cfssl.sign_mtls       `cfssl serve` (TLS + client certificates + its SQLite certdb): a sign,
  *                        new connection each; cfssl.sign_mtls_keepalive reuses connections
  *  node_ls_10k_ms        `cairn node ls --json` with 10,000 nodes (end to end, CLI included)
- *  crl.publish_100k_ms   one CRL publication with 100,000 revoked entries
+ *  crl.publish_100k_ms   one CRL publication with 100,000 revoked entries, after one more revocation
+ *  crl.publish_100k_first_ms  the same, the leader's first read of the 100,000 entries
  *  renew.p99_paced_ms    renewal p99 at a steady 200/s (latency from when each was due)
  *  renew.p99_during_crl_ms  the same while 3 revocations make the leader publish that CRL
  *                        (and `_saturated_`: flat out, where p99 is the clients' queue)
@@ -149,13 +150,13 @@ async function run(ctx: BenchContext): Promise<Row[]> {
     out.push({ name: 'node_ls_10k_ms', value: Math.round(median(lsTimes)), unit: 'ms', note: `cairn node ls --json, 10,000 nodes, CLI start included; ${Math.round(Math.min(...lsTimes))}–${Math.round(Math.max(...lsTimes))}; goal < 500` });
 
     // the publication the seeded rows call for, timed from the server's log (start of the cycle to "published")
-    const published = async (after: number): Promise<number> => {
+    const published = async (after: number): Promise<{ ms: number; read?: string }> => {
       const end = Date.now() + 30_000;
       while (Date.now() < end) {
         for (const line of server!.logs.join('').split('\n')) {
           if (!line.includes('published CRL') || !line.includes('"ca":"cluster"')) continue;
-          const m = JSON.parse(line) as { time: number; ms?: number; entries: number };
-          if (m.time > after && m.entries >= 100_000) return m.ms ?? NaN;
+          const m = JSON.parse(line) as { time: number; ms?: number; entries: number; read?: string };
+          if (m.time > after && m.entries >= 100_000) return { ms: m.ms ?? NaN, read: m.read };
         }
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -165,16 +166,20 @@ async function run(ctx: BenchContext): Promise<Row[]> {
       const r = await post(fc.url, `/v1/certificates/${serial}/revoke`, { reason: 'keyCompromise' }, { agent: false, key: fAdmin.key, cert: fAdmin.cert });
       if (r.status !== 200) throw new Error(`revoke: ${r.status} ${JSON.stringify(r.body)}`);
     };
-    const pubTimes: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
+    // the first publication after the seeding reads the 100,000 rows (the leader's list had
+    // none); each later one reads the one revocation that made it (crl-publish.ts)
+    const pubs: { ms: number; read?: string }[] = [];
+    for (let i = 0; i <= ROUNDS; i++) {
       const t = Date.now();
       await revokeOne(seededSerial(i));
-      pubTimes.push(await published(t));
+      pubs.push(await published(t));
     }
-    out.push({ name: 'crl.publish_100k_ms', value: Math.round(median(pubTimes)), unit: 'ms', note: `one CRL publication, 100,000 entries (as the leader logs it); ${pubTimes.map((x) => Math.round(x)).join(', ')}` });
+    const [first, ...later] = pubs;
+    out.push({ name: 'crl.publish_100k_ms', value: Math.round(median(later.map((p) => p.ms))), unit: 'ms', note: `one more revocation on a 100,000-entry list: one CRL publication as the leader logs it (${later.map((p) => `${Math.round(p.ms)} ${p.read}`).join(', ')})` });
+    out.push({ name: 'crl.publish_100k_first_ms', value: Math.round(first.ms), unit: 'ms', note: `the publication that first reads the 100,000 entries (${first.read} read)` });
     await server.kill('SIGTERM');
     server = await serve(fc.dir, undefined);
-    let k = ROUNDS;
+    let k = ROUNDS + 1;
     const burst = async () => {
       for (let i = 0; i < 3; i++) {
         await new Promise((r) => setTimeout(r, (seconds * 1000) / 4));

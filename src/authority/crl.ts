@@ -5,8 +5,11 @@
  *
  * The reading, building, signing and storing happen in a worker thread (crl-worker.ts) with
  * its own store connection, so a large CRL does not stall the requests this process serves.
- * A CA whose entries did not change since its last CRL is not re-signed when another CA's
- * revocation moved the mark; it is when its CRL ages (half its validity).
+ * The builder keeps each CA's revocation list between publications and reads only what was
+ * revoked since (checked against a count of the store's rows; read in full when it does not
+ * match, and when the CRL ages). A CA whose entries did not change since its last CRL is not
+ * re-signed when another CA's revocation moved the mark; it is when its CRL ages (half its
+ * validity).
  *
  * A CA whose key an external CA holds (external-ca.ts) has no key here to sign with: the
  * leader tells that CA each revocation of a certificate it issued (recorded here first, sent
@@ -46,7 +49,7 @@ export class CrlPublisher {
   private worker: Worker | null = null;
   private jobs = new Map<number, { resolve(r: CrlJobResult): void; reject(e: Error): void }>();
   private seq = 0;
-  /** CRLs this thread signed (keys held elsewhere), as the worker thread remembers its own */
+  /** the revocation lists of the CAs this thread signs for (keys held elsewhere), as the worker thread keeps its own */
   private published: PublishedCrls = new Map();
   /** per CA: the revocation mark up to which its entries are known to be unchanged */
   private covered: Record<string, number> = {};
@@ -250,13 +253,13 @@ export class CrlPublisher {
         : await publishCrl(this.auth.store, job, scope.signer!, this.published);
     if (r.skipped) {
       this.covered[ca] = mark;
-      this.log.debug({ ca, entries: r.entries, ms: r.ms }, 'CRL entries unchanged: not re-signed');
+      this.log.debug({ ca, entries: r.entries, ms: r.ms, read: r.read }, 'CRL entries unchanged: not re-signed');
       return;
     }
     this.covered[ca] = mark;
     // signed with the scope's key just now: not read back and checked at the next cycle
     this.checkedSigner[ca] = `${r.number}|${scope.keyIds.join(',')}`;
-    this.log.info({ ca, number: r.number, entries: r.entries, ms: r.ms }, 'published CRL');
+    this.log.info({ ca, number: r.number, entries: r.entries, ms: r.ms, read: r.read }, 'published CRL');
   }
 
   private run(job: Omit<CrlJob, 'id'>): Promise<CrlJobResult> {

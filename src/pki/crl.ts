@@ -36,6 +36,8 @@ export interface CrlParams {
   thisUpdate: Date;
   nextUpdate: Date;
   revoked: RevokedEntry[];
+  /** entries already encoded with `crlEntryDer` (a builder that keeps its list), listed after `revoked` */
+  entriesDer?: Buffer[];
 }
 
 /** Extensions of an entry with a reason code: SEQUENCE { SEQUENCE { id-ce-cRLReasons, OCTET STRING { ENUMERATED } } }. */
@@ -75,7 +77,8 @@ export function signedCrl(tbs: Buffer, scheme: SignatureScheme, signature: Buffe
 /** The TBSCertList a CA signs (for signers that hold the key elsewhere): then `signedCrl()`. */
 export function crlTbs(p: Omit<CrlParams, 'issuer'> & { issuer: IssuerInfo }): Buffer {
   if (p.number < 0n) throw new PkiError('bad_crl', 'CRL number must not be negative');
-  const entries = p.revoked.map(crlEntryDer);
+  const encoded = p.revoked.map(crlEntryDer);
+  const entries = p.entriesDer ? (encoded.length ? encoded.concat(p.entriesDer) : p.entriesDer) : encoded;
   const crlExts = seq(
     seq(oid('2.5.29.35'), octets(encode(seq(ctxPrimitive(0, p.issuer.keyId))))),
     seq(oid('2.5.29.20'), octets(encode(uintBytes(bigintBytes(p.number))))),

@@ -1,4 +1,4 @@
-import { Kysely, Migration, MigrationProvider } from 'kysely';
+import { Kysely, Migration, MigrationProvider, sql } from 'kysely';
 import { chainUnchained } from './audit-chain.js';
 
 /**
@@ -265,6 +265,14 @@ migrations['0012_node_role_lookup'] = {
     await db.schema.dropIndex('certificates_node_status').execute();
     await db.schema.dropIndex('certificates_node').execute();
     await db.schema.dropIndex('certificates_issuer').execute();
+  },
+};
+
+migrations['0013_revocations_by_time'] = {
+  // The CRL builder keeps each CA's revocation list and reads only the revocations since its
+  // last read (crl-publish.ts): the revoked rows by revoked_at, the good ones left out.
+  async up(db: Kysely<any>) {
+    await db.schema.createIndex('certificates_revoked_at').on('certificates').column('revoked_at').where(sql.ref('status'), '=', 'revoked').execute();
   },
 };
 

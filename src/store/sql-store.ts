@@ -743,7 +743,7 @@ export class SqlStore implements Store {
   private revokedBy(issuerKeyIds: string[], now: number) {
     return this.db
       .selectFrom('certificates')
-      .select(['serial', 'revoked_at', 'revocation_reason'])
+      .select(['serial', 'revoked_at', 'revocation_reason', 'not_after'])
       .where('status', '=', 'revoked')
       .where('issuer_key_id', 'in', issuerKeyIds)
       .where('not_after', '>', now);
@@ -753,6 +753,26 @@ export class SqlStore implements Store {
   async revokedFor(issuerKeyIds: string[], now: number) {
     if (issuerKeyIds.length === 0) return [];
     return this.revokedBy(issuerKeyIds, now).orderBy('serial').execute();
+  }
+
+  /** The entries of a CRL revoked at or after `since`. */
+  async revokedSince(issuerKeyIds: string[], now: number, since: number) {
+    if (issuerKeyIds.length === 0) return [];
+    // SQLite's planner, without statistics, would take (issuer_key_id, status, not_after) and
+    // read every revoked row; the partial index on revoked_at reads the recent ones only
+    const hint = this.kind === 'sqlite' ? sql`indexed by certificates_revoked_at` : sql``;
+    const r = await sql<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason' | 'not_after'>>`select serial, revoked_at, revocation_reason, not_after from certificates ${hint}
+      where status = 'revoked' and revoked_at >= ${since} and issuer_key_id in (${sql.join(issuerKeyIds)}) and not_after > ${now}`.execute(this.db);
+    return r.rows;
+  }
+
+  async countRevoked(issuerKeyIds: string[], now: number): Promise<number> {
+    if (issuerKeyIds.length === 0) return 0;
+    const r = await this.revokedBy(issuerKeyIds, now)
+      .clearSelect()
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
   }
 
   /** Revocations an external CA has not recorded yet, oldest first. */

@@ -128,7 +128,11 @@ export interface Store {
   revokeIssuedBy(issuerKeyIds: string[], reason: string): Promise<number>;
   bumpRevocationMark(): Promise<void>;
   /** Revoked, unexpired certificates issued by these CA keys: the entries of a CRL. */
-  revokedFor(issuerKeyIds: string[], now: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason'>[]>;
+  revokedFor(issuerKeyIds: string[], now: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason' | 'not_after'>[]>;
+  /** Those of them revoked at or after `since` (by `revoked_at`): what a CRL builder that keeps its list adds to it. */
+  revokedSince(issuerKeyIds: string[], now: number, since: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason' | 'not_after'>[]>;
+  /** How many certificates `revokedFor` lists (a CRL builder checks the list it keeps against it). */
+  countRevoked(issuerKeyIds: string[], now: number): Promise<number>;
   /** Revoked, unexpired certificates of these CA keys (an external CA's) it has not recorded yet, oldest revocation first. */
   unforwardedRevocations(issuerKeyIds: string[], now: number, limit: number): Promise<Pick<CertificateTable, 'serial' | 'revoked_at' | 'revocation_reason'>[]>;
   /** The external CA recorded these revocations. */

@@ -234,7 +234,13 @@ export class MemoryStore implements Store {
     return this.t.certificates
       .filter((c) => c.status === 'revoked' && ids.includes(c.issuer_key_id) && c.not_after > now)
       .sort((a, b) => (a.serial < b.serial ? -1 : 1))
-      .map(({ serial, revoked_at, revocation_reason }) => ({ serial, revoked_at, revocation_reason }));
+      .map(({ serial, revoked_at, revocation_reason, not_after }) => ({ serial, revoked_at, revocation_reason, not_after }));
+  }
+  async revokedSince(ids: string[], now: number, since: number) {
+    return (await this.revokedFor(ids, now)).filter((c) => Number(c.revoked_at) >= since);
+  }
+  async countRevoked(ids: string[], now: number) {
+    return (await this.revokedFor(ids, now)).length;
   }
 
   async unforwardedRevocations(ids: string[], now: number, limit: number) {
