@@ -31,7 +31,7 @@ export type CrlPublishResult = { skipped?: boolean; number?: number; entries?: n
  * revocations stamped by another replica's clock, or committed a moment after they were
  * stamped. One it still misses is caught by the count that follows (a full read then).
  */
-export const CRL_REREAD_MS = 120_000;
+export const CRL_REREAD_MS = 10_000;
 
 /** One CA's revocation list as the builder keeps it between publications. */
 interface CrlList {

@@ -281,7 +281,8 @@ export async function seedRows(dir: string, o: { nodes?: number; revoked?: numbe
         cert.run(seededSerial(i), id, `CN=${id}`, keyId, now, now + 90 * 86_400_000, 'good', null, null, now + i);
       }
       for (let i = 0; i < (o.revoked ?? 0); i++) {
-        cert.run(`7F${i.toString(16).toUpperCase().padStart(30, '0')}`, null, 'CN=revoked', keyId, now, now + 90 * 86_400_000, 'revoked', now, 'keyCompromise', now);
+        // revoked over the past day, as a list of this size would be
+        cert.run(`7F${i.toString(16).toUpperCase().padStart(30, '0')}`, null, 'CN=revoked', keyId, now - 86_400_000, now + 90 * 86_400_000, 'revoked', now - 86_400_000 + i, 'keyCompromise', now - 86_400_000);
       }
     })();
   } finally {
