@@ -48,7 +48,7 @@ interface CrlList {
 }
 
 /** Per CA: the revocation list kept between publications (crl-worker.ts, or crl.ts for keys held elsewhere). */
-export type PublishedCrls = Map<string, CrlList>;
+export type CrlLists = Map<string, CrlList>;
 
 type RevokedRow = { serial: string; revoked_at: number | null; revocation_reason: string | null; not_after: number };
 
@@ -65,7 +65,7 @@ function entryOf(r: RevokedRow): { der: Buffer; notAfter: number } {
  * makes it exact whatever the clocks: every row it counts is revoked and unexpired, as every
  * entry kept is, and rows are never un-revoked.
  */
-async function revocationList(store: Store, j: CrlPublishJob, lists: PublishedCrls, now: number): Promise<{ list: CrlList; read: 'full' | 'incremental' }> {
+async function revocationList(store: Store, j: CrlPublishJob, lists: CrlLists, now: number): Promise<{ list: CrlList; read: 'full' | 'incremental' }> {
   const keyIds = j.keyIds.join(',');
   const prev = lists.get(j.ca);
   if (prev && prev.keyIds === keyIds && !j.aging) {
@@ -97,7 +97,7 @@ function sameEntries(a: Map<string, { der: Buffer }>, b: Map<string, { der: Buff
   return true;
 }
 
-export async function publishCrl(store: Store, j: CrlPublishJob, signer: CaSigner, lists: PublishedCrls): Promise<CrlPublishResult> {
+export async function publishCrl(store: Store, j: CrlPublishJob, signer: CaSigner, lists: CrlLists): Promise<CrlPublishResult> {
   const started = performance.now();
   const now = Date.now();
   const { list, read } = await revocationList(store, j, lists, now);

@@ -14,7 +14,7 @@
 import { KeyObject } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 import { openStore } from '../store/store.js';
-import { CrlPublishJob, CrlPublishResult, publishCrl, PublishedCrls } from './crl-publish.js';
+import { CrlPublishJob, CrlPublishResult, publishCrl, CrlLists } from './crl-publish.js';
 import { LocalKeySigner } from './signer.js';
 
 export interface CrlJob extends CrlPublishJob {
@@ -27,7 +27,7 @@ export type CrlJobResult = { id: number; error?: string } & CrlPublishResult;
 
 const { kind, location } = workerData as { kind: 'sqlite' | 'postgres'; location: string };
 const store = await openStore(kind, location, { migrate: false, poolSize: 1 });
-const lists: PublishedCrls = new Map();
+const lists: CrlLists = new Map();
 
 parentPort!.on('message', (m: CrlJob | 'close') => {
   if (m === 'close') {

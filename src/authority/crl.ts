@@ -23,7 +23,7 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Authority } from './authority.js';
 import type { CrlJob, CrlJobResult } from './crl-worker.js';
-import { claimCrlNumber, publishCrl, recordCrl, type CrlPublishJob, type PublishedCrls } from './crl-publish.js';
+import { claimCrlNumber, publishCrl, recordCrl, type CrlPublishJob, type CrlLists } from './crl-publish.js';
 
 /** revocations sent to an external CA per batch */
 const FORWARD_BATCH = 100;
@@ -50,7 +50,7 @@ export class CrlPublisher {
   private jobs = new Map<number, { resolve(r: CrlJobResult): void; reject(e: Error): void }>();
   private seq = 0;
   /** the revocation lists of the CAs this thread signs for (keys held elsewhere), as the worker thread keeps its own */
-  private published: PublishedCrls = new Map();
+  private lists: CrlLists = new Map();
   /** per CA: the revocation mark up to which its entries are known to be unchanged */
   private covered: Record<string, number> = {};
   /** external CAs said to publish no CRL: when they said so (asked again after EXTERNAL_RECHECK_MS; logged once) */
@@ -250,7 +250,7 @@ export class CrlPublisher {
     const r =
       scope.signer instanceof LocalKeySigner
         ? await this.run({ ...job, certDer: scope.signer.info.certDer, key: scope.signer.localKey })
-        : await publishCrl(this.auth.store, job, scope.signer!, this.published);
+        : await publishCrl(this.auth.store, job, scope.signer!, this.lists);
     if (r.skipped) {
       this.covered[ca] = mark;
       this.log.debug({ ca, entries: r.entries, ms: r.ms, read: r.read }, 'CRL entries unchanged: not re-signed');

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CRL_REREAD_MS, publishCrl, type CrlPublishJob, type PublishedCrls } from '../../src/authority/crl-publish.js';
+import { CRL_REREAD_MS, publishCrl, type CrlPublishJob, type CrlLists } from '../../src/authority/crl-publish.js';
 import { LocalKeySigner } from '../../src/authority/signer.js';
 import { generateKeyPair, makeSerial, normalizeSerialHex, parseCrl, rootCaProfile, selfSignCertificate, spkiDer, verifyCrl } from '../../src/pki/index.js';
 import { openStore, type SqlStore } from '../../src/store/sql-store.js';
@@ -92,7 +92,7 @@ for (const kind of ['sqlite', 'postgres'] as const) {
     test('one more revocation is read alone; an unchanged list is not re-signed; an expired entry leaves; a revocation stamped long ago is caught by the count', { timeout: 60_000 }, async () => {
       const job = newJob();
       const keyId = job().keyIds[0];
-      const lists: PublishedCrls = new Map();
+      const lists: CrlLists = new Map();
       const serials = await insert(keyId, 500);
       await store.revokeCertificates(serials.slice(0, 300), 'keyCompromise');
       await insert(OTHER_KEY_ID, 20).then((s) => store.revokeCertificates(s, 'keyCompromise')); // another CA's: never listed
@@ -138,7 +138,7 @@ for (const kind of ['sqlite', 'postgres'] as const) {
     test('revocations racing publications: each CRL lists every revocation that returned before its publication began and nothing unrevoked; the last lists them all (many rounds)', { timeout: 120_000 }, async () => {
       const job = newJob();
       const keyId = job().keyIds[0];
-      const lists: PublishedCrls = new Map();
+      const lists: CrlLists = new Map();
       const serials = await insert(keyId, 600);
       const done = new Set<string>();
       let next = 0;
