@@ -61,6 +61,11 @@ export class CaWatcher {
     void this.tick();
   }
 
+  /** Check now if this process reloaded a change the watcher has not acted on (TLS identity, long-polls). */
+  catchUp(): void {
+    if (this.auth.caInfo().version !== this.seen) void this.tick();
+  }
+
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;

@@ -269,11 +269,12 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   app.get<{ Querystring: { ca?: string; stuck?: string } }>('/v1/ca/rotation', { config: { query: ['ca', 'stuck'] } }, async (req) => {
     await admin(req);
     // what the store holds, not what this replica's watcher last loaded (another replica, or
-    // another process of this one, may have just completed it); every process of this replica
-    // reloads before the answer (this one may have reloaded already while the others have not),
-    // so GET /v1/ca agrees with it from then on
+    // another process of this one, may have just completed it); every other process of this
+    // replica reloads before the answer too (this one may have reloaded already while the others
+    // have not), so GET /v1/ca agrees with it from then on
     await authority.reloadKeyring();
-    await caChanged();
+    await o.onConfigChange?.();
+    watcher.catchUp();
     return rotationStatus(authority, req.query.ca, intParam(req.query.stuck, 'stuck') ?? 100);
   });
   app.post('/v1/ca/rotation/finish', async (req) => {
