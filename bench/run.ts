@@ -72,8 +72,10 @@ function select(o: Options): { benches: Bench[]; derived: Derived[] } {
   const allBenches = groups.flatMap((g) => g.benches);
   const allDerived = groups.flatMap((g) => g.derived ?? []);
   const wanted = (name: string) => o.only.length === 0 || o.only.some((p) => name.startsWith(p));
-  const derived = allDerived.filter((d) => wanted(d.name));
   const names = new Set(allBenches.filter((b) => wanted(b.name) || b.produces?.some(wanted)).map((b) => b.name));
+  // a derived row that is asked for, or whose inputs the selected benchmarks produce anyway
+  // (`--only join.https` runs CFSSL too, so renew.vs_cfssl comes with it)
+  const derived = allDerived.filter((d) => wanted(d.name) || d.inputs.every((i) => names.has(benchFor(i, allBenches)?.name ?? '')));
   for (const d of derived) {
     for (const input of d.inputs) {
       const b = benchFor(input, allBenches);
@@ -107,6 +109,10 @@ function table(rows: Row[], byName: Record<string, Row>): string {
 }
 
 async function main(): Promise<void> {
+  // `npm run bench -- --list | head`: a reader that stopped reading is not an error
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') process.stderr.write(`cannot write to standard output: ${e.message}\n`);
+  });
   let o: Options;
   try {
     o = parseArgs(process.argv.slice(2));
