@@ -1,4 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { pooledRandomBytes } from './random.js';
 
 function base36(bytes: Uint8Array, width: number): string {
   const n = BigInt('0x' + (Buffer.from(bytes).toString('hex') || '0'));
@@ -7,7 +8,7 @@ function base36(bytes: Uint8Array, width: number): string {
 
 /** 128 random bits in lowercase base36, 25 characters: cluster IDs, node IDs, token secrets. */
 export function randomId(): string {
-  return base36(randomBytes(16), 25);
+  return base36(pooledRandomBytes(16), 25);
 }
 
 export const ID_RE = /^[0-9a-z]{25}$/;

@@ -1,5 +1,5 @@
-import { randomFillSync } from 'node:crypto';
 import { PkiError } from './errors.js';
+import { randomInto } from './random.js';
 
 /** Sequence numbers must fit in 62 bits (bit 62 is the fixed marker; bit 63 keeps the serial positive). */
 export const MAX_SEQUENCE = (1n << 62n) - 1n;
@@ -16,22 +16,6 @@ export function makeSerial(sequence: bigint): Buffer {
   out.writeBigUInt64BE(sequence | (1n << 62n), 0);
   randomInto(out, 8, 8);
   return out;
-}
-
-// CSPRNG bytes drawn in blocks: one randomFillSync per 512 serials instead of one per serial
-// (the per-call cost is larger than the 8 bytes). Each byte is handed out once, then wiped.
-const POOL_BYTES = 4096;
-const pool = Buffer.alloc(POOL_BYTES);
-let poolUsed = POOL_BYTES;
-
-function randomInto(out: Buffer, offset: number, n: number): void {
-  if (poolUsed + n > POOL_BYTES) {
-    randomFillSync(pool);
-    poolUsed = 0;
-  }
-  pool.copy(out, offset, poolUsed, poolUsed + n);
-  pool.fill(0, poolUsed, poolUsed + n);
-  poolUsed += n;
 }
 
 /** The sequence number inside a cairn serial. */

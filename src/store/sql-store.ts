@@ -4,13 +4,13 @@
  * `Store` interface of store.ts.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { randomBytes } from 'node:crypto';
 import SqliteDatabase from 'better-sqlite3';
 import { Kysely, Migrator, PostgresDialect, sql, SqliteDialect, Transaction } from 'kysely';
 import pg from 'pg';
 import { CairnError } from '../util/errors.js';
 import { migrationProvider } from './migrations.js';
 import { auditEntryHash, chainUnchained } from './audit-chain.js';
+import { pooledRandomBytes } from '../pki/random.js';
 import type { AuditSealTable, AuditTable, CaTable, CertificateTable, CrlTable, Database, FailureTable, JoinTokenTable, NodeTable, RotationTable, SigningKeyTable } from './schema.js';
 import { redactUrl, type AuditOptions, type ReplicationStatus, type CertificateFilter, type NodePageQuery, type NodeWithCertificate, type PageKey, type Store, type StoreKind, type TableRow } from './store.js';
 import { FailoverPool, parsePgUrl } from './pg-failover.js';
@@ -917,7 +917,7 @@ export class SqlStore implements Store {
     const at = Date.now();
     return {
       seq,
-      id: `${at.toString(36)}-${randomBytes(6).toString('hex')}`,
+      id: `${at.toString(36)}-${pooledRandomBytes(6).toString('hex')}`,
       at,
       replica_id: this.origin,
       actor,
@@ -984,7 +984,7 @@ export class SqlStore implements Store {
   // ---- refused joins and renewals (a bounded record for the dashboard)
 
   async insertFailure(f: Omit<FailureTable, 'id'>): Promise<void> {
-    await this.db.insertInto('failures').values({ id: `${f.at.toString(36)}-${randomBytes(6).toString('hex')}`, ...f }).execute();
+    await this.db.insertInto('failures').values({ id: `${f.at.toString(36)}-${pooledRandomBytes(6).toString('hex')}`, ...f }).execute();
   }
 
   async recentFailures(limit: number): Promise<FailureTable[]> {

@@ -42,6 +42,7 @@ import {
   validateDnsName,
   verifyChain,
 } from '../../src/pki/index.js';
+import { pooledRandomBytes } from '../../src/pki/random.js';
 import { run, tmpDir } from '../helpers.js';
 
 /** Assert that fn throws a PkiError with this code. */
@@ -311,6 +312,25 @@ describe('serials', () => {
     assert.equal(seen.size, 10000);
     const lows = new Set([...seen].map((h) => h.slice(16)));
     assert.equal(lows.size, 10000, 'the random halves do not repeat');
+  });
+
+  test('pooled random bytes: serials, IDs and odd sizes share one pool and never hand out the same bytes twice', () => {
+    // sizes that do not divide the pool: draws straddle its refills
+    const seen = new Set<string>();
+    let n = 0;
+    for (let i = 0; i < 3000; i++) {
+      for (const size of [6, 16, 13]) {
+        seen.add(pooledRandomBytes(size).toString('hex').slice(0, 12));
+        n++;
+      }
+      seen.add(randomId());
+      seen.add(makeSerial(1n).toString('hex').slice(16));
+      n += 2;
+    }
+    assert.equal(seen.size, n, 'no draw repeats another');
+    const big = pooledRandomBytes(10_000); // larger than the pool: drawn directly
+    assert.equal(big.length, 10_000);
+    assert.notDeepEqual(big.subarray(0, 16), big.subarray(16, 32));
   });
 
   test('makeSerial refuses sequence numbers out of range', () => {
