@@ -162,7 +162,14 @@ export class Authority {
     return info;
   }
 
-  private caInfoMemo: { version: string; rotation: RotationView | null; digest: string; info: Readonly<ReturnType<Authority['buildCaInfo']>> } | null = null;
+  /** caInfo() as JSON, serialized once per CA version (GET /v1/ca of every join). */
+  caInfoJson(): string {
+    const info = this.caInfo();
+    const m = this.caInfoMemo!;
+    return (m.json ??= JSON.stringify(info));
+  }
+
+  private caInfoMemo: { version: string; rotation: RotationView | null; digest: string; info: Readonly<ReturnType<Authority['buildCaInfo']>>; json?: string } | null = null;
 
   private buildCaInfo() {
     return {

@@ -241,7 +241,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   // GET /v1/ca?wait=<version>: a long-poll, answered when the CA's version changes, when this
   // node is asked to renew, or after LONG_POLL_MS
   const watcher = new CaWatcher(authority, app, o);
-  app.get<{ Querystring: { wait?: string } }>('/v1/ca', { config: { query: ['wait'] } }, async (req) => {
+  app.get<{ Querystring: { wait?: string } }>('/v1/ca', { config: { query: ['wait'] } }, async (req, reply) => {
     const pc = peerCert(req);
     let node = pc && !pc.untrusted ? await authority.nodeRenewalHint(pc) : null;
     const wait = req.query.wait;
@@ -249,8 +249,8 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
       await watcher.wait(node?.id ?? null, req.raw);
       node = pc && !pc.untrusted ? await authority.nodeRenewalHint(pc) : null;
     }
-    const info = authority.caInfo();
-    return node ? { ...info, node } : info;
+    if (node) return { ...authority.caInfo(), node };
+    return reply.type('application/json; charset=utf-8').send(authority.caInfoJson());
   });
 
   // ---- root CA rotation (rotation.ts)
