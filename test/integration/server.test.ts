@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -45,6 +46,18 @@ describe('CA server API', () => {
     assert.match(r.body.roots.client, /BEGIN CERTIFICATE/);
     assert.equal(c.tokens.worker.split('-')[2], r.body.digest);
     assert.equal(r.body.digest.length, 50);
+  });
+
+  test('the server sends its certificate and the root (handed over once, not built per handshake); OpenSSL verifies it against ca.crt', () => {
+    const port = new URL(c.url).port;
+    const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-showcerts', '-CAfile', path.join(c.dir, 'ca.crt'), '-verify_return_error'], { input: '', encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Verify return code: 0 \(ok\)/);
+    const sent = r.stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    assert.equal(sent.length, 2, r.stdout);
+    const root: string[] = fs.readFileSync(path.join(c.dir, 'ca.crt'), 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    assert.ok(root.includes(sent[1]), 'the second certificate sent is the cluster root');
+    assert.match(r.stdout, /s:O ?= ?[^\n]*OU ?= ?ca-replica/);
   });
 
   test('a join ignores the requested subject and records the node before answering', async () => {

@@ -41,6 +41,8 @@ import {
   spkiDer,
   validateDnsName,
   verifyChain,
+  chainToSend,
+  certificatesFromPem,
 } from '../../src/pki/index.js';
 import { pooledRandomBytes } from '../../src/pki/random.js';
 import { run, tmpDir } from '../helpers.js';
@@ -495,6 +497,38 @@ describe('certificates', () => {
     throwsPki(() => selfSignCertificate(rootCaProfile({ CN: 'x' }, spkiDer(a.publicKey), makeSerial(0n)), b.privateKey), 'key_mismatch');
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 });
     throwsPki(() => selfSignCertificate(rootCaProfile({ CN: 'x' }, spkiDer(weak.publicKey), makeSerial(0n)), weak.privateKey), 'weak_key');
+  });
+});
+
+describe('chainToSend', () => {
+  const pem = (d: Buffer) => certificateToPem(d);
+  const x = (d: Buffer) => new X509Certificate(d);
+  const sent = (t: string) => certificatesFromPem(t, 'the chain sent');
+
+  test('a lone certificate gets its trusted root appended; a chain, a root, or a certificate no trusted one issued is left as it is', () => {
+    const ca = makeCa();
+    const other = makeCa();
+    const leaf = makeLeaf(ca);
+    assert.deepEqual(sent(chainToSend(pem(leaf.der), [x(other.der), x(ca.der)])), [leaf.der, ca.der]);
+    const chained = pem(leaf.der) + pem(ca.der);
+    assert.equal(chainToSend(chained, [x(ca.der)]), chained);
+    assert.equal(chainToSend(pem(ca.der), [x(ca.der)]), pem(ca.der));
+    assert.equal(chainToSend(pem(leaf.der), [x(other.der)]), pem(leaf.der));
+    assert.equal(chainToSend(pem(leaf.der), []), pem(leaf.der));
+  });
+
+  test('up to the root through trusted CA certificates; the self-signed root before a cross-signed certificate of the same key', () => {
+    const oldRoot = makeCa('ec-p256', 'old root');
+    const kp = generateKeyPair();
+    const subject = { O: randomId(), OU: 'cairn cluster CA', CN: 'new root' };
+    const newRoot = selfSignCertificate(rootCaProfile(subject, spkiDer(kp.publicKey), nextSerial()), kp.privateKey);
+    const cross = issueCertificate({ ...rootCaProfile(subject, spkiDer(kp.publicKey), nextSerial()), ca: { pathLength: 1 } }, oldRoot.issuer);
+    const leaf = makeLeaf({ der: newRoot, key: kp.privateKey, issuer: makeIssuer(newRoot, kp.privateKey) });
+    assert.deepEqual(sent(chainToSend(pem(leaf.der), [x(cross), x(oldRoot.der), x(newRoot)])), [leaf.der, newRoot]);
+    // trusting the cross-signed certificate and the old root only: the chain goes through it
+    assert.deepEqual(sent(chainToSend(pem(leaf.der), [x(oldRoot.der), x(cross)])), [leaf.der, cross, oldRoot.der]);
+    // the cross-signed certificate without the root above it: no chain to a root, left as it is
+    assert.equal(chainToSend(pem(leaf.der), [x(cross)]), pem(leaf.der));
   });
 });
 
