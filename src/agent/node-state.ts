@@ -14,10 +14,10 @@
  * place. Whoever finds a committed .pending directory (the agent, the next renewal) finishes
  * the renames; an uncommitted one is discarded, leaving the old identity intact.
  */
-import { KeyObject } from 'node:crypto';
+import { KeyObject, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CertificateInfo, certificateInfo, certificatesFromPem, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem, Role, ID_RE, ROLES } from '../pki/index.js';
+import { CertificateInfo, certificateInfo, certificatesFromPem, chainToSend, CrlInfo, keysMatch, parseCrl, pemBlockOf, PkiError, privateKeyFromPem, Role, ID_RE, ROLES } from '../pki/index.js';
 import { CairnError, fromPki } from '../util/errors.js';
 import type { ClientTls } from './client.js';
 import { ensureDir, exists, FILE_MODE, KEY_MODE, PlannedFile, readKeyFile, readText, writeFilesAtomic } from '../util/files.js';
@@ -82,6 +82,11 @@ export interface NodeIdentity {
   certPem: string;
   /** DER of node.crt's certificates, leaf first */
   chain: Buffer[];
+  /**
+   * node.crt as this node's TLS endpoints send it: a lone certificate with the chain up to its
+   * root from ca.crt (pki chainToSend), so that OpenSSL does not build it on every handshake
+   */
+  sentPem: string;
   leaf: CertificateInfo;
   /** ca.crt as stored */
   caPem: string;
@@ -131,7 +136,8 @@ export function readNodeIdentity(dir: string): NodeIdentity {
   if (s.CN !== config.nodeId || s.O !== config.clusterId) {
     throw new CairnError('bad_state', `${p.cert} is not the certificate of node ${config.nodeId} of cluster ${config.clusterId} (it is CN=${s.CN}, O=${s.O})`);
   }
-  return { dir, config, keyPem, key, certPem, chain, leaf, caPem, trust, crl: readNodeCrl(dir) };
+  const sentPem = chainToSend(certPem, trust.map((d) => new X509Certificate(d)));
+  return { dir, config, keyPem, key, certPem, chain, sentPem, leaf, caPem, trust, crl: readNodeCrl(dir) };
 }
 
 /** Finish (or discard) an identity replacement interrupted by a crash. Returns true if one was finished. */
@@ -211,5 +217,5 @@ export function replaceIdentity(dir: string, f: IdentityFiles): void {
  * replica must be of the node's cluster and not on its stored CRL.
  */
 export function clientTlsOf(id: NodeIdentity): ClientTls {
-  return { ca: id.caPem, cert: id.certPem, key: id.keyPem, clusterId: id.config.clusterId, crl: id.crl };
+  return { ca: id.caPem, cert: id.sentPem, key: id.keyPem, clusterId: id.config.clusterId, crl: id.crl };
 }

@@ -74,10 +74,10 @@ function material(id: NodeIdentity): Material {
   if (!ROLES.includes(s.OU as PeerRole)) {
     throw new CairnError('bad_state', `${nodePaths(id.dir).cert} is not a node certificate (OU=${s.OU})`);
   }
-  const context = tls.createSecureContext({ key: id.keyPem, cert: id.certPem, ca: id.caPem, minVersion: MIN_VERSION });
+  const context = tls.createSecureContext({ key: id.keyPem, cert: id.sentPem, ca: id.caPem, minVersion: MIN_VERSION });
   return {
     key: id.keyPem,
-    cert: id.certPem,
+    cert: id.sentPem,
     ca: id.caPem,
     identity: { nodeId: s.CN!, role: s.OU as PeerRole, clusterId: s.O!, serial: id.leaf.serialHex, notBefore: id.leaf.notBefore, notAfter: id.leaf.notAfter },
     context,

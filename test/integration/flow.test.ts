@@ -118,11 +118,16 @@ describe('single-replica flow: join, mutual TLS, renew, promote, remove, rotate'
       const r = await run(
         'openssl',
         ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'manager', '-verify_hostname', 'manager', '-verify_return_error',
-          '-CAfile', path.join(worker, 'ca.crt'), '-cert', path.join(worker, 'node.crt'), '-key', path.join(worker, 'node.key'), '-tls1_2'],
+          '-CAfile', path.join(worker, 'ca.crt'), '-cert', path.join(worker, 'node.crt'), '-key', path.join(worker, 'node.key'), '-tls1_2', '-showcerts'],
         { input: '', timeoutMs: 20_000 },
       );
       assert.match(r.stdout, /Verify return code: 0 \(ok\)/, r.stdout + r.stderr);
       assert.match(r.stdout, /hello worker/);
+      // the node's server sends its certificate and the root (handed over by the library, not built per handshake)
+      const sent = r.stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+      const roots: string[] = fs.readFileSync(path.join(manager, 'ca.crt'), 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+      assert.equal(sent.length, 2, r.stdout);
+      assert.ok(roots.includes(sent[1]), 'the second certificate sent is the cluster root');
     } finally {
       srvCtx.close();
       cliCtx.close();
