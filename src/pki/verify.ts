@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { PkiError } from './errors.js';
+import { parsePemBlocks } from './pem.js';
 
 export type Purpose = 'serverAuth' | 'clientAuth' | 'any';
 const EKU: Record<Exclude<Purpose, 'any'>, string> = { serverAuth: '1.3.6.1.5.5.7.3.1', clientAuth: '1.3.6.1.5.5.7.3.2' };
@@ -67,11 +68,11 @@ export function isSelfSigned(c: import('node:crypto').X509Certificate): boolean 
  * server handshake) and sends it, root included. Handing it over once sends the same bytes.
  */
 export function chainToSend(certPem: string, trusted: X509Certificate[]): string {
-  const blocks = certPem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length !== 1) return certPem;
   let at: X509Certificate;
   try {
-    at = new X509Certificate(blocks[0]);
+    const blocks = parsePemBlocks(certPem).filter((b) => b.label === 'CERTIFICATE');
+    if (blocks.length !== 1) return certPem;
+    at = new X509Certificate(blocks[0].der);
   } catch {
     return certPem; // not ours to judge here: the TLS layer refuses it with its own error
   }
