@@ -56,11 +56,6 @@ export class CaWatcher {
     });
   }
 
-  /** Check now (this process just changed the CA). */
-  poke(): void {
-    void this.tick();
-  }
-
   /** Check now if this process reloaded a change the watcher has not acted on (TLS identity, long-polls). */
   catchUp(): void {
     if (this.auth.caInfo().version !== this.seen) void this.tick();

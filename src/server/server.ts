@@ -254,10 +254,14 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
   });
 
   // ---- root CA rotation (rotation.ts)
-  /** After a rotation changed the CA generations: every process of this replica reloads before the answer. */
+  /**
+   * After this process reloaded the CA generations (a rotation changed them, or a status request
+   * read them): every other process of this replica reloads before the answer, and this one's
+   * watcher acts on a version it has not seen (TLS identity, long-polls).
+   */
   const caChanged = async () => {
     await o.onConfigChange?.();
-    watcher.poke();
+    watcher.catchUp();
   };
   app.post('/v1/ca/rotate', async (req, reply) => {
     const p = await admin(req);
@@ -273,8 +277,7 @@ export function buildServer(o: ServerOptions): { app: FastifyInstance<any, any, 
     // replica reloads before the answer too (this one may have reloaded already while the others
     // have not), so GET /v1/ca agrees with it from then on
     await authority.reloadKeyring();
-    await o.onConfigChange?.();
-    watcher.catchUp();
+    await caChanged();
     return rotationStatus(authority, req.query.ca, intParam(req.query.stuck, 'stuck') ?? 100);
   });
   app.post('/v1/ca/rotation/finish', async (req) => {
