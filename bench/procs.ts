@@ -15,7 +15,8 @@ import {
 } from '../src/pki/index.js';
 import { CFSSL_CERTDB_SCHEMA, freePort } from '../test/helpers.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const here = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(here, '../..');
 const TICK_MS = 1000 / 100; // USER_HZ: /proc reports CPU time in 1/100 s on Linux
 
 /** CPU milliseconds (user + system) used so far by a process and all its descendants. */
@@ -133,18 +134,16 @@ export async function waitForPort(port: number, timeoutMs = 15_000): Promise<voi
   }
 }
 
-export interface Cfssl {
-  url: string;
-  pid: number;
-  /** client certificate, key and the server's CA, for the load generator */
-  clientArgs: string[];
+export interface Cfssl extends BenchServer {
   /** certificates recorded in cfssl's database */
   recorded(): Promise<number>;
-  stop(): Promise<void>;
 }
 
-/** `cfssl serve` signing P-256 leaves with a P-256 CA, over TLS requiring a client certificate. */
-export async function startCfssl(dir: string): Promise<Cfssl> {
+/**
+ * A P-256 CA, a server certificate for localhost and a client certificate under it, written to
+ * `dir` as ca.pem, ca-key.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+ */
+function writeTlsMaterial(dir: string): void {
   const f = (n: string) => path.join(dir, n);
   const ca = generateKeyPair('ec-p256');
   const caDer = selfSignCertificate(rootCaProfile({ O: 'bench', CN: 'cfssl-bench-ca' }, spkiDer(ca.publicKey), makeSerial(1n)), ca.privateKey);
@@ -165,6 +164,58 @@ export async function startCfssl(dir: string): Promise<Cfssl> {
   fs.writeFileSync(f('server-key.pem'), server.key, { mode: 0o600 });
   fs.writeFileSync(f('client.pem'), client.cert);
   fs.writeFileSync(f('client-key.pem'), client.key, { mode: 0o600 });
+}
+
+/** Load generator arguments for the client certificate of writeTlsMaterial (its `cfssl` mode). */
+const clientArgsOf = (dir: string) => ['-cert', path.join(dir, 'client.pem'), '-key', path.join(dir, 'client-key.pem'), '-ca', path.join(dir, 'ca.pem')];
+
+/** A server process on a port: started, and stopped when its row is measured. */
+export interface BenchServer {
+  url: string;
+  pid: number;
+  /** client certificate, key and the server's CA, for the load generator */
+  clientArgs: string[];
+  stop(): Promise<void>;
+}
+
+/** Spawn a server listening on `port`; reject with its stderr when it exits before listening. */
+async function spawnListening(what: string, cmd: string, args: string[], port: number): Promise<{ p: ChildProcess; stop(): Promise<void> }> {
+  const p: ChildProcess = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  p.stderr!.on('data', (d) => (log = (log + d).slice(-4000)));
+  const exited = new Promise<void>((resolve) => p.on('exit', () => resolve()));
+  try {
+    await Promise.race([waitForPort(port), exited.then(() => Promise.reject(new Error(`${what} exited: ${log}`)))]);
+  } catch (e) {
+    p.kill('SIGKILL');
+    throw e;
+  }
+  return {
+    p,
+    async stop() {
+      if (p.exitCode === null && p.signalCode === null) {
+        p.kill('SIGTERM');
+        await exited;
+      }
+    },
+  };
+}
+
+/**
+ * The floor (bench/bare-tls.ts): a minimal Node HTTPS server with cairn's TLS settings and no
+ * cairn code, answering the load generator's `cfssl` mode with a fixed body.
+ */
+export async function startBareTls(dir: string): Promise<BenchServer> {
+  writeTlsMaterial(dir);
+  const port = await freePort();
+  const s = await spawnListening('the bare TLS server', process.execPath, [path.join(here, 'bare-tls.js'), dir, String(port)], port);
+  return { url: `https://127.0.0.1:${port}`, pid: s.p.pid!, clientArgs: clientArgsOf(dir), stop: s.stop };
+}
+
+/** `cfssl serve` signing P-256 leaves with a P-256 CA, over TLS requiring a client certificate. */
+export async function startCfssl(dir: string): Promise<Cfssl> {
+  const f = (n: string) => path.join(dir, n);
+  writeTlsMaterial(dir);
   // a 90-day node profile like cairn's: server + client auth
   fs.writeFileSync(f('config.json'), JSON.stringify({ signing: { default: { expiry: '2160h', usages: ['signing', 'digital signature', 'server auth', 'client auth'] } } }));
   const { default: Database } = await import('better-sqlite3');
@@ -177,20 +228,11 @@ export async function startCfssl(dir: string): Promise<Cfssl> {
     'serve', '-address', '127.0.0.1', '-port', String(port), '-ca', f('ca.pem'), '-ca-key', f('ca-key.pem'), '-config', f('config.json'),
     '-db-config', f('db.json'), '-tls-cert', f('server.pem'), '-tls-key', f('server-key.pem'), '-mutual-tls-ca', f('ca.pem'), '-loglevel', '4',
   ];
-  const p: ChildProcess = spawn('cfssl', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  p.stderr!.on('data', (d) => (log = (log + d).slice(-4000)));
-  const exited = new Promise<void>((resolve) => p.on('exit', () => resolve()));
-  try {
-    await Promise.race([waitForPort(port), exited.then(() => Promise.reject(new Error(`cfssl serve exited: ${log}`)))]);
-  } catch (e) {
-    p.kill('SIGKILL');
-    throw e;
-  }
+  const { p, stop } = await spawnListening('cfssl serve', 'cfssl', args, port);
   return {
     url: `https://127.0.0.1:${port}`,
     pid: p.pid!,
-    clientArgs: ['-cert', f('client.pem'), '-key', f('client-key.pem'), '-ca', f('ca.pem')],
+    clientArgs: clientArgsOf(dir),
     async recorded() {
       const d = new Database(f('certs.db'), { readonly: true });
       try {
@@ -199,12 +241,7 @@ export async function startCfssl(dir: string): Promise<Cfssl> {
         d.close();
       }
     },
-    async stop() {
-      if (p.exitCode === null && p.signalCode === null) {
-        p.kill('SIGTERM');
-        await exited;
-      }
-    },
+    stop,
   };
 }
 

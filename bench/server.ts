@@ -10,6 +10,8 @@
  *  join.https            a real join as `cairn join` makes it (GET /v1/ca + POST /v1/join)
  *  renew.https           a renewal over mutual TLS, new connection each (the certificate changes)
  *  *.w1                  the same with `cairn serve --workers 1`
+ *  tls.floor_node_mtls   a minimal Node HTTPS server with cairn's TLS settings and no cairn code,
+ *                        a client certificate and a new connection per request: the floor
  *  cfssl.sign_mtls       `cfssl serve` (TLS + client certificates + its SQLite certdb): a sign,
  *                        new connection each; cfssl.sign_mtls_keepalive reuses connections
  *  node_ls_10k_ms        `cairn node ls --json` with 10,000 nodes (end to end, CLI included)
@@ -26,7 +28,7 @@ import { performance } from 'node:perf_hooks';
 import { adminId, cliAsync, Cluster, seededSerial, seedRows, ServeProcess, startCluster } from '../test/integration/cluster.js';
 import { BenchContext, BenchGroup, Derived, Row } from './harness.js';
 import { post } from './https.js';
-import { buildLoadgen, hasCommand, LoadResult, runLoadgen, startCfssl, tempDir } from './procs.js';
+import { buildLoadgen, hasCommand, LoadResult, runLoadgen, startBareTls, startCfssl, tempDir } from './procs.js';
 
 const CLIENTS = 50;
 const ROUNDS = 3;
@@ -99,6 +101,15 @@ async function run(ctx: BenchContext): Promise<Row[]> {
         await server.kill('SIGTERM');
         server = undefined;
       }
+      {
+        const bare = await startBareTls(fs.mkdtempSync(path.join(tmp, 'bare-')));
+        try {
+          ctx.log(`round ${round}, a bare Node HTTPS server with cairn's TLS settings: the floor`);
+          add('tls.floor_node_mtls', await runLoadgen(loadgen, lg(bare.url, 'cfssl', bare.clientArgs), bare.pid));
+        } finally {
+          await bare.stop();
+        }
+      }
       if (cfsslOk) {
         const dir = fs.mkdtempSync(path.join(tmp, 'cfssl-'));
         const cf = await startCfssl(dir);
@@ -121,7 +132,10 @@ async function run(ctx: BenchContext): Promise<Row[]> {
       out.push(...rows(`renew.https${cfg.suffix}`, 'renewals/s', res[`renew.https${cfg.suffix}`], `mTLS, new connection per renewal${wl(cfg.suffix)}`));
       out.push(...rows(`tls.new_conn_mtls${cfg.suffix}`, 'req/s', res[`tls.new_conn_mtls${cfg.suffix}`], `GET /healthz presenting a node certificate, new connection each: the handshake a renewal pays${wl(cfg.suffix)}`));
     }
-    out.push({ name: 'join.p99_ms', value: Math.round(median(res['join.https'].map((r) => r.p99)) * 10) / 10, unit: 'ms', note: 'goal < 50' });
+    out.push(
+      ...rows('tls.floor_node_mtls', 'req/s', res['tls.floor_node_mtls'], "a minimal Node HTTPS server with cairn's TLS settings and no cairn code (bench/bare-tls.ts), client certificate, new connection per request: what any Node server here pays before its own work"),
+    );
+    out.push({ name: 'join.p99_ms', value: Math.round(median(res['join.https'].map((r) => r.p99)) * 10) / 10, unit: 'ms', note: "50 clients flat out: mostly the clients' queue (50 / rate); renew.p99_paced_ms is the latency figure" });
     out.push({ name: 'renew.p99_ms', value: Math.round(median(res['renew.https'].map((r) => r.p99)) * 10) / 10, unit: 'ms' });
     if (cfsslOk) {
       out.push(...rows('cfssl.sign_mtls', 'certs/s', res['cfssl.sign_mtls'], 'cfssl serve, mTLS, new connection per sign, SQLite certdb'));
@@ -217,6 +231,22 @@ const ratio = (name: string, a: string, b: string): Derived => ({
   }),
 });
 
+/** What a renewal costs cairn's server above the floor of a bare Node HTTPS server (both one process). */
+const aboveFloor: Derived = {
+  name: 'renew.above_floor_cpu_ms',
+  inputs: ['renew.https.w1.cpu_ms', 'tls.floor_node_mtls.cpu_ms'],
+  compute: (r) => {
+    const a = r['renew.https.w1.cpu_ms'];
+    const b = r['tls.floor_node_mtls.cpu_ms'];
+    return {
+      name: 'renew.above_floor_cpu_ms',
+      value: a && b ? Math.round((a.value - b.value) * 1000) / 1000 : NaN,
+      unit: 'ms/op',
+      note: 'renew.https.w1.cpu_ms − tls.floor_node_mtls.cpu_ms: server CPU of a renewal beyond a bare mutual-TLS request',
+    };
+  },
+};
+
 const group: BenchGroup = {
   name: 'server',
   benches: [
@@ -227,6 +257,6 @@ const group: BenchGroup = {
       run,
     },
   ],
-  derived: [ratio('renew.vs_cfssl', 'renew.https', 'cfssl.sign_mtls'), ratio('join.vs_cfssl', 'join.https', 'cfssl.sign_mtls')],
+  derived: [ratio('renew.vs_cfssl', 'renew.https', 'cfssl.sign_mtls'), ratio('join.vs_cfssl', 'join.https', 'cfssl.sign_mtls'), aboveFloor],
 };
 export default group;
