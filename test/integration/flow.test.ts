@@ -11,6 +11,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { loadNodeTls } from '../../src/index.js';
+import { certificatesFromPem } from '../../src/pki/index.js';
 import { run } from '../helpers.js';
 import { cli, cliAsync, Cluster, mkTemp, startCluster } from './cluster.js';
 
@@ -124,10 +125,10 @@ describe('single-replica flow: join, mutual TLS, renew, promote, remove, rotate'
       assert.match(r.stdout, /Verify return code: 0 \(ok\)/, r.stdout + r.stderr);
       assert.match(r.stdout, /hello worker/);
       // the node's server sends its certificate and the root (handed over by the library, not built per handshake)
-      const sent = r.stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-      const roots: string[] = fs.readFileSync(path.join(manager, 'ca.crt'), 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+      const sent = certificatesFromPem(r.stdout, 's_client output');
+      const roots = certificatesFromPem(fs.readFileSync(path.join(manager, 'ca.crt'), 'utf8'), 'ca.crt');
       assert.equal(sent.length, 2, r.stdout);
-      assert.ok(roots.includes(sent[1]), 'the second certificate sent is the cluster root');
+      assert.ok(roots.some((d) => d.equals(sent[1])), 'the second certificate sent is the cluster root');
     } finally {
       srvCtx.close();
       cliCtx.close();

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../../src/pki/index.js';
+import { certificatesFromPem, createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../../src/pki/index.js';
 import { api, cli, Cluster, mkTemp, query, rawPost, startCluster } from './cluster.js';
 
 const newCsr = () => {
@@ -53,10 +53,10 @@ describe('CA server API', () => {
     const r = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-showcerts', '-CAfile', path.join(c.dir, 'ca.crt'), '-verify_return_error'], { input: '', encoding: 'utf8', timeout: 20_000 });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /Verify return code: 0 \(ok\)/);
-    const sent = r.stdout.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+    const sent = certificatesFromPem(r.stdout, 's_client output');
     assert.equal(sent.length, 2, r.stdout);
-    const root: string[] = fs.readFileSync(path.join(c.dir, 'ca.crt'), 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-    assert.ok(root.includes(sent[1]), 'the second certificate sent is the cluster root');
+    const roots = certificatesFromPem(fs.readFileSync(path.join(c.dir, 'ca.crt'), 'utf8'), 'ca.crt');
+    assert.ok(roots.some((d) => d.equals(sent[1])), 'the second certificate sent is the cluster root');
     assert.match(r.stdout, /s:O ?= ?[^\n]*OU ?= ?ca-replica/);
   });
 
