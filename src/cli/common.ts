@@ -98,7 +98,24 @@ export async function untilSignal<T>(run: (signal: AbortSignal) => Promise<T>): 
   }
 }
 
-/** Serve until SIGTERM or SIGINT, then close (a server's or the dashboard's shutdown). */
+/**
+ * Serve until SIGTERM or SIGINT, then close (a server's or the dashboard's shutdown). A close
+ * that fails part-way is the command's error (reported, non-zero exit), and the process then
+ * ends: what the close left running (timers, a store, sockets) would keep it alive for ever.
+ */
 export function closeOnSignal(close: () => Promise<void>): Promise<void> {
-  return untilSignal((signal) => new Promise<void>((resolve) => signal.addEventListener('abort', () => close().then(resolve, resolve), { once: true })));
+  return untilSignal(
+    (signal) =>
+      new Promise<void>((resolve, reject) =>
+        signal.addEventListener(
+          'abort',
+          () =>
+            close().then(resolve, (e) => {
+              setTimeout(() => process.exit(), 1000).unref(); // after the error is reported and the exit code set
+              reject(e);
+            }),
+          { once: true },
+        ),
+      ),
+  );
 }

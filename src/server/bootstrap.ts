@@ -527,7 +527,7 @@ export async function stopReplica(r: Prepared, leader: { stop(): Promise<void> }
 export async function serveReplica(o: ServeOptions): Promise<RunningServer> {
   if ((o.workers ?? 1) > 1) {
     const { servePrimary } = await import('./workers.js');
-    return servePrimary(o, prepare, startLeaderTasks);
+    return servePrimary(o, prepare, startLeaderTasks, stopReplica);
   }
   const r = await prepare(o, true);
   try {

@@ -52,6 +52,8 @@ export async function servePrimary(
   o: ServeOptions,
   prepare: (o: ServeOptions, primary: boolean) => Promise<Prepared>,
   startLeaderTasks: (r: Prepared) => { started: Promise<void>; stop(): Promise<void> },
+  // passed in, not imported when closing: the files of an install upgraded in place may be gone by then
+  stopReplica: (r: Prepared, leader: { stop(): Promise<void> } | null) => Promise<void>,
 ): Promise<RunningServer> {
   const r = await prepare(o, true);
   const n = o.workers!;
@@ -161,7 +163,7 @@ export async function servePrimary(
           closing = true;
           await stopWorkers();
           cluster.off('message', onMessage);
-          await (await import('./bootstrap.js')).stopReplica(r, leader);
+          await stopReplica(r, leader);
         })();
         return done;
       },

@@ -34,6 +34,32 @@ export async function cliAsync(args: string[], opts: RunOptions = {}): Promise<C
   return { code: r.code ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Child processes of a process (from /proc). */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const st = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** Those of `pids` still running (not gone, not zombies). */
+export function stillRunning(pids: number[]): number[] {
+  return pids.filter((p) => {
+    try {
+      return !/\) Z /.test(fs.readFileSync(`/proc/${p}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** One `cairn serve` child process, restartable. */
 export class ServeProcess {
   proc: ChildProcess | null = null;
@@ -42,6 +68,8 @@ export class ServeProcess {
     readonly dir: string,
     readonly env: NodeJS.ProcessEnv = {},
     readonly extraArgs: string[] = [],
+    /** the cairn executable: this checkout's, or a copy of it */
+    readonly bin: string = CAIRN,
   ) {}
 
   get running(): boolean {
@@ -49,7 +77,7 @@ export class ServeProcess {
   }
 
   async start(): Promise<void> {
-    const p = spawn(process.execPath, [CAIRN, 'serve', '--state-dir', this.dir, '--log-level', 'info', ...this.extraArgs], {
+    const p = spawn(process.execPath, [this.bin, 'serve', '--state-dir', this.dir, '--log-level', 'info', ...this.extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...this.env },
     });

@@ -5,26 +5,10 @@
  * SQLite store (seedRows); everything else goes through the real CLI and HTTPS API.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { performance } from 'node:perf_hooks';
 import { createCsr, csrToPem, generateKeyPair, privateKeyToPem } from '../../src/pki/index.js';
-import { adminId, api, cliAsync, Cluster, seedRows, ServeProcess, startCluster } from './cluster.js';
-
-/** Child processes of a process (from /proc). */
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const st = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
+import { adminId, api, childrenOf, cliAsync, Cluster, seedRows, ServeProcess, startCluster, stillRunning } from './cluster.js';
 
 async function restart(c: Cluster, args: string[]): Promise<ServeProcess> {
   await c.kill('SIGTERM');
@@ -71,8 +55,7 @@ describe('no stalls', () => {
     assert.equal(workers.length, 2, 'two worker processes');
     assert.equal(await server.kill('SIGTERM'), 0);
     server = undefined;
-    const alive = workers.filter((p) => fs.existsSync(`/proc/${p}`) && !/\) Z /.test(fs.readFileSync(`/proc/${p}/stat`, 'utf8')));
-    assert.deepEqual(alive, [], 'no worker outlives the server');
+    assert.deepEqual(stillRunning(workers), [], 'no worker outlives the server');
   });
 
   test('renewals keep answering while a 100,000-entry CRL is published (serve --workers 1)', async () => {
