@@ -49,6 +49,11 @@ export interface OpenOptions {
  */
 const openTransaction = new AsyncLocalStorage<SqlStore>();
 
+/** ID of an audit entry or a failure record: its time in base36 (rows sort by it), then 48 random bits. */
+function timeOrderedId(at: number): string {
+  return `${at.toString(36)}-${pooledRandomBytes(6).toString('hex')}`;
+}
+
 /** Open (and migrate) the store. Migration is safe to run from several replicas at once. */
 export function openStore(kind: 'sqlite' | 'postgres', location: string, opts: OpenOptions = {}): Promise<SqlStore> {
   return SqlStore.open(kind, location, opts);
@@ -917,7 +922,7 @@ export class SqlStore implements Store {
     const at = Date.now();
     return {
       seq,
-      id: `${at.toString(36)}-${pooledRandomBytes(6).toString('hex')}`,
+      id: timeOrderedId(at),
       at,
       replica_id: this.origin,
       actor,
@@ -984,7 +989,7 @@ export class SqlStore implements Store {
   // ---- refused joins and renewals (a bounded record for the dashboard)
 
   async insertFailure(f: Omit<FailureTable, 'id'>): Promise<void> {
-    await this.db.insertInto('failures').values({ id: `${f.at.toString(36)}-${pooledRandomBytes(6).toString('hex')}`, ...f }).execute();
+    await this.db.insertInto('failures').values({ id: timeOrderedId(f.at), ...f }).execute();
   }
 
   async recentFailures(limit: number): Promise<FailureTable[]> {
